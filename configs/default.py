@@ -1,0 +1,82 @@
+"""Every knob of a localsgd-jax run, with its default.
+
+Other configs import this one and override a few fields. Any field can be set
+from the command line, e.g.
+  python train.py --config=configs/default.py --config.model.name=resnet20 \
+      --config.selection.mode=static --workdir=/tmp/run
+The config is locked: a misspelt field is an error.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0                 # Parameter init, data order, augmentation.
+  config.num_epochs = 10
+  config.batch_size = 128         # Global batch, split over all devices.
+  config.eval_batch_size = 500
+  config.dtype = 'float32'        # Compute dtype: float32 or bfloat16.
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = 'tiny'      # See localsgd_jax.models.MODELS.
+  config.model.cifar_stem = True  # 3x3 stride-1 stem for 32x32 inputs.
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = 'digits'     # digits, cifar10, cifar100, imagenet2012,
+                                  # image_folder.
+  config.data.dir = ''            # Local CIFAR python folder or image folder;
+                                  # '' reads cifar through tfds.
+  config.data.tfds_data_dir = ''  # '' = tfds default (~/tensorflow_datasets).
+  config.data.image_size = 32     # Digits are upsampled to this; streaming
+                                  # datasets are cropped to it.
+  config.data.augment = True      # Pad-crop (+ flip where the data allows).
+  config.data.crop_padding = 4
+  config.data.shuffle_buffer = 10_000  # Streaming datasets only.
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.name = 'sgd'       # sgd (momentum) or adamw.
+  config.optim.learning_rate = 0.1  # Peak learning rate.
+  config.optim.schedule = 'cosine'  # cosine, step or constant.
+  config.optim.warmup_epochs = 0.0
+  config.optim.step_boundaries = (0.5, 0.75)  # Fractions of training (step).
+  config.optim.step_decay = 0.1
+  config.optim.momentum = 0.9
+  config.optim.nesterov = True
+  config.optim.weight_decay = 5e-4
+  config.optim.b1 = 0.9           # adamw only.
+  config.optim.b2 = 0.999         # adamw only.
+  config.optim.label_smoothing = 0.0
+
+  # The local (Hebbian) rule applied to units before the transition index.
+  config.local = ml_collections.ConfigDict()
+  config.local.rule = 'gha'       # gha, oja, hebb, or frozen (forward only,
+                                  # learning rate 0: the FreezeOut peer).
+  config.local.activity = 'bn'    # Post-synaptic activity: conv, bn, bn_relu.
+  config.local.learning_rate = 1e-4
+  config.local.normalize = True   # Keep each filter's norm through updates.
+  config.local.follow_sgd_schedule = True  # Scale by lr(t) / peak SGD lr.
+  config.local.hebbian_fraction = 1.0  # Hebbian GEMM on 1/m of the batch.
+  config.local.weak_supervision = 'scale'  # none, scale or sign.
+  config.local.ws_power = 1.0     # 'scale': min(1, ema/loss) ** power.
+  config.local.loss_ema_decay = 0.98  # Running average of the training loss.
+
+  # Learning mode selection: which transition index each epoch uses.
+  config.selection = ml_collections.ConfigDict()
+  config.selection.mode = 'sgd'   # sgd, static.
+  config.selection.k_max = -1     # Largest transition index; -1 = all units
+                                  # but the head.
+  config.selection.warmup_epochs = 1  # Epochs of pure SGD first.
+  config.selection.ramp = 'linear'  # static: linear, cosine, cubic, step.
+  config.selection.ramp_epochs = -1  # Epochs to reach k_max; -1 = until the
+                                     # last epoch.
+  config.selection.table = ''     # static: explicit 'epoch:k,epoch:k' table.
+
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.every_epochs = 1
+  config.checkpoint.keep = 2
+
+  config.log = ml_collections.ConfigDict()
+  config.log.progress = True      # Progress bar on a terminal.
+  config.log.tensorboard = True
+  config.log.check_finite_every = 50  # Steps between NaN/inf loss checks.
+  return config

@@ -1,0 +1,19 @@
+"""Offline quickstart: the tiny CNN on scikit-learn's digits, about a minute.
+
+  python train.py                  # (this config is the default)
+  python train.py --config=configs/quickstart.py --workdir=/tmp/quick
+
+Expected: >= 95% test accuracy (see README for the measured figure and time).
+"""
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.model.name = 'tiny'
+  config.data.name = 'digits'
+  config.num_epochs = 10
+  config.batch_size = 64
+  config.optim.learning_rate = 0.05
+  config.optim.warmup_epochs = 1
+  return config

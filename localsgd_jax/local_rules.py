@@ -1,0 +1,139 @@
+"""Localized (Hebbian) learning rules: pure functions of arrays.
+
+A layer computes `y = f(x; W)`, linear in its kernel W. Its Hebbian term is the
+weight-shaped correlation of the layer's input with its post-synaptic activity
+`a`, averaged over the batch and the spatial positions:
+
+    corr = contract(a) / n,   contract = transpose of (W -> f(x; W)),
+
+which is exactly the contraction XLA uses for a filter gradient, with the
+activity in place of the error: ONE GEMM per layer. The rules below differ only
+in the cheap stabilising term that keeps the kernels bounded:
+
+  hebb: corr                          (plain; use with `normalize=True`)
+  oja:  corr - W * <a_j^2>            (Oja: each filter decays towards unit norm)
+  gha:  corr - W @ triu(<a a^T>)      (Sanger's generalized Hebbian algorithm:
+                                       filter j also unlearns what filters
+                                       1..j-1 already extract, so the filters
+                                       decorrelate instead of all collapsing on
+                                       the first principal direction)
+
+The decorrelating term of gha costs a (C_out x C_out) product per layer, small
+beside the (k*k*C_in x C_out) correlation.
+"""
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+RULES = ('hebb', 'oja', 'gha')
+ACTIVITIES = ('conv', 'bn', 'bn_relu')
+
+_EPS = 1e-5
+
+
+def post_synaptic_activity(y: jax.Array, kind: str) -> jax.Array:
+  """The activity a layer's output contributes to its Hebbian update.
+
+  Args:
+    y: the layer's output, channels last, (..., C).
+    kind: 'conv' uses the raw output; 'bn' standardizes each channel over batch
+      and positions (what the following BatchNorm does, without its affine
+      part); 'bn_relu' additionally keeps only positive activity.
+
+  Returns:
+    An array shaped like `y`, in float32.
+  """
+  y = y.astype(jnp.float32)
+  if kind == 'conv':
+    return y
+  axes = tuple(range(y.ndim - 1))
+  mean = jnp.mean(y, axis=axes)
+  var = jnp.var(y, axis=axes)
+  a = (y - mean) * jax.lax.rsqrt(var + _EPS)
+  if kind == 'bn_relu':
+    a = jax.nn.relu(a)
+  return a
+
+
+def hebbian_direction(rule: str, kernel: jax.Array,
+                      contract: Callable[[jax.Array], jax.Array],
+                      activity: jax.Array, *, grouped: bool = False
+                      ) -> jax.Array:
+  """The learning-rate-free Hebbian update of one kernel.
+
+  Args:
+    rule: one of RULES.
+    kernel: (..., C_in, C_out) kernel of a conv (kh, kw, C_in, C_out) or dense
+      (C_in, C_out) layer.
+    contract: the linear map from an output-shaped array to a kernel-shaped one
+      (transpose of the layer as a function of its kernel).
+    activity: post-synaptic activity, shaped like the layer's output (..., C_out).
+    grouped: True for grouped/depthwise convs, whose output channels see
+      different inputs: there gha falls back to its diagonal (Oja) term.
+
+  Returns:
+    A kernel-shaped float32 array: the update direction.
+  """
+  c_out = activity.shape[-1]
+  flat = activity.reshape(-1, c_out)  # (N * positions, C_out)
+  n = flat.shape[0]
+  corr = contract(activity).astype(jnp.float32) / n
+  w = kernel.astype(jnp.float32)
+  if rule == 'hebb':
+    return corr
+  if rule == 'oja' or (rule == 'gha' and grouped):
+    return corr - w * jnp.mean(jnp.square(flat), axis=0)
+  if rule == 'gha':
+    cov = flat.T @ flat / n  # (C_out, C_out)
+    decay = w.reshape(-1, c_out) @ jnp.triu(cov)
+    return corr - decay.reshape(w.shape)
+  raise ValueError(f'unknown local rule {rule!r}; expected one of {RULES}')
+
+
+def apply_update(kernel: jax.Array, direction: jax.Array, lr: jax.Array,
+                 normalize: bool) -> jax.Array:
+  """`kernel + lr * direction`, optionally keeping each filter's norm.
+
+  Norm preservation rescales every output filter back to its norm before the
+  update, so plain Hebbian growth cannot blow up the layer's scale (BatchNorm
+  after a conv makes the scale irrelevant to the forward pass anyway).
+  """
+  new = kernel + lr * direction.astype(kernel.dtype)
+  if normalize:
+    axes = tuple(range(kernel.ndim - 1))
+    old_norm = jnp.sqrt(jnp.sum(jnp.square(kernel), axis=axes))
+    new_norm = jnp.sqrt(jnp.sum(jnp.square(new), axis=axes))
+    new = new * (old_norm / jnp.maximum(new_norm, 1e-12))
+  return new
+
+
+def subsample_batch(x: jax.Array, y: jax.Array, fraction: float):
+  """Every m-th example of the batch (m = round(1 / fraction)).
+
+  A strided slice keeps the examples spread over the batch, so each data
+  shard contributes equally when the batch is sharded over devices.
+  """
+  stride = max(1, int(round(1.0 / fraction)))
+  if stride == 1:
+    return x, y
+  return x[::stride], y[::stride]
+
+
+def weak_supervision_factor(mode: str, loss: jax.Array, loss_ema: jax.Array,
+                            power: float) -> jax.Array:
+  """Scales the local learning rate by how the training loss is doing.
+
+  'none': 1. 'scale': min(1, ema / loss) ** power: while the loss is above
+  its running average the local updates shrink. 'sign': +1 while the loss is
+  at or below its running average, -1 (anti-Hebbian) above it. No GEMM: the
+  loss is the one the SGD part already computed this step.
+  """
+  if mode == 'none':
+    return jnp.ones((), jnp.float32)
+  ratio = loss_ema / jnp.maximum(loss, 1e-12)
+  if mode == 'scale':
+    return jnp.minimum(1.0, ratio) ** power
+  if mode == 'sign':
+    return jnp.where(ratio >= 1.0, 1.0, -1.0).astype(jnp.float32)
+  raise ValueError(f'unknown weak supervision mode {mode!r}')

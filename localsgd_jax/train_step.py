@@ -1,0 +1,251 @@
+"""The one pure LoCal+SGD train step, per transition index k, and the eval step.
+
+For transition index k:
+  * units [0, k) run forward only; each of their Conv/Dense layers computes its
+    Hebbian update inside the same forward pass (one GEMM, `local_rules`), and
+    the activation entering unit k is a `stop_gradient` boundary;
+  * `jax.grad` runs over the parameters of units [k, L) only, so the compiled
+    program contains no backward pass for the local units and keeps none of
+    their activations;
+  * k = 0 is the plain SGD step.
+The step is compiled once per k (`StepCache`), with compile time recorded apart
+from step time.
+"""
+import contextlib
+import threading
+import time
+from typing import Any, Callable, Dict, Tuple
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from localsgd_jax import local_rules
+from localsgd_jax import partition
+from localsgd_jax.models import base
+
+Batch = Dict[str, jax.Array]
+Metrics = Dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything the step updates. Its tree structure is independent of k."""
+  step: jax.Array            # int32 scalar: global step
+  params: Any                # {'units_i': ...}
+  batch_stats: Any           # {'units_i': ...}
+  opt_state: Any             # {'units_i': optax state of that unit}
+  loss_ema: jax.Array        # running average of the training loss (weak sup.)
+
+
+def create_train_state(model: base.Network, tx: optax.GradientTransformation,
+                       rng: jax.Array, image_shape) -> TrainState:
+  """Initialises parameters, BatchNorm statistics and per-unit optimizer state."""
+  variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32),
+                         train=False)
+  params = dict(variables['params'])
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      batch_stats=dict(variables.get('batch_stats', {})),
+      opt_state={name: tx.init(p) for name, p in params.items()},
+      loss_ema=jnp.full((), jnp.nan, jnp.float32))
+
+
+# --- Hebbian updates inside the forward pass --------------------------------
+
+_in_hebbian = threading.local()
+
+
+@contextlib.contextmanager
+def _no_reentry():
+  _in_hebbian.active = True
+  try:
+    yield
+  finally:
+    _in_hebbian.active = False
+
+
+def hebbian_interceptor(local_cfg: ml_collections.ConfigDict):
+  """A Linen method interceptor adding Hebbian updates to Conv/Dense layers.
+
+  Wherever the 'hebbian' collection is mutable (the local units), every
+  `nn.Conv` / `nn.Dense` call also stores the Hebbian update direction of its
+  kernel in 'hebbian' under the kernel's own path. The models stay plain Flax.
+  """
+  def interceptor(next_fun, args, kwargs, context):
+    module = context.module
+    y = next_fun(*args, **kwargs)
+    if (context.method_name != '__call__'
+        or not isinstance(module, (nn.Conv, nn.Dense))
+        or getattr(_in_hebbian, 'active', False)
+        or not module.is_mutable_collection('hebbian')):
+      return y
+    kernel = module.get_variable('params', 'kernel')
+    x, act_src = local_rules.subsample_batch(args[0], y,
+                                             local_cfg.hebbian_fraction)
+    activity = local_rules.post_synaptic_activity(act_src, local_cfg.activity)
+    linear = module.clone(parent=None, use_bias=False)
+
+    def layer_of_kernel(k):
+      return linear.apply({'params': {'kernel': k}}, x)
+
+    with _no_reentry():
+      out_dtype = jax.eval_shape(layer_of_kernel, kernel).dtype
+      transpose = jax.linear_transpose(layer_of_kernel, kernel)
+      contract = lambda a: transpose(a.astype(out_dtype))[0]
+      grouped = getattr(module, 'feature_group_count', 1) > 1
+      direction = local_rules.hebbian_direction(
+          local_cfg.rule, kernel, contract, activity, grouped=grouped)
+    module.put_variable('hebbian', 'kernel', direction)
+    return y
+
+  return interceptor
+
+
+def _apply_hebbian(params: Any, directions: Any, lr: jax.Array,
+                   normalize: bool) -> Any:
+  """Adds lr * direction to every kernel that has a Hebbian direction."""
+  def update(p, d):
+    if isinstance(d, dict):
+      return {n: update(p[n], d[n]) if n in d else p[n] for n in p}
+    return local_rules.apply_update(p, d, lr, normalize)
+  return {n: update(p, directions[n]) if n in directions else p
+          for n, p in params.items()}
+
+
+# --- the step ---------------------------------------------------------------
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array,
+                  label_smoothing: float) -> jax.Array:
+  """Masked mean softmax cross-entropy, computed in float32."""
+  num_classes = logits.shape[-1]
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes),
+                                label_smoothing)
+  losses = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+  return jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def make_train_step(model: base.Network, tx: optax.GradientTransformation,
+                    lr_schedule: optax.Schedule,
+                    config: ml_collections.ConfigDict) -> Callable:
+  """Builds `train_step(state, batch, k) -> (state, metrics)` (k static).
+
+  Args:
+    model: the unit sequence.
+    tx: the per-unit update direction (`optim.direction`).
+    lr_schedule: SGD learning rate of the global step.
+    config: the run config; reads `config.local` and
+      `config.optim.label_smoothing`.
+  """
+  local_cfg = config.local
+  smoothing = config.optim.label_smoothing
+  interceptor = hebbian_interceptor(local_cfg)
+  hebbian_on = local_cfg.rule != 'frozen'
+  peak_lr = config.optim.learning_rate
+
+  def train_step(state: TrainState, batch: Batch, k: int
+                 ) -> Tuple[TrainState, Metrics]:
+    local_p, sgd_p = partition.split(state.params, k)
+    local_bs, sgd_bs = partition.split(state.batch_stats, k)
+    x = batch['image']
+    directions = {}
+    if k > 0:
+      mutable = ['batch_stats', 'hebbian'] if hebbian_on else ['batch_stats']
+      with nn.intercept_methods(interceptor) if hebbian_on \
+          else contextlib.nullcontext():
+        x, new_vars = model.apply(
+            {'params': local_p, 'batch_stats': local_bs}, x, train=True,
+            start=0, stop=k, mutable=mutable)
+      local_bs = partition.split(dict(new_vars['batch_stats']), k)[0]
+      directions = dict(new_vars.get('hebbian', {}))
+      # No gradient flows into units [0, k): their backward pass is never built.
+      x = jax.lax.stop_gradient(x)
+
+    def loss_fn(sgd_params):
+      logits, new_vars = model.apply(
+          {'params': sgd_params, 'batch_stats': sgd_bs}, x, train=True,
+          start=k, mutable=['batch_stats'])
+      loss = cross_entropy(logits, batch['label'], batch['mask'], smoothing)
+      return loss, (logits, new_vars['batch_stats'])
+
+    (loss, (logits, new_sgd_bs)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(sgd_p)
+    new_sgd_bs = partition.split(dict(new_sgd_bs), k)[1]
+
+    lr = lr_schedule(state.step)
+    new_sgd_p, new_opt = {}, dict(state.opt_state)
+    for name, g in grads.items():
+      upd, new_opt[name] = tx.update(g, state.opt_state[name], sgd_p[name])
+      new_sgd_p[name] = jax.tree.map(lambda p, u: p - lr * u, sgd_p[name], upd)
+
+    loss_ema = jnp.where(jnp.isnan(state.loss_ema), loss,
+                         state.loss_ema * local_cfg.loss_ema_decay
+                         + (1 - local_cfg.loss_ema_decay) * loss)
+    ws = local_rules.weak_supervision_factor(
+        local_cfg.weak_supervision, loss, loss_ema, local_cfg.ws_power)
+    local_lr = local_cfg.learning_rate * ws
+    if local_cfg.follow_sgd_schedule:
+      local_lr = local_lr * lr / peak_lr
+    if directions:
+      local_p = _apply_hebbian(local_p, directions, local_lr,
+                               local_cfg.normalize)
+
+    new_state = state.replace(
+        step=state.step + 1,
+        params=partition.merge(local_p, new_sgd_p),
+        batch_stats=partition.merge(local_bs, new_sgd_bs),
+        opt_state=new_opt,
+        loss_ema=loss_ema)
+    correct = jnp.sum((jnp.argmax(logits, -1) == batch['label'])
+                      * batch['mask'])
+    metrics = {'loss': loss, 'correct': correct, 'count': jnp.sum(batch['mask']),
+               'learning_rate': lr,
+               'local_lr': local_lr if directions else jnp.zeros(()),
+               'ws_factor': ws}
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(model: base.Network) -> Callable:
+  """`eval_step(params, batch_stats, batch) -> metrics` with running averages."""
+  def eval_step(params, batch_stats, batch: Batch) -> Metrics:
+    logits = model.apply({'params': params, 'batch_stats': batch_stats},
+                         batch['image'], train=False)
+    mask = batch['mask']
+    losses = optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.float32), batch['label'])
+    correct = jnp.sum((jnp.argmax(logits, -1) == batch['label']) * mask)
+    return {'loss_sum': jnp.sum(losses * mask), 'correct': correct,
+            'count': jnp.sum(mask)}
+  return eval_step
+
+
+class StepCache:
+  """One compiled executable per transition index, compiled once.
+
+  `compile_time_s[k]` holds the lowering + compilation time of k, so the
+  trainer can report compile time apart from step time; `compiled[k]` exposes
+  XLA's `cost_analysis()` / `memory_analysis()` to benchmarks and tests.
+  """
+
+  def __init__(self, train_step: Callable, donate: bool = True):
+    self._jitted = jax.jit(train_step, static_argnums=2,
+                           donate_argnums=(0,) if donate else ())
+    self.compiled: Dict[int, Any] = {}
+    self.compile_time_s: Dict[int, float] = {}
+
+  def get(self, k: int, state: TrainState, batch: Batch):
+    if k not in self.compiled:
+      t0 = time.perf_counter()
+      self.compiled[k] = self._jitted.lower(state, batch, k).compile()
+      self.compile_time_s[k] = time.perf_counter() - t0
+    return self.compiled[k]
+
+  def __call__(self, state: TrainState, batch: Batch, k: int):
+    return self.get(k, state, batch)(state, batch)
+

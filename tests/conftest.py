@@ -1,0 +1,15 @@
+"""Tests run on the CPU backend with 4 host devices (for the sharding tests).
+
+These must be set before JAX is imported anywhere.
+"""
+import os
+import sys
+
+os.environ['JAX_PLATFORMS'] = 'cpu'
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=4')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
