@@ -1,0 +1,385 @@
+"""Tests for localsgd_jax.data: sources, epoch order, batching, augmentation.
+
+CIFAR is exercised on tiny pickle files written here in the original format,
+tfds paths on `tfds.testing.mock_data`, image folders on PNG/JPEG files written
+here: no test reads real data or the network.
+"""
+
+import os
+import pickle
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+from PIL import Image
+import pytest
+
+from localsgd_jax import data
+from localsgd_jax.errors import UserError
+
+
+def _cfg(**overrides) -> ml_collections.ConfigDict:
+  cfg = ml_collections.ConfigDict(dict(
+      name='digits', dir='', image_size=32, augment=True, crop_padding=4,
+      tfds_data_dir='', shuffle_buffer=64))
+  cfg.update(overrides)
+  return cfg
+
+
+def _normalized(images: np.ndarray, dataset) -> np.ndarray:
+  return (images.astype(np.float32) - dataset.mean) * (np.float32(1.0) /
+                                                       dataset.std)
+
+
+# --------------------------------------------------------- fake CIFAR files
+
+
+def _write_pickle(path, num, label_key=b'labels', num_classes=10, seed=0):
+  """Writes a CIFAR-format pickle; returns its (N, 3072) data and labels."""
+  rng = np.random.default_rng(seed)
+  pixels = rng.integers(0, 256, (num, 3072), dtype=np.uint8)
+  labels = [int(v) for v in rng.integers(0, num_classes, num)]
+  with open(path, 'wb') as f:
+    pickle.dump({b'batch_label': b'fake', label_key: labels,
+                 b'data': pixels}, f)
+  return pixels, labels
+
+
+def _chw_to_hwc(pixels):
+  return pixels.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+
+
+@pytest.fixture
+def cifar10_dir(tmp_path):
+  """DIR/cifar-10-batches-py with data_batch_1, data_batch_2 and test_batch."""
+  folder = tmp_path / 'cifar-10-batches-py'
+  folder.mkdir()
+  b1 = _write_pickle(folder / 'data_batch_1', 20, seed=1)
+  b2 = _write_pickle(folder / 'data_batch_2', 17, seed=2)
+  test = _write_pickle(folder / 'test_batch', 13, seed=3)
+  return tmp_path, (b1, b2, test)
+
+
+def test_cifar10_dir_reads_every_batch_file(cifar10_dir):
+  root, ((p1, l1), (p2, l2), (pt, lt)) = cifar10_dir
+  x_train, y_train, x_test, y_test = data.load_cifar_dir('cifar10', str(root))
+  assert x_train.shape == (37, 32, 32, 3) and x_train.dtype == np.uint8
+  np.testing.assert_array_equal(
+      x_train, _chw_to_hwc(np.concatenate([p1, p2])))
+  np.testing.assert_array_equal(y_train, l1 + l2)
+  np.testing.assert_array_equal(x_test, _chw_to_hwc(pt))
+  np.testing.assert_array_equal(y_test, lt)
+  assert y_train.dtype == np.int32
+
+
+def test_cifar10_dir_may_point_at_inner_folder(cifar10_dir):
+  root, _ = cifar10_dir
+  ds = data.load_dataset(
+      _cfg(name='cifar10', dir=str(root / 'cifar-10-batches-py')), seed=0)
+  assert (ds.num_train, ds.num_test, ds.num_classes) == (37, 13, 10)
+  assert ds.image_shape == (32, 32, 3)
+
+
+def test_cifar100_dir(tmp_path):
+  folder = tmp_path / 'cifar-100-python'
+  folder.mkdir()
+  pixels, labels = _write_pickle(folder / 'train', 11, b'fine_labels', 100)
+  _write_pickle(folder / 'test', 5, b'fine_labels', 100, seed=4)
+  ds = data.load_dataset(_cfg(name='cifar100', dir=str(tmp_path)), seed=0)
+  assert (ds.num_train, ds.num_test, ds.num_classes) == (11, 5, 100)
+  x_train, y_train, _, _ = data.load_cifar_dir('cifar100', str(tmp_path))
+  np.testing.assert_array_equal(x_train, _chw_to_hwc(pixels))
+  np.testing.assert_array_equal(y_train, labels)
+
+
+def test_cifar_dir_missing(tmp_path):
+  missing = str(tmp_path / 'nowhere')
+  with pytest.raises(UserError, match='nowhere') as err:
+    data.load_dataset(_cfg(name='cifar10', dir=missing), seed=0)
+  assert 'config.data.dir empty' in str(err.value)
+  # An existing folder without the files names where it looked.
+  with pytest.raises(UserError, match='cifar-10-batches-py') as err:
+    data.load_dataset(_cfg(name='cifar10', dir=str(tmp_path)), seed=0)
+  assert str(tmp_path) in str(err.value)
+
+
+@pytest.mark.parametrize('damage', ['truncated', 'garbage', 'wrong_keys'])
+def test_cifar_dir_corrupt_file_is_named(cifar10_dir, damage):
+  root, _ = cifar10_dir
+  path = root / 'cifar-10-batches-py' / 'data_batch_2'
+  if damage == 'truncated':
+    content = path.read_bytes()
+    path.write_bytes(content[:len(content) // 2])
+  elif damage == 'garbage':
+    path.write_bytes(b'this is not a pickle at all')
+  else:
+    with open(path, 'wb') as f:
+      pickle.dump({b'pixels': np.zeros((2, 3072), np.uint8)}, f)
+  with pytest.raises(UserError, match='data_batch_2'):
+    data.load_dataset(_cfg(name='cifar10', dir=str(root)), seed=0)
+
+
+def test_unknown_name_lists_valid_names():
+  with pytest.raises(UserError) as err:
+    data.load_dataset(_cfg(name='mnist'), seed=0)
+  assert 'mnist' in str(err.value)
+  assert 'cifar10, cifar100, digits, image_folder, imagenet2012' in str(
+      err.value)
+
+
+def test_dir_paths_never_import_tensorflow(cifar10_dir):
+  """Digits and CIFAR directories must start without TF (slow, grabs GPUs)."""
+  root, _ = cifar10_dir
+  code = (
+      'import sys, ml_collections\n'
+      'from localsgd_jax import data\n'
+      f'cfg = ml_collections.ConfigDict(dict(name="cifar10", dir={str(root)!r}'
+      ', augment=True, crop_padding=4))\n'
+      'next(data.load_dataset(cfg, seed=0).train_batches(0, 8))\n'
+      'assert "tensorflow" not in sys.modules, "TF imported"\n')
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  root_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run([sys.executable, '-c', code], cwd=root_dir,
+                          env=env, capture_output=True, text=True,
+                          check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+
+
+# ------------------------------------------------------------------- digits
+
+
+@pytest.fixture(scope='module')
+def digits_arrays():
+  return data.load_digits_arrays(32)
+
+
+def test_digits_arrays(digits_arrays):
+  x_train, y_train, x_test, y_test = digits_arrays
+  assert len(x_train) + len(x_test) == 1797
+  assert (len(x_train), len(x_test)) == (1437, 360)
+  assert x_train.shape[1:] == (32, 32, 1) and x_train.dtype == np.uint8
+  assert x_train.min() == 0 and x_train.max() == 255
+  assert set(np.unique(y_train)) == set(range(10))
+  assert set(np.unique(y_test)) == set(range(10))
+  # The split is fixed: a second load gives the same test set.
+  again = data.load_digits_arrays(32)
+  np.testing.assert_array_equal(again[2], x_test)
+  np.testing.assert_array_equal(again[3], y_test)
+
+
+def test_digits_split_ignores_run_seed():
+  a = data.load_dataset(_cfg(image_size=8), seed=0)
+  b = data.load_dataset(_cfg(image_size=8), seed=123)
+  assert a.image_shape == (8, 8, 1) and (a.num_train, a.num_test) == (1437,
+                                                                       360)
+  ea = np.concatenate([np.asarray(x['image']) for x in a.eval_batches(100)])
+  eb = np.concatenate([np.asarray(x['image']) for x in b.eval_batches(100)])
+  np.testing.assert_array_equal(ea, eb)
+
+
+@pytest.fixture(scope='module')
+def digits():
+  return data.load_dataset(_cfg(), seed=7)
+
+
+@pytest.fixture(scope='module')
+def digits_plain():
+  return data.load_dataset(_cfg(augment=False), seed=7)
+
+
+def test_batch_format(digits):
+  batch = next(digits.train_batches(0, 32))
+  assert batch['image'].shape == (32, 32, 32, 1)
+  assert batch['image'].dtype == np.float32
+  assert batch['label'].shape == (32,) and batch['label'].dtype == np.int32
+  np.testing.assert_array_equal(batch['mask'], np.ones(32, np.float32))
+  assert digits.num_classes == 10 and digits.image_shape == (32, 32, 1)
+  assert digits.steps_per_epoch(100) == 14
+  with pytest.raises(UserError, match='batch_size'):
+    digits.steps_per_epoch(5000)
+
+
+# -------------------------------------------------------------- epoch order
+
+
+def _epoch(dataset, epoch, batch_size):
+  return [jax.tree.map(np.asarray, b)
+          for b in dataset.train_batches(epoch, batch_size)]
+
+
+def test_epoch_is_pure_function_of_seed_and_epoch(digits):
+  first = _epoch(digits, 3, 200)
+  # A fresh dataset object (as after a restart) and a repeated call agree.
+  again = _epoch(data.load_dataset(_cfg(), seed=7), 3, 200)
+  assert len(first) == len(again) == 1437 // 200
+  for a, b in zip(first, again):
+    np.testing.assert_array_equal(a['image'], b['image'])
+    np.testing.assert_array_equal(a['label'], b['label'])
+  other = _epoch(digits, 4, 200)
+  assert not np.array_equal(first[0]['label'], other[0]['label'])
+  other_seed = _epoch(data.load_dataset(_cfg(), seed=8), 3, 200)
+  assert not np.array_equal(first[0]['label'], other_seed[0]['label'])
+
+
+def test_epoch_covers_distinct_examples(digits_plain, digits_arrays):
+  x_train, y_train, _, _ = digits_arrays
+  batch_size = 100
+  steps = digits_plain.steps_per_epoch(batch_size)
+  for epoch in (0, 1):
+    order = np.asarray(digits_plain.epoch_order(epoch))
+    assert sorted(order.tolist()) == list(range(1437))
+    used = order[:steps * batch_size]
+    assert len(set(used.tolist())) == 1437 - 1437 % batch_size
+    batches = _epoch(digits_plain, epoch, batch_size)
+    assert len(batches) == steps
+    # Without augmentation a batch is exactly the normalized source images.
+    for step, batch in enumerate(batches):
+      idx = used[step * batch_size:(step + 1) * batch_size]
+      np.testing.assert_array_equal(
+          batch['image'], _normalized(x_train[idx], digits_plain))
+      np.testing.assert_array_equal(batch['label'], y_train[idx])
+
+
+def test_eval_covers_test_set_once(digits, digits_arrays):
+  _, _, x_test, y_test = digits_arrays
+  batches = [jax.tree.map(np.asarray, b) for b in digits.eval_batches(64)]
+  assert len(batches) == -(-360 // 64)
+  for b in batches:
+    assert b['image'].shape == (64, 32, 32, 1)
+  mask = np.concatenate([b['mask'] for b in batches])
+  np.testing.assert_array_equal(mask, np.arange(6 * 64) < 360)
+  images = np.concatenate([b['image'] for b in batches])[:360]
+  labels = np.concatenate([b['label'] for b in batches])[:360]
+  # Eval is never augmented, even when training is.
+  np.testing.assert_array_equal(images, _normalized(x_test, digits))
+  np.testing.assert_array_equal(labels, y_test)
+
+
+# ------------------------------------------------------------- augmentation
+
+
+def test_digits_crop_without_flip(digits, digits_plain, digits_arrays):
+  x_train = digits_arrays[0]
+  assert not digits.flip and digits.crop_padding == 4
+  batch = jax.tree.map(np.asarray, next(digits.train_batches(0, 64)))
+  idx = np.asarray(digits.epoch_order(0))[:64]
+  source = _normalized(x_train[idx], digits)
+  assert batch['image'].shape == source.shape
+  assert not np.array_equal(batch['image'], source)  # crops moved pixels
+  # With the crop off too, augmentation is the identity: no flip on digits.
+  no_crop = data.load_dataset(_cfg(crop_padding=0), seed=7)
+  batch = jax.tree.map(np.asarray, next(no_crop.train_batches(0, 64)))
+  np.testing.assert_array_equal(batch['image'], source)
+
+
+def test_cifar_flip_and_crop(cifar10_dir):
+  root, _ = cifar10_dir
+  x_train = data.load_cifar_dir('cifar10', str(root))[0]
+  flip_only = data.load_dataset(
+      _cfg(name='cifar10', dir=str(root), crop_padding=0), seed=0)
+  assert flip_only.flip
+  batch = np.asarray(next(flip_only.train_batches(0, 32))['image'])
+  source = _normalized(
+      x_train[np.asarray(flip_only.epoch_order(0))[:32]], flip_only)
+  flipped = np.array([np.array_equal(b, s[:, ::-1])
+                      for b, s in zip(batch, source)])
+  kept = np.array([np.array_equal(b, s) for b, s in zip(batch, source)])
+  assert np.all(flipped | kept) and flipped.any() and kept.any()
+  plain = data.load_dataset(
+      _cfg(name='cifar10', dir=str(root), augment=False), seed=0)
+  assert not plain.flip and plain.crop_padding == 0
+  np.testing.assert_array_equal(
+      np.asarray(next(plain.train_batches(0, 32))['image']), source)
+
+
+def test_sharding_places_batches(digits):
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ('data',))
+  sharding = jax.sharding.NamedSharding(mesh,
+                                        jax.sharding.PartitionSpec('data'))
+  batch_size = 8 * len(jax.devices())
+  batch = next(digits.train_batches(0, batch_size, sharding))
+  for value in batch.values():
+    assert value.sharding.is_equivalent_to(sharding, value.ndim)
+  batch = next(digits.eval_batches(batch_size, sharding))
+  assert batch['mask'].sharding.is_equivalent_to(sharding, 1)
+
+
+# ---------------------------------------------------------------- tfds paths
+
+
+@pytest.fixture(scope='module')
+def tfds_module():
+  # Imported once for the whole module: TF takes seconds to import.
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return tfds
+
+
+def test_tfds_cifar10_in_memory(tfds_module):
+  with tfds_module.testing.mock_data(num_examples=12):
+    ds = data.load_dataset(_cfg(name='cifar10'), seed=0)
+  assert (ds.num_train, ds.num_test) == (12, 12)
+  assert ds.num_classes == 10 and ds.image_shape == (32, 32, 3)
+  batch = next(ds.train_batches(0, 8))
+  assert batch['image'].shape == (8, 32, 32, 3)
+  assert np.all((np.asarray(batch['label']) >= 0)
+                & (np.asarray(batch['label']) < 10))
+  masks = [np.asarray(b['mask']) for b in ds.eval_batches(8)]
+  assert [m.sum() for m in masks] == [8, 4]
+
+
+def _write_image_folder(root):
+  """train/{cat,dog,owl} with 3 images each, test/ with 2 per class."""
+  rng = np.random.default_rng(0)
+  for split, per_class in (('train', 3), ('test', 2)):
+    for label in ('cat', 'dog', 'owl'):
+      folder = root / split / label
+      folder.mkdir(parents=True)
+      for i in range(per_class):
+        height, width = int(rng.integers(12, 40)), int(rng.integers(12, 40))
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        # One JPEG per class exercises the decode-and-crop JPEG branch.
+        suffix = 'jpg' if i == 0 else 'png'
+        Image.fromarray(pixels).save(folder / f'{i}.{suffix}')
+
+
+def test_image_folder(tmp_path, tfds_module):
+  del tfds_module  # Only shares the TF import.
+  _write_image_folder(tmp_path)
+  ds = data.load_dataset(
+      _cfg(name='image_folder', dir=str(tmp_path), image_size=16), seed=0)
+  assert ds.num_classes == 3 and ds.class_names == ('cat', 'dog', 'owl')
+  assert (ds.num_train, ds.num_test) == (9, 6)
+  assert ds.image_shape == (16, 16, 3) and ds.flip
+  epoch = _epoch(ds, 0, 4)
+  assert len(epoch) == ds.steps_per_epoch(4) == 2
+  for batch in epoch:
+    assert batch['image'].shape == (4, 16, 16, 3)
+    assert batch['image'].dtype == np.float32
+    assert batch['label'].dtype == np.int32
+    assert np.all(batch['mask'] == 1)
+  assert len(set(np.concatenate([b['label'] for b in epoch]))) > 1
+  # Same (seed, epoch) -> same batches, including crops and flips.
+  for a, b in zip(epoch, _epoch(ds, 0, 4)):
+    np.testing.assert_array_equal(a['image'], b['image'])
+  evals = [jax.tree.map(np.asarray, b) for b in ds.eval_batches(4)]
+  assert [b['mask'].tolist() for b in evals] == [[1, 1, 1, 1], [1, 1, 0, 0]]
+  assert sorted(np.concatenate([b['label'][b['mask'] > 0]
+                                for b in evals]).tolist()) == [0, 0, 1, 1, 2,
+                                                               2]
+
+
+def test_image_folder_errors(tmp_path):
+  with pytest.raises(UserError, match='config.data.dir is empty'):
+    data.load_dataset(_cfg(name='image_folder'), seed=0)
+  (tmp_path / 'train' / 'cat').mkdir(parents=True)
+  with pytest.raises(UserError, match='test/'):
+    data.load_dataset(_cfg(name='image_folder', dir=str(tmp_path)), seed=0)
+
+
+def test_bad_batch_size_fails_at_call(digits):
+  with pytest.raises(UserError, match='batch_size'):
+    digits.train_batches(0, 0)
+  with pytest.raises(UserError, match='batch_size'):
+    digits.eval_batches(-1)
