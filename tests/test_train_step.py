@@ -1,0 +1,178 @@
+"""The LoCal+SGD step: partitions, gradient isolation, k = 0 == SGD, XLA counts."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import default
+from localsgd_jax import models
+from localsgd_jax import optim
+from localsgd_jax import partition
+from localsgd_jax import train_step as ts
+
+SHAPE = (16, 16, 1)
+
+
+def _config(**local):
+  config = default.get_config()
+  config.optim.learning_rate = 0.05
+  config.optim.schedule = 'constant'
+  config.local.learning_rate = 0.01
+  config.local.update(local)
+  return config
+
+
+def _setup(config, name='tiny', shape=SHAPE, batch=8):
+  model = models.create_model(name, 10, dtype=jnp.float32)
+  tx = optim.direction(config.optim)
+  lr = optim.learning_rate_schedule(config.optim, 10, 1)
+  state = ts.create_train_state(model, tx, jax.random.key(0), shape)
+  rng = np.random.default_rng(0)
+  batch = {'image': jnp.asarray(rng.normal(size=(batch, *shape)), jnp.float32),
+           'label': jnp.asarray(rng.integers(0, 10, batch), jnp.int32),
+           'mask': jnp.ones((batch,), jnp.float32)}
+  step = ts.make_train_step(model, tx, lr, config)
+  return model, tx, state, batch, step
+
+
+def _run(step, state, batch, k):
+  return jax.jit(step, static_argnums=2)(state, batch, k)
+
+
+@pytest.mark.parametrize('name', ['tiny', 'resnet20', 'mobilenet_v2'])
+def test_partition_covers_every_parameter_once(name):
+  model = models.create_model(name, 10)
+  params = jax.eval_shape(functools.partial(model.init, train=False),
+                          jax.random.key(0),
+                          jnp.zeros((1, 32, 32, 3)))['params']
+  leaves = {jax.tree_util.keystr(p) for p, _ in
+            jax.tree_util.tree_leaves_with_path(params)}
+  for k in range(len(model.units)):
+    local, sgd = partition.split(dict(params), k)
+    got = [jax.tree_util.keystr(p) for t in (local, sgd) for p, _ in
+           jax.tree_util.tree_leaves_with_path(t)]
+    assert sorted(got) == sorted(leaves)  # every leaf exactly once
+    assert all(partition.unit_index(n) < k for n in local)
+    assert all(partition.unit_index(n) >= k for n in sgd)
+    assert partition.merge(local, sgd).keys() == params.keys()
+
+
+def test_k0_is_the_plain_sgd_step():
+  """k = 0 equals an optax SGD(momentum, nesterov) + weight decay step."""
+  config = _config()
+  model, _, state, batch, step = _setup(config)
+  new, metrics = _run(step, state, batch, 0)
+
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+
+  def loss_fn(params):
+    logits, upd = model.apply({**variables, 'params': params}, batch['image'],
+                              train=True, mutable=['batch_stats'])
+    loss = optax.softmax_cross_entropy_with_integer_labels(
+        logits, batch['label']).mean()
+    return loss, upd
+  (loss, upd), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
+  ref_tx = optax.chain(optax.add_decayed_weights(5e-4),
+                       optax.sgd(0.05, momentum=0.9, nesterov=True))
+  updates, _ = ref_tx.update(grads, ref_tx.init(state.params), state.params)
+  want = optax.apply_updates(state.params, updates)
+  np.testing.assert_allclose(metrics['loss'], loss, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                       atol=1e-7),
+               new.params, want)
+  jax.tree.map(np.testing.assert_array_equal, new.batch_stats,
+               upd['batch_stats'])
+
+
+def test_local_units_get_no_gradient_and_sgd_units_no_hebbian():
+  k = 2
+  _, _, state, batch, step_frozen = _setup(_config(rule='frozen'))
+  _, _, _, _, step_gha = _setup(_config(rule='gha'))
+  frozen, _ = _run(step_frozen, state, batch, k)
+  gha, m = _run(step_gha, state, batch, k)
+  local0, sgd0 = partition.split(state.params, k)
+  local_f, sgd_f = partition.split(frozen.params, k)
+  local_g, sgd_g = partition.split(gha.params, k)
+  # Frozen: local parameters untouched, so no gradient reached them.
+  jax.tree.map(np.testing.assert_array_equal, local_f, local0)
+  # The local rule changes local kernels only; BN scale/bias stay.
+  for name in local0:
+    assert not np.allclose(local_g[name]['conv']['kernel'],
+                           local0[name]['conv']['kernel'])
+    for leaf in ('scale', 'bias'):
+      np.testing.assert_array_equal(local_g[name]['bn'][leaf],
+                                    local0[name]['bn'][leaf])
+  # SGD units see the same forward either way: identical updates.
+  jax.tree.map(np.testing.assert_array_equal, sgd_g, sgd_f)
+  # Optimizer state of local units is untouched; its structure is fixed.
+  assert (jax.tree.structure(gha.opt_state)
+          == jax.tree.structure(state.opt_state))
+  for name in local0:
+    jax.tree.map(np.testing.assert_array_equal, gha.opt_state[name],
+                 state.opt_state[name])
+  assert float(m['local_lr']) > 0
+
+
+def test_local_batchnorm_statistics_keep_updating():
+  _, _, state, batch, step = _setup(_config(rule='frozen'))
+  new, _ = _run(step, state, batch, 2)
+  before = state.batch_stats['units_0']['bn']['mean']
+  after = new.batch_stats['units_0']['bn']['mean']
+  assert not np.allclose(before, after)
+
+
+def _compiled(step, state, batch, k):
+  return jax.jit(step, static_argnums=2).lower(state, batch, k).compile()
+
+
+def _flops(compiled):
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return cost['flops']
+
+
+def test_local_unit_costs_forward_plus_one_gemm():
+  """XLA's FLOPs: a local unit adds at most one GEMM over its forward pass."""
+  _, _, state, batch, step_h = _setup(_config(rule='hebb'), batch=16)
+  model, _, _, _, step_f = _setup(_config(rule='frozen'), batch=16)
+  fwd = jax.jit(lambda v, x: model.apply(v, x, train=True, start=0, stop=1,
+                                         mutable=['batch_stats'])[0])
+  fwd_flops = _flops(fwd.lower({'params': state.params,
+                                'batch_stats': state.batch_stats},
+                               batch['image']).compile())
+  hebb = _flops(_compiled(step_h, state, batch, 1))
+  frozen = _flops(_compiled(step_f, state, batch, 1))
+  sgd = _flops(_compiled(step_h, state, batch, 0))
+  # The Hebbian GEMM has the forward conv's size; the rest is elementwise.
+  assert hebb - frozen <= 1.25 * fwd_flops
+  assert hebb - frozen >= 0.8 * fwd_flops * 0.5
+  # Unit 0 at k = 0 already skips its input gradient; SGD adds its weight
+  # gradient (one GEMM) where the local step adds the Hebbian one.
+  assert hebb <= sgd * 1.02
+
+
+def test_flops_and_temp_memory_fall_as_k_grows():
+  config = _config(rule='gha')
+  model, _, state, batch, step = _setup(config, 'resnet20', (32, 32, 3), 16)
+  flops, temp = [], []
+  for k in range(len(model.units)):
+    c = _compiled(step, state, batch, k)
+    flops.append(_flops(c))
+    temp.append(c.memory_analysis().temp_size_in_bytes)
+  assert all(b <= a * 1.01 for a, b in zip(flops, flops[1:])), flops
+  assert all(b <= a * 1.05 for a, b in zip(temp, temp[1:])), temp
+  assert flops[-1] < 0.75 * flops[0]
+  assert temp[-1] < 0.5 * temp[0]
+
+
+def test_step_cache_compiles_once_per_k():
+  _, _, state, batch, step = _setup(_config())
+  cache = ts.StepCache(step, donate=False)
+  for k in (0, 1, 0, 1, 2):
+    state, _ = cache(state, batch, k)
+  assert sorted(cache.compile_time_s) == [0, 1, 2]
+  assert int(state.step) == 5
