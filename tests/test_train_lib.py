@@ -1,0 +1,137 @@
+"""End-to-end runs of the trainer on the real (bundled) digits data."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import quickstart
+from localsgd_jax import train_lib
+from localsgd_jax.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIME_FIELDS = {'epoch_time_s', 'eval_time_s', 'compile_time_s',
+               'images_per_s'}
+
+
+def _config(**overrides):
+  config = quickstart.get_config()
+  config.data.image_size = 16
+  config.num_epochs = 3
+  config.log.progress = False
+  config.log.check_finite_every = 5
+  for key, value in overrides.items():
+    node = config
+    *path, leaf = key.split('.')
+    for p in path:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def _rows(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_run_writes_all_outputs(tmp_path):
+  summary = train_lib.train_and_evaluate(_config(), str(tmp_path))
+  rows = _rows(tmp_path)
+  assert [r['epoch'] for r in rows] == [0, 1, 2]
+  for field in ('epoch', 'step', 'train_loss', 'train_accuracy',
+                'test_accuracy', 'epoch_time_s', 'compile_time_s',
+                'images_per_s', 'transition'):
+    assert field in rows[0]
+  assert rows[0]['compile_time_s'] > 0 and rows[1]['compile_time_s'] == 0
+  assert rows[-1]['test_accuracy'] > 0.8  # digits: a real network learns
+  with open(tmp_path / 'summary.json') as f:
+    on_disk = json.load(f)
+  for field in ('final_test_accuracy', 'best_test_accuracy', 'total_time_s',
+                'compile_time_s', 'config'):
+    assert on_disk[field] == summary[field]
+  assert on_disk['config']['model']['name'] == 'tiny'
+  assert os.listdir(tmp_path / 'tb')[0].startswith('events.out.tfevents')
+  assert (tmp_path / 'config.json').exists()
+  assert (tmp_path / 'git_commit.txt').read_text().strip()
+
+
+def test_fixed_transition_still_learns(tmp_path):
+  config = _config(**{'selection.mode': 'static', 'selection.table': '0:2',
+                      'local.rule': 'gha'})
+  train_lib.train_and_evaluate(config, str(tmp_path))
+  rows = _rows(tmp_path)
+  assert [r['transition'] for r in rows] == [2, 2, 2]
+  assert all(r['local_lr'] > 0 for r in rows)
+  assert rows[-1]['test_accuracy'] > 0.6
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
+  config = _config(**{'optim.learning_rate': 1e30, 'optim.warmup_epochs': 0,
+                      'optim.schedule': 'constant'})
+  with pytest.raises(UserError, match=r'training loss became (nan|inf) at '
+                     r'step \d+ \(epoch 1\).*no checkpoint'):
+    train_lib.train_and_evaluate(config, str(tmp_path))
+
+
+@pytest.mark.parametrize('key,value,match', [
+    ('num_epochs', 0, 'config.num_epochs=0 is out of range'),
+    ('local.hebbian_fraction', 0.3, r'1/m for an integer'),
+    ('local.rule', 'magic', 'hebb, oja, gha, frozen'),
+    ('model.name', 'resnet7', 'Valid models: .*resnet20'),
+    ('data.name', 'mnist', 'cifar10, cifar100, digits'),
+])
+def test_bad_config_is_a_clear_error(tmp_path, key, value, match):
+  with pytest.raises(UserError, match=match):
+    train_lib.train_and_evaluate(_config(**{key: value}), str(tmp_path))
+
+
+def _train_cmd(workdir, *flags):
+  return [sys.executable, os.path.join(ROOT, 'train.py'),
+          f'--workdir={workdir}', '--config.data.image_size=16',
+          '--config.num_epochs=3', '--config.log.progress=false', *flags]
+
+
+def test_cli_error_has_no_traceback(tmp_path):
+  out = subprocess.run(_train_cmd(tmp_path, '--config.model.name=resnet7'),
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert out.returncode == 2
+  assert 'Valid models' in out.stderr and 'Traceback' not in out.stderr
+
+
+def _final_params(workdir):
+  mngr = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'),
+                               item_names=('state', 'host'))
+  state = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
+      state=ocp.args.StandardRestore()))['state']
+  return state['params'], state['batch_stats']
+
+
+def test_sigkill_then_resume_is_bit_identical(tmp_path):
+  flags = ('--config.selection.mode=static', '--config.local.rule=gha')
+  ref, crashed = tmp_path / 'ref', tmp_path / 'crashed'
+  subprocess.run(_train_cmd(ref, *flags), check=True, cwd=ROOT, timeout=600,
+                 capture_output=True)
+  proc = subprocess.Popen(_train_cmd(crashed, *flags), cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  first = crashed / 'checkpoints' / '1'
+  while not first.exists() and proc.poll() is None:
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)  # mid-epoch 2, after the first checkpoint
+  proc.wait()
+  assert len(_rows(crashed)) < 3  # it really died before finishing
+  out = subprocess.run(_train_cmd(crashed, *flags), check=True, cwd=ROOT,
+                       timeout=600, capture_output=True, text=True)
+  assert 'Resuming from the checkpoint after epoch' in out.stdout
+
+  def strip(rows):
+    return [{k: v for k, v in r.items() if k not in TIME_FIELDS}
+            for r in rows]
+  assert strip(_rows(crashed)) == strip(_rows(ref))
+  jax.tree.map(np.testing.assert_array_equal, _final_params(crashed),
+               _final_params(ref))
