@@ -225,6 +225,14 @@ def make_eval_step(model: base.Network) -> Callable:
   return eval_step
 
 
+def xla_costs(compiled) -> Dict[str, float]:
+  """FLOPs and temporary bytes that XLA reports for a compiled executable."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return {'flops': float(cost['flops']),
+          'temp_bytes': int(compiled.memory_analysis().temp_size_in_bytes)}
+
+
 class StepCache:
   """One compiled executable per transition index, compiled once.
 

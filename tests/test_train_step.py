@@ -130,9 +130,7 @@ def _compiled(step, state, batch, k):
 
 
 def _flops(compiled):
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return cost['flops']
+  return ts.xla_costs(compiled)['flops']
 
 
 def test_local_unit_costs_forward_plus_one_gemm():
@@ -165,7 +163,7 @@ def test_flops_and_temp_memory_fall_as_k_grows(rule):
   for k in range(len(model.units)):
     c = _compiled(step, state, batch, k)
     flops.append(_flops(c))
-    temp.append(c.memory_analysis().temp_size_in_bytes)
+    temp.append(ts.xla_costs(c)['temp_bytes'])
   assert all(b <= a * 1.01 for a, b in zip(flops, flops[1:])), flops
   assert all(b <= a * 1.05 for a, b in zip(temp, temp[1:])), temp
   assert flops[-1] < 0.75 * flops[0]

@@ -1,0 +1,119 @@
+"""Measuring the compiled LoCal+SGD step for every transition index k.
+
+For each k (0 = plain SGD) `measure_steps` compiles the real train step and
+measures, in one process: XLA's FLOPs (`cost_analysis()`), XLA's temporary
+bytes (`memory_analysis()`), and the median wall time of a step, with the k's
+interleaved in a random order on every repeat (these machines are noisy),
+after a warm-up. Beside the Hebbian step it times the frozen step (the local
+units only run forward: the FreezeOut peer). Ratios are to k = 0.
+Used by benchmarks/step_bench.py and the notebooks.
+"""
+import random
+import statistics
+import time
+from typing import Any, Dict, List
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import default
+from localsgd_jax import models
+from localsgd_jax import optim
+from localsgd_jax import train_lib
+from localsgd_jax import train_step as ts
+
+
+def _time_steps(compiled, state, batch, steps: int):
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready((state, metrics))
+  return state, (time.perf_counter() - t0) / steps
+
+
+def measure_steps(model_name: str, batch_size: int, *, image_size: int = 32,
+        channels: int = 3, num_classes: int = 10, cifar_stem: bool = True,
+        rule: str = 'gha', hebbian_fraction: float = 1.0,
+        dtype: str = 'float32', ks=None, frozen: bool = True,
+        repeats: int = 7, steps: int = 3, seed: int = 0
+        ) -> List[Dict[str, Any]]:
+  """Measures every k; returns one dict per k (see module docstring)."""
+  config = default.get_config()
+  config.dtype = dtype
+  config.local.rule = rule
+  config.local.hebbian_fraction = hebbian_fraction
+  train_lib.validate_config(config)
+  model = models.create_model(model_name, num_classes, cifar_stem=cifar_stem,
+                              dtype=train_lib.DTYPES[dtype])
+  num_units = len(model.units)
+  ks = list(range(num_units)) if ks is None else list(ks)
+  shape = (image_size, image_size, channels)
+  tx = optim.direction(config.optim)
+  lr = optim.learning_rate_schedule(config.optim, 100, 1)
+  state = ts.create_train_state(model, tx, jax.random.key(seed), shape)
+  rng = np.random.default_rng(seed)
+  batch = {
+      'image': jnp.asarray(rng.normal(size=(batch_size, *shape)), jnp.float32),
+      'label': jnp.asarray(rng.integers(0, num_classes, batch_size), jnp.int32),
+      'mask': jnp.ones((batch_size,), jnp.float32)}
+
+  variants = {'hebbian': ts.StepCache(ts.make_train_step(model, tx, lr, config))}
+  if frozen:
+    frozen_cfg = config.copy_and_resolve_references()
+    frozen_cfg.local.rule = 'frozen'
+    variants['frozen'] = ts.StepCache(
+        ts.make_train_step(model, tx, lr, frozen_cfg))
+  jobs = [(name, k) for name in variants for k in ks
+          if not (name == 'frozen' and k == 0)]  # k = 0 is the same step
+  results = {k: {'k': k, 'num_units': num_units, 'model': model_name,
+                 'batch_size': batch_size, 'dtype': dtype, 'rule': rule,
+                 'hebbian_fraction': hebbian_fraction} for k in ks}
+  for name, k in jobs:
+    compiled = variants[name].get(k, state, batch)
+    if name == 'hebbian':
+      results[k].update(ts.xla_costs(compiled))
+      results[k]['compile_time_s'] = variants[name].compile_time_s[k]
+    else:
+      results[k]['frozen_' + 'flops'] = ts.xla_costs(compiled)['flops']
+    state, _ = _time_steps(compiled, state, batch, 1)  # warm-up
+  times = {job: [] for job in jobs}
+  order = random.Random(seed)
+  for _ in range(repeats):
+    order.shuffle(jobs)
+    for name, k in jobs:
+      state, t = _time_steps(variants[name].compiled[k], state, batch, steps)
+      times[(name, k)].append(t)
+  for (name, k), ts_ in times.items():
+    prefix = '' if name == 'hebbian' else 'frozen_'
+    results[k][prefix + 'step_time_s'] = statistics.median(ts_)
+  base = results[ks[0]] if ks[0] == 0 else None
+  out = []
+  for k in ks:
+    r = results[k]
+    r['images_per_s'] = batch_size / r['step_time_s']
+    if base is not None:
+      r['flops_ratio'] = r['flops'] / base['flops']
+      r['temp_ratio'] = r['temp_bytes'] / max(1, base['temp_bytes'])
+      r['time_ratio'] = r['step_time_s'] / base['step_time_s']
+      if 'frozen_step_time_s' in r:
+        r['frozen_time_ratio'] = r['frozen_step_time_s'] / base['step_time_s']
+    out.append(r)
+  return out
+
+
+def format_table(rows: List[Dict[str, Any]]) -> str:
+  """A plain-text table of the results (ratios to k = 0 where measured)."""
+  head = (f'{"k":>3} {"GFLOP":>8} {"xflops":>7} {"temp MB":>8} {"xtemp":>6} '
+          f'{"step ms":>8} {"xtime":>6} {"img/s":>8} {"frozen ms":>9} '
+          f'{"xfrozen":>7}')
+  lines = [head, '-' * len(head)]
+  for r in rows:
+    lines.append(
+        f'{r["k"]:>3} {r["flops"] / 1e9:>8.2f} {r.get("flops_ratio", 1):>7.3f} '
+        f'{r["temp_bytes"] / 1e6:>8.1f} {r.get("temp_ratio", 1):>6.3f} '
+        f'{r["step_time_s"] * 1e3:>8.1f} {r.get("time_ratio", 1):>6.3f} '
+        f'{r["images_per_s"]:>8.0f} '
+        f'{r.get("frozen_step_time_s", r["step_time_s"]) * 1e3:>9.1f} '
+        f'{r.get("frozen_time_ratio", 1):>7.3f}')
+  return '\n'.join(lines)
