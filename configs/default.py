@@ -62,7 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Learning mode selection: which transition index each epoch uses.
   config.selection = ml_collections.ConfigDict()
-  config.selection.mode = 'sgd'   # sgd, static.
+  config.selection.mode = 'sgd'   # sgd, static, dynamic, gradnorm.
   config.selection.k_max = -1     # Largest transition index; -1 = all units
                                   # but the head.
   config.selection.warmup_epochs = 1  # Epochs of pure SGD first.
@@ -70,6 +70,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.selection.ramp_epochs = -1  # Epochs to reach k_max; -1 = until the
                                      # last epoch.
   config.selection.table = ''     # static: explicit 'epoch:k,epoch:k' table.
+  # dynamic / gradnorm (see localsgd_jax/selection.py):
+  config.selection.settle_fraction = 0.5  # dynamic: a unit has settled when
+                                  # its update/lr is <= this x its peak.
+  config.selection.gradnorm_threshold = 0.1  # gradnorm: settled when its grad
+                                  # norm changed <= 10% over the last epoch.
+  config.selection.max_advance = 2  # Units the boundary may move at once.
+  config.selection.min_hold_epochs = 1  # Epochs to train at a new boundary
+                                  # before it may move again.
+  config.selection.retreat = True  # dynamic: step back if the loss rises...
+  config.selection.retreat_tolerance = 0.05  # ...by more than 5%.
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_epochs = 1

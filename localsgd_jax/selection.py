@@ -4,13 +4,34 @@ A host-side state machine, plain Python (no JAX): between epochs it receives
 that epoch's statistics and decides the transition index k of the next one.
 Units [0, k) then learn locally, units [k, L) by SGD. Its state is a JSON-able
 dict saved in every checkpoint.
+
+Modes:
+  sgd:      k = 0 always.
+  static:   a scheduler function of the epoch (warm-up, then a ramp to k_max)
+            or an explicit table.
+  dynamic:  from the weight updates of the transition unit. Each epoch the
+            trainer reports, per unit, the relative weight change over the
+            epoch divided by the mean learning rate (so a decaying schedule
+            alone does not look like convergence). A unit has *settled* when
+            that statistic has fallen to `settle_fraction` of its own peak.
+            The boundary advances over consecutive settled units starting at
+            the transition unit, at most `max_advance` per decision; guards:
+            no move during `warmup_epochs` or within `min_hold_epochs` of the
+            last move, never past k_max; and with `retreat`, if the training
+            loss rose by more than `retreat_tolerance` (relative) over the
+            previous epoch, the boundary steps back one unit.
+  gradnorm: AutoFreeze / PipeTransformer-style freezing criterion: a unit has
+            settled when the relative change of its epoch-mean gradient norm
+            between the last two epochs is at most `gradnorm_threshold`; the
+            boundary advances over such units with the same guards (no
+            retreat). Used with `local.rule=frozen` it is the AutoFreeze peer.
 """
 import math
 from typing import Any, Dict, List, Optional
 
 from localsgd_jax.errors import UserError
 
-MODES = ('sgd', 'static')
+MODES = ('sgd', 'static', 'dynamic', 'gradnorm')
 RAMPS = ('linear', 'cosine', 'cubic', 'step')
 
 
@@ -83,11 +104,15 @@ class Selector:
         raise UserError(f'config.selection.table has k={k}, outside '
                         f'[0, {num_units - 1}]')
     self.history: List[Dict[str, Any]] = []
+    self.k = 0                   # dynamic / gradnorm: the current boundary
+    self.last_move_epoch = None  # epoch after which k last changed
 
   def transition(self, epoch: int) -> int:
     """The transition index to use for `epoch`."""
     if self.cfg.mode == 'sgd':
       return 0
+    if self.cfg.mode in ('dynamic', 'gradnorm'):
+      return self.k
     if self.table:
       k = 0
       for start, value in self.table:
@@ -101,12 +126,75 @@ class Selector:
                            warmup_epochs=self.cfg.warmup_epochs,
                            ramp_epochs=ramp_epochs, ramp=self.cfg.ramp)
 
-  def observe(self, epoch: int, stats: Dict[str, Any]) -> None:
-    """Records the statistics of a finished epoch."""
+  def observe(self, epoch: int, stats: Dict[str, Any]) -> str:
+    """Records a finished epoch's statistics and decides the next k.
+
+    Args:
+      epoch: the finished epoch.
+      stats: at least 'train_loss'; for dynamic mode 'update_ratios' and for
+        gradnorm mode 'grad_norms': one number per unit (None or NaN where
+        not measured, e.g. for local units).
+
+    Returns:
+      Why k changed or held ('advance', 'retreat', 'hold', 'warmup', ...).
+    """
     self.history.append({'epoch': epoch, **stats})
+    if self.cfg.mode not in ('dynamic', 'gradnorm'):
+      return 'schedule'
+    reason, new_k = self._decide(epoch)
+    if new_k != self.k:
+      self.k, self.last_move_epoch = new_k, epoch
+    self.history[-1]['decision'] = reason
+    return reason
+
+  def _decide(self, epoch: int):
+    cfg = self.cfg
+    if epoch + 1 < cfg.warmup_epochs:
+      return 'warmup', self.k
+    if (cfg.mode == 'dynamic' and cfg.retreat and self.k > 0
+        and len(self.history) >= 2):
+      prev, cur = self.history[-2]['train_loss'], self.history[-1]['train_loss']
+      if cur > prev * (1 + cfg.retreat_tolerance):
+        return 'retreat', self.k - 1
+    if (self.last_move_epoch is not None
+        and epoch - self.last_move_epoch < cfg.min_hold_epochs):
+      return 'hold', self.k
+    settled = (self._update_settled if cfg.mode == 'dynamic'
+               else self._gradnorm_settled)
+    k = self.k
+    while k < self.k_max and k - self.k < cfg.max_advance and settled(k):
+      k += 1
+    return ('advance' if k > self.k else 'hold'), k
+
+  def _series(self, key: str, unit: int) -> List[float]:
+    """The finite values of `key[unit]` over the history, oldest first."""
+    out = []
+    for h in self.history:
+      values = h.get(key)
+      if values is not None and unit < len(values):
+        v = values[unit]
+        if v is not None and math.isfinite(v):
+          out.append(v)
+    return out
+
+  def _update_settled(self, unit: int) -> bool:
+    series = self._series('update_ratios', unit)
+    return bool(series) and series[-1] <= self.cfg.settle_fraction * max(
+        series)
+
+  def _gradnorm_settled(self, unit: int) -> bool:
+    series = self._series('grad_norms', unit)
+    if len(series) < 2 or series[-2] <= 0:
+      return False
+    return abs(series[-1] - series[-2]) / series[-2] <= (
+        self.cfg.gradnorm_threshold)
 
   def state_dict(self) -> Dict[str, Any]:
-    return {'history': list(self.history)}
+    return {'history': list(self.history), 'k': self.k,
+            'last_move_epoch': self.last_move_epoch}
 
   def load_state_dict(self, state: Optional[Dict[str, Any]]) -> None:
-    self.history = list((state or {}).get('history', []))
+    state = state or {}
+    self.history = list(state.get('history', []))
+    self.k = state.get('k', 0)
+    self.last_move_epoch = state.get('last_move_epoch')

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from localsgd_jax import checkpointing
@@ -22,6 +23,7 @@ from localsgd_jax import local_rules
 from localsgd_jax import metrics as metrics_lib
 from localsgd_jax import models
 from localsgd_jax import optim
+from localsgd_jax import partition
 from localsgd_jax import selection
 from localsgd_jax import train_step as train_step_lib
 from localsgd_jax.errors import UserError
@@ -97,6 +99,38 @@ def evaluate(eval_step, state, dataset, batch_size: int, sharding) -> Dict:
           'test_loss': float(totals['loss_sum']) / count}
 
 
+@jax.jit
+def _relative_change(new_params, old_params):
+  """Per unit: ||W_new - W_old|| / ||W_old|| over all its parameters."""
+  return {n: optax.global_norm(jax.tree.map(jnp.subtract, new_params[n],
+                                            old_params[n]))
+             / jnp.maximum(optax.global_norm(old_params[n]), 1e-12)
+          for n in old_params}
+
+
+class _StepCosts:
+  """XLA's counts for the step of each k, computed once per k."""
+
+  def __init__(self, steps, local_forward):
+    self._steps = steps
+    self._local = jax.jit(local_forward, static_argnums=3)
+    self._cache: Dict[int, Dict[str, float]] = {}
+
+  def get(self, k: int, state, batch) -> Dict[str, float]:
+    if k not in self._cache:
+      step = train_step_lib.xla_costs(self._steps.get(k, state, batch))
+      local = 0.0
+      if k > 0:
+        local_p = partition.split(state.params, k)[0]
+        local_bs = partition.split(state.batch_stats, k)[0]
+        local = train_step_lib.xla_costs(self._local.lower(
+            local_p, local_bs, batch['image'], k).compile())['flops']
+      self._cache[k] = {'step_flops': step['flops'],
+                        'step_temp_bytes': step['temp_bytes'],
+                        'local_flop_fraction': local / max(step['flops'], 1)}
+    return self._cache[k]
+
+
 def _non_finite_error(losses: List[float], first_step: int, epoch: int,
                       checkpointer, workdir: str) -> UserError:
   bad = next(i for i, l in enumerate(losses) if not math.isfinite(l))
@@ -148,7 +182,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   selector = selection.Selector(config.selection, num_units, config.num_epochs)
   checkpointer = checkpointing.Checkpointer(
       workdir, config.checkpoint.every_epochs, config.checkpoint.keep)
-  writer = metrics_lib.MetricsWriter(workdir, config.log.tensorboard)
+  # Only process 0 writes the run's files; every process takes part in the
+  # Orbax saves, which Orbax coordinates.
+  primary = jax.process_index() == 0
+  writer = metrics_lib.MetricsWriter(workdir,
+                                     config.log.tensorboard and primary)
 
   start_epoch, elapsed, total_compile = 0, 0.0, 0.0
   restored = checkpointer.restore_latest(state)
@@ -158,16 +196,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     elapsed, total_compile = host['elapsed_s'], host['compile_time_s']
     print(f'Resuming from the checkpoint after epoch {start_epoch} in '
           f'{workdir}', flush=True)
-  rows = writer.truncate(start_epoch)
-  metrics_lib.write_json(os.path.join(workdir, 'config.json'),
-                         json.loads(config.to_json_best_effort()))
+  rows = (writer.truncate(start_epoch) if primary else
+          [r for r in writer.read() if r['epoch'] < start_epoch])
+  if primary:
+    metrics_lib.write_json(os.path.join(workdir, 'config.json'),
+                           json.loads(config.to_json_best_effort()))
   commit = git_commit()
-  with open(os.path.join(workdir, 'git_commit.txt'), 'w') as f:
-    f.write(commit + '\n')
+  if primary:
+    with open(os.path.join(workdir, 'git_commit.txt'), 'w') as f:
+      f.write(commit + '\n')
 
   steps = train_step_lib.StepCache(
       train_step_lib.make_train_step(model, tx, lr_schedule, config))
   eval_step = jax.jit(train_step_lib.make_eval_step(model))
+  costs = _StepCosts(steps, train_step_lib.make_local_forward(
+      model, config.local))
 
   try:
     for epoch in range(start_epoch, config.num_epochs):
@@ -178,8 +221,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                       steps_per_epoch, config.log.progress)
       step_metrics, losses_seen = [], []
       first_step = epoch * steps_per_epoch
+      # The step donates its input state: keep a copy to measure updates.
+      params_start = jax.tree.map(jnp.copy, state.params)
       for i, batch in enumerate(dataset.train_batches(
           epoch, config.batch_size, sharding=batch_sharding)):
+        if i == 0:
+          step_costs = costs.get(k, state, batch)
         state, m = steps(state, batch, k)
         step_metrics.append(m)
         if (i + 1) % config.log.check_finite_every == 0 \
@@ -202,6 +249,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                       batch_sharding)
       eval_time = time.perf_counter() - t_eval
       count = sum(float(m['count']) for m in host_m)
+      mean_lr = float(np.mean([m['learning_rate'] for m in host_m]))
+      change = jax.device_get(_relative_change(state.params, params_start))
+      # Update statistic of SGD units (None for local ones): relative weight
+      # change over the epoch per unit of learning rate.
+      update_ratios = [
+          float(change[models.base.unit_name(u)]) / max(mean_lr, 1e-12)
+          if u >= k else None for u in range(num_units)]
+      grad_norms = [float(g) if u >= k else None for u, g in enumerate(
+          np.mean([m['grad_norms'] for m in host_m], axis=0))]
       row = {
           'epoch': epoch,
           'step': int(state.step),
@@ -213,15 +269,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           'learning_rate': float(host_m[-1]['learning_rate']),
           'local_lr': float(np.mean([m['local_lr'] for m in host_m])),
           'ws_factor': float(np.mean([m['ws_factor'] for m in host_m])),
+          'transition_update': update_ratios[k],
+          **step_costs,
           'epoch_time_s': train_time,
           'eval_time_s': eval_time,
           'compile_time_s': epoch_compile,
           'images_per_s': steps_per_epoch * config.batch_size / train_time,
       }
-      writer.write(row)
+      decision = selector.observe(epoch, {
+          'transition': k, 'train_loss': row['train_loss'],
+          'update_ratios': update_ratios, 'grad_norms': grad_norms})
+      row['selection'] = decision
+      if primary:
+        writer.write(row)
       rows.append(row)
-      selector.observe(epoch, {'transition': k,
-                               'train_loss': row['train_loss']})
       elapsed += time.perf_counter() - t0
       total_compile += epoch_compile
       print(f'epoch {epoch + 1}/{config.num_epochs}  k={k}/{num_units}  '
@@ -229,7 +290,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
             f'train_acc {row["train_accuracy"]:.4f}  '
             f'test_acc {row["test_accuracy"]:.4f}  '
             f'{row["epoch_time_s"]:.1f}s (+{epoch_compile:.1f}s compile)  '
-            f'{row["images_per_s"]:.0f} img/s', flush=True)
+            f'{row["images_per_s"]:.0f} img/s  ({decision})', flush=True)
       checkpointer.maybe_save(
           epoch + 1, state,
           {'selector': selector.state_dict(), 'elapsed_s': elapsed,
@@ -251,5 +312,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       'git_commit': commit,
       'config': json.loads(config.to_json_best_effort()),
   }
-  metrics_lib.write_json(os.path.join(workdir, 'summary.json'), summary)
+  if primary:
+    metrics_lib.write_json(os.path.join(workdir, 'summary.json'), summary)
   return summary

@@ -129,6 +129,32 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array,
   return jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
+def make_local_forward(model: base.Network,
+                       local_cfg: ml_collections.ConfigDict) -> Callable:
+  """Builds `local_forward(params, batch_stats, x, k)` for units [0, k).
+
+  Returns `(h, batch_stats, directions)`: the activation entering unit k
+  (a `stop_gradient` boundary), the units' updated BatchNorm statistics and
+  the Hebbian directions of their kernels ({} for the frozen rule).
+  """
+  hebbian_on = local_cfg.rule != 'frozen'
+  interceptor = hebbian_interceptor(local_cfg)
+
+  def local_forward(params, batch_stats, x, k: int):
+    mutable = ['batch_stats', 'hebbian'] if hebbian_on else ['batch_stats']
+    with (nn.intercept_methods(interceptor) if hebbian_on
+          else contextlib.nullcontext()):
+      h, new_vars = model.apply(
+          {'params': params, 'batch_stats': batch_stats}, x, train=True,
+          start=0, stop=k, mutable=mutable)
+    # No gradient flows into units [0, k): their backward pass is never built.
+    return (jax.lax.stop_gradient(h),
+            partition.split(dict(new_vars['batch_stats']), k)[0],
+            dict(new_vars.get('hebbian', {})))
+
+  return local_forward
+
+
 def make_train_step(model: base.Network, tx: optax.GradientTransformation,
                     lr_schedule: optax.Schedule,
                     config: ml_collections.ConfigDict) -> Callable:
@@ -143,9 +169,9 @@ def make_train_step(model: base.Network, tx: optax.GradientTransformation,
   """
   local_cfg = config.local
   smoothing = config.optim.label_smoothing
-  interceptor = hebbian_interceptor(local_cfg)
-  hebbian_on = local_cfg.rule != 'frozen'
+  local_forward = make_local_forward(model, local_cfg)
   peak_lr = config.optim.learning_rate
+  unit_names = [base.unit_name(i) for i in range(len(model.units))]
 
   def train_step(state: TrainState, batch: Batch, k: int
                  ) -> Tuple[TrainState, Metrics]:
@@ -154,16 +180,7 @@ def make_train_step(model: base.Network, tx: optax.GradientTransformation,
     x = batch['image']
     directions = {}
     if k > 0:
-      mutable = ['batch_stats', 'hebbian'] if hebbian_on else ['batch_stats']
-      with nn.intercept_methods(interceptor) if hebbian_on \
-          else contextlib.nullcontext():
-        x, new_vars = model.apply(
-            {'params': local_p, 'batch_stats': local_bs}, x, train=True,
-            start=0, stop=k, mutable=mutable)
-      local_bs = partition.split(dict(new_vars['batch_stats']), k)[0]
-      directions = dict(new_vars.get('hebbian', {}))
-      # No gradient flows into units [0, k): their backward pass is never built.
-      x = jax.lax.stop_gradient(x)
+      x, local_bs, directions = local_forward(local_p, local_bs, x, k)
 
     def loss_fn(sgd_params):
       logits, new_vars = model.apply(
@@ -205,7 +222,12 @@ def make_train_step(model: base.Network, tx: optax.GradientTransformation,
     metrics = {'loss': loss, 'correct': correct, 'count': jnp.sum(batch['mask']),
                'learning_rate': lr,
                'local_lr': local_lr if directions else jnp.zeros(()),
-               'ws_factor': ws}
+               'ws_factor': ws,
+               # Per-unit gradient norms (0 for local units): AutoFreeze-style
+               # selection reads them.
+               'grad_norms': jnp.stack([
+                   optax.global_norm(grads[n]) if n in grads
+                   else jnp.zeros((), jnp.float32) for n in unit_names])}
     return new_state, metrics
 
   return train_step

@@ -1,4 +1,6 @@
 """The learning-mode selection state machine, from tables of cases."""
+import json
+
 import ml_collections
 import pytest
 
@@ -9,7 +11,9 @@ from localsgd_jax.errors import UserError
 def _cfg(**kw):
   cfg = ml_collections.ConfigDict({
       'mode': 'static', 'k_max': -1, 'warmup_epochs': 1, 'ramp': 'linear',
-      'ramp_epochs': -1, 'table': ''})
+      'ramp_epochs': -1, 'table': '', 'settle_fraction': 0.5,
+      'gradnorm_threshold': 0.1, 'max_advance': 2, 'min_hold_epochs': 2,
+      'retreat': True, 'retreat_tolerance': 0.05})
   cfg.update(kw)
   return cfg
 
@@ -49,7 +53,7 @@ def test_table_overrides_ramp():
     ({'k_max': 6}, 'k_max=6 is out of range'),
     ({'table': '0:7'}, 'k=7'),
     ({'table': '0-2'}, 'not "epoch:k"'),
-    ({'mode': 'magic'}, 'sgd, static'),
+    ({'mode': 'magic'}, 'sgd, static, dynamic, gradnorm'),
     ({'ramp': 'zigzag'}, 'linear, cosine'),
 ])
 def test_bad_config_names_the_field(kw, match):
@@ -64,3 +68,84 @@ def test_state_round_trip():
   t = selection.Selector(_cfg(), num_units=6, num_epochs=4)
   t.load_state_dict(s.state_dict())
   assert t.history == s.history
+
+
+def _feed(selector, epochs):
+  """Feeds (loss, per-unit stats) per epoch; returns (k used, decision)."""
+  out = []
+  for e, (loss, ratios) in enumerate(epochs):
+    k = selector.transition(e)
+    key = ('update_ratios' if selector.cfg.mode == 'dynamic'
+           else 'grad_norms')
+    decision = selector.observe(e, {'train_loss': loss, key: ratios})
+    out.append((k, decision))
+  return out
+
+
+# Per-unit update statistics of a 6-unit network (None: a local unit).
+HIGH = [10.0] * 6
+
+
+@pytest.mark.parametrize('case,epochs,want', [
+    ('advance once units settle',
+     [(2.0, HIGH), (1.5, [4.0, 4.0, 9.0, 9, 9, 9])],
+     [(0, 'hold'), (0, 'advance')]),
+    ('advance is capped by max_advance',
+     [(2.0, HIGH), (1.5, [1.0] * 6), (1.4, [None, None, 1, 1, 1, 1])],
+     [(0, 'hold'), (0, 'advance'), (2, 'hold')]),
+    ('guard: hold right after a move, then advance again',
+     [(2.0, HIGH), (1.5, [1.0] * 6), (1.4, [None, None, 1, 1, 1, 1]),
+      (1.3, [None, None, 1, 1, 1, 1])],
+     [(0, 'hold'), (0, 'advance'), (2, 'hold'), (2, 'advance')]),
+    ('guard: never past k_max = L - 1',
+     [(2.0, HIGH), (1.5, [1.0] * 6), (1.4, [None] * 2 + [1] * 4),
+      (1.3, [None] * 2 + [1] * 4), (1.2, [None] * 4 + [1] * 2),
+      (1.1, [None] * 4 + [1] * 2), (1.0, [None] * 5 + [1])],
+     [(0, 'hold'), (0, 'advance'), (2, 'hold'), (2, 'advance'),
+      (4, 'hold'), (4, 'advance'), (5, 'hold')]),
+    ('retreat when the loss rises',
+     [(2.0, HIGH), (1.5, [1.0] * 6), (1.8, [None, None, 1, 1, 1, 1])],
+     [(0, 'hold'), (0, 'advance'), (2, 'retreat')]),
+    ('still unsettled: hold',
+     [(2.0, HIGH), (1.9, [8.0] * 6)],
+     [(0, 'hold'), (0, 'hold')]),
+])
+def test_dynamic_decisions(case, epochs, want):
+  s = selection.Selector(_cfg(mode='dynamic', warmup_epochs=0),
+                         num_units=6, num_epochs=10)
+  assert _feed(s, epochs) == want, case
+
+
+def test_dynamic_warmup_guard():
+  s = selection.Selector(_cfg(mode='dynamic', warmup_epochs=3),
+                         num_units=6, num_epochs=10)
+  got = _feed(s, [(2.0, HIGH), (1.5, [1.0] * 6), (1.4, [0.5] * 6)])
+  assert got == [(0, 'warmup'), (0, 'warmup'), (0, 'advance')]
+
+
+def test_gradnorm_advances_when_gradient_norms_stop_changing():
+  s = selection.Selector(_cfg(mode='gradnorm', warmup_epochs=0),
+                         num_units=6, num_epochs=10)
+  got = _feed(s, [(2.0, [5.0] * 6), (1.9, [4.0] * 6),
+                  (1.8, [3.9, 3.0, 4, 4, 4, 4]),
+                  (1.9, [None, 3.0, 3.0, 4, 4, 4])])
+  # Unit 0 changed 2.5% < 10%, unit 1 25%: advance by one; a loss rise does
+  # not retreat in gradnorm mode, but the hold guard applies.
+  assert got == [(0, 'hold'), (0, 'hold'), (0, 'advance'), (1, 'hold')]
+
+
+def test_dynamic_state_round_trip_continues_identically():
+  epochs = [(2.0, HIGH), (1.5, [1.0] * 6), (1.4, [None] * 2 + [1] * 4),
+            (1.3, [None] * 2 + [1] * 4)]
+  ref = selection.Selector(_cfg(mode='dynamic', warmup_epochs=0), 6, 10)
+  want = _feed(ref, epochs)
+  first = selection.Selector(_cfg(mode='dynamic', warmup_epochs=0), 6, 10)
+  _feed(first, epochs[:2])
+  resumed = selection.Selector(_cfg(mode='dynamic', warmup_epochs=0), 6, 10)
+  resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+  rest = []
+  for e, (loss, r) in enumerate(epochs[2:], start=2):
+    k = resumed.transition(e)
+    rest.append((k, resumed.observe(e, {'train_loss': loss,
+                                        'update_ratios': r})))
+  assert rest == want[2:]

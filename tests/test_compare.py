@@ -1,0 +1,219 @@
+"""The comparison harness: aggregation, report files and the compare.py CLI."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import quickstart
+from localsgd_jax import report
+from localsgd_jax.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REQUIRED = ('mode', 'test_accuracy_mean', 'test_accuracy_std',
+            'total_time_s_mean', 'speedup_vs_sgd')
+PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+
+
+def _load(workdir):
+  with open(os.path.join(workdir, 'comparison.json')) as f:
+    return json.load(f)
+
+
+def _assert_pngs(workdir):
+  for name in report.PLOTS.values():
+    path = os.path.join(workdir, name)
+    with open(path, 'rb') as f:
+      head = f.read(8)
+    assert head == PNG_MAGIC and os.path.getsize(path) > 1000, name
+
+
+# ------------------------------------------------- synthetic run directories
+
+
+def _write_run(workdir, mode, seed, acc, total_time, rows, finished=True):
+  path = os.path.join(workdir, mode, f'seed_{seed}')
+  os.makedirs(path)
+  with open(os.path.join(path, 'metrics.jsonl'), 'w') as f:
+    for epoch, row in enumerate(rows):
+      f.write(json.dumps({'epoch': epoch, 'test_accuracy': acc, **row}) + '\n')
+  if finished:
+    with open(os.path.join(path, 'summary.json'), 'w') as f:
+      json.dump({'final_test_accuracy': acc, 'best_test_accuracy': acc + 0.01,
+                 'total_time_s': total_time, 'compile_time_s': 1.0,
+                 'num_epochs': len(rows), 'num_units': 4}, f)
+
+
+def _times(epoch_time):
+  return {'epoch_time_s': epoch_time, 'compile_time_s': 0.5,
+          'eval_time_s': 0.25}
+
+
+@pytest.fixture
+def synthetic(tmp_path):
+  """sgd on seeds 0-1, freeze on seeds 0-2 (+ an unfinished seed 3)."""
+  workdir = str(tmp_path)
+  for seed, acc, t in [(0, 0.80, 10.0), (1, 0.90, 12.0)]:
+    _write_run(workdir, 'sgd', seed, acc, t,
+               [{'transition': 0, **_times(4.0)}] * 2)
+  freeze_rows = [
+      {'transition': 0, 'local_flop_fraction': 0.0, 'step_temp_bytes': 100,
+       **_times(3.0)},
+      {'transition': 3, 'local_flop_fraction': 0.5, 'step_temp_bytes': 60,
+       **_times(1.0)},
+  ]
+  for seed, acc in [(0, 0.78), (1, 0.86), (2, 0.99)]:
+    _write_run(workdir, 'freeze', seed, acc, 8.0, freeze_rows)
+  _write_run(workdir, 'freeze', 3, 0.5, 8.0, freeze_rows[:1], finished=False)
+  os.makedirs(os.path.join(workdir, 'notes'))  # not a mode: ignored
+  return workdir
+
+
+def test_aggregation_numbers_are_exact(synthetic):
+  entries = report.write_report(synthetic, command='python compare.py x',
+                                device='TPU v9')
+  assert [e['mode'] for e in entries] == ['sgd', 'freeze']
+  sgd, freeze = entries
+  assert sgd['seeds'] == [0, 1] and sgd['num_runs'] == 2
+  assert sgd['test_accuracy_mean'] == pytest.approx(0.85)
+  assert sgd['test_accuracy_std'] == pytest.approx(np.std([0.8, 0.9], ddof=1))
+  assert sgd['accuracy_diff_vs_sgd_mean'] == 0.0
+  assert sgd['speedup_vs_sgd'] == 1.0
+  assert sgd['local_flop_fraction_mean'] is None  # field never recorded
+  assert sgd['peak_temp_bytes'] is None and sgd['mean_transition'] == 0.0
+
+  assert freeze['seeds'] == [0, 1, 2] and freeze['num_runs'] == 3
+  assert freeze['test_accuracy_mean'] == pytest.approx((0.78 + 0.86 + .99) / 3)
+  # Only seeds 0 and 1 have an sgd partner: diffs -0.02 and -0.04.
+  assert freeze['paired_seeds'] == [0, 1]
+  assert freeze['accuracy_diff_vs_sgd_mean'] == pytest.approx(-0.03)
+  assert freeze['accuracy_diff_vs_sgd_std'] == pytest.approx(
+      np.std([-0.02, -0.04], ddof=1))
+  assert freeze['best_test_accuracy_mean'] == pytest.approx(
+      freeze['test_accuracy_mean'] + 0.01)
+  assert freeze['total_time_s_mean'] == 8.0
+  assert freeze['speedup_vs_sgd'] == pytest.approx(11.0 / 8.0)
+  assert freeze['train_time_s_mean'] == 4.0
+  assert freeze['train_speedup_vs_sgd'] == pytest.approx(8.0 / 4.0)
+  assert freeze['local_flop_fraction_mean'] == pytest.approx(0.25)
+  assert freeze['peak_temp_bytes'] == 100
+  assert freeze['mean_transition'] == pytest.approx(1.5)
+
+  on_disk = _load(synthetic)
+  assert on_disk['entries'] == json.loads(json.dumps(entries))
+  assert on_disk['unfinished_runs'] == [os.path.join('freeze', 'seed_3')]
+  assert on_disk['device'] == 'TPU v9'
+  _assert_pngs(synthetic)
+  md = open(os.path.join(synthetic, 'comparison.md')).read()
+  assert '| freeze | 3 | 0.8767 ± ' in md and '| 1.38x |' in md
+  assert '`python compare.py x`' in md and 'freeze/seed_3' in md
+
+  # A redraw keeps the recorded command line and device.
+  report.write_report(synthetic)
+  assert _load(synthetic)['command'] == 'python compare.py x'
+  assert _load(synthetic)['device'] == 'TPU v9'
+
+
+def test_no_baseline_gives_none(tmp_path):
+  _write_run(str(tmp_path), 'freeze', 0, 0.7, 5.0,
+             [{'transition': 1, **_times(1.0)}])
+  (entry,) = report.write_report(str(tmp_path))
+  assert entry['accuracy_diff_vs_sgd_mean'] is None
+  assert entry['speedup_vs_sgd'] is None and entry['test_accuracy_std'] == 0
+
+
+def test_unknown_mode_lists_valid_ones(tmp_path):
+  with pytest.raises(UserError, match=r"'bogus'.*valid modes: sgd, static, "
+                     r'dynamic, freeze, autofreeze'):
+    report.run_comparison(quickstart.get_config(), str(tmp_path),
+                          ['sgd', 'bogus'], 1)
+  assert not os.listdir(tmp_path)  # rejected before any training
+
+
+def test_modes_apply_their_overrides():
+  cfg = report.mode_config(quickstart.get_config(), 'freeze', seed=7)
+  assert (cfg.selection.mode, cfg.selection.ramp, cfg.local.rule,
+          cfg.seed) == ('static', 'cubic', 'frozen', 7)
+
+
+# ------------------------------------------------------ real training runs
+
+
+@pytest.fixture(scope='module')
+def compared(tmp_path_factory):
+  """sgd and freeze, two seeds each, on digits: real runs, a few seconds."""
+  workdir = str(tmp_path_factory.mktemp('compare'))
+  config = quickstart.get_config()
+  config.data.image_size = 16
+  config.num_epochs = 2
+  config.log.progress = False
+  config.log.tensorboard = False
+  entries = report.run_comparison(config, workdir, ['sgd', 'freeze'], 2,
+                                  command='python compare.py --seeds=2')
+  return workdir, entries
+
+
+def test_comparison_of_real_runs(compared):
+  workdir, entries = compared
+  by_mode = {e['mode']: e for e in _load(workdir)['entries']}
+  assert list(by_mode) == ['sgd', 'freeze']
+  for e in by_mode.values():
+    assert all(e[key] is not None for key in REQUIRED)
+    assert e['num_runs'] == 2 and e['seeds'] == [0, 1]
+  sgd, freeze = by_mode['sgd'], by_mode['freeze']
+  assert sgd['speedup_vs_sgd'] == 1.0
+  assert sgd['accuracy_diff_vs_sgd_mean'] == 0.0
+  # The overrides reached training: freeze moved units out of the backward
+  # pass (k = k_max in the last epoch), sgd never did.
+  assert sgd['mean_transition'] == 0 and freeze['mean_transition'] > 0
+
+  summaries = {}
+  for mode in ('sgd', 'freeze'):
+    for seed in (0, 1):
+      with open(os.path.join(report.run_dir(workdir, mode, seed),
+                             'summary.json')) as f:
+        summaries[mode, seed] = json.load(f)
+      assert summaries[mode, seed]['config']['seed'] == seed
+  assert summaries['freeze', 0]['config']['local']['rule'] == 'frozen'
+  diffs = [summaries['freeze', s]['final_test_accuracy']
+           - summaries['sgd', s]['final_test_accuracy'] for s in (0, 1)]
+  assert freeze['accuracy_diff_vs_sgd_mean'] == pytest.approx(np.mean(diffs))
+  assert freeze['speedup_vs_sgd'] == pytest.approx(
+      np.mean([summaries['sgd', s]['total_time_s'] for s in (0, 1)])
+      / np.mean([summaries['freeze', s]['total_time_s'] for s in (0, 1)]))
+
+  _assert_pngs(workdir)
+  md = open(os.path.join(workdir, 'comparison.md')).read()
+  for mode in ('sgd', 'freeze'):
+    assert f'| {mode} | 2 | ' in md
+  for name in report.PLOTS.values():
+    assert f']({name})' in md
+
+
+def _compare_cli(*args):
+  return subprocess.run([sys.executable, os.path.join(ROOT, 'compare.py'),
+                         *args], capture_output=True, text=True, cwd=ROOT,
+                        timeout=120)
+
+
+def test_report_only_cli_redraws(compared):
+  workdir, entries = compared
+  for name in (*report.PLOTS.values(), 'comparison.md'):
+    os.remove(os.path.join(workdir, name))
+  out = _compare_cli(f'--workdir={workdir}', '--report_only')
+  assert out.returncode == 0, out.stderr
+  _assert_pngs(workdir)
+  redrawn = _load(workdir)
+  assert redrawn['command'] == 'python compare.py --seeds=2'
+  assert redrawn['entries'] == json.loads(json.dumps(entries))
+  assert os.path.exists(os.path.join(workdir, 'comparison.md'))
+
+
+def test_report_only_on_empty_dir_is_a_clear_error(tmp_path):
+  out = _compare_cli(f'--workdir={tmp_path}', '--report_only')
+  assert out.returncode == 2
+  assert 'holds no finished run' in out.stderr
+  assert 'without --report_only first' in out.stderr
+  assert 'Traceback' not in out.stderr
