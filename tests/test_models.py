@@ -15,7 +15,7 @@ from localsgd_jax import errors
 from localsgd_jax import models
 from localsgd_jax.models import base
 from localsgd_jax.models import vgg
-from localsgd_jax.models.resnet import ClassifierHead
+from localsgd_jax.models.base import ClassifierHead
 
 CIFAR = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
 IMAGENET = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)

@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 
 from localsgd_jax.models import base
-from localsgd_jax.models.resnet import ClassifierHead, ConvBNAct, conv
 
 # (expansion t, output channels c, blocks n, first-block stride s): Table 2.
 BLOCKS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
@@ -42,12 +41,12 @@ class InvertedResidual(nn.Module):
     hidden = in_features * self.expand_ratio
     y = x
     if self.expand_ratio != 1:
-      y = conv(hidden, 1, 1, self.dtype, name='expand_conv')(y)
+      y = base.conv(hidden, 1, 1, self.dtype, name='expand_conv')(y)
       y = nn.relu6(base.batch_norm(train, self.dtype, name='expand_bn')(y))
-    y = conv(hidden, 3, self.strides, self.dtype, groups=hidden,
+    y = base.conv(hidden, 3, self.strides, self.dtype, groups=hidden,
              name='dw_conv')(y)
     y = nn.relu6(base.batch_norm(train, self.dtype, name='dw_bn')(y))
-    y = conv(self.features, 1, 1, self.dtype, name='project_conv')(y)
+    y = base.conv(self.features, 1, 1, self.dtype, name='project_conv')(y)
     y = base.batch_norm(train, self.dtype, name='project_bn')(y)
     if self.strides == 1 and in_features == self.features:
       y = x + y
@@ -67,13 +66,13 @@ def mobilenet_v2(num_classes: int, *, cifar_stem: bool = True,
   Returns:
     A Network [stem, 17 inverted residual blocks, 1x1 conv to 1280, head].
   """
-  units = [ConvBNAct(32, 3, 1 if cifar_stem else 2, act=nn.relu6,
+  units = [base.ConvBNAct(32, 3, 1 if cifar_stem else 2, act=nn.relu6,
                      dtype=dtype)]
   for t, c, n, s in BLOCKS:
     if cifar_stem and c == 24:
       s = 1
     for i in range(n):
       units.append(InvertedResidual(c, s if i == 0 else 1, t, dtype))
-  units.append(ConvBNAct(1280, 1, 1, act=nn.relu6, dtype=dtype))
-  units.append(ClassifierHead(num_classes, dtype=dtype))
+  units.append(base.ConvBNAct(1280, 1, 1, act=nn.relu6, dtype=dtype))
+  units.append(base.ClassifierHead(num_classes, dtype=dtype))
   return base.Network(units=units)

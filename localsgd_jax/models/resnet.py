@@ -10,10 +10,10 @@ option A: 272,474 / 855,770 params with 10 classes instead of 269,722 /
 update, and avoid a parameter-free strided-slice-and-pad branch.
 
 The layers shared by the whole zoo (`conv`, `ConvBNAct`, `ClassifierHead`)
-live here too; the other families import them.
+live in base.py.
 """
 import functools
-from typing import Any, Callable, ClassVar, Optional, Sequence, Type
+from typing import Any, ClassVar, Sequence, Type
 
 import flax.linen as nn
 import jax
@@ -23,80 +23,6 @@ from localsgd_jax.models import base
 
 # torchvision's kaiming_normal_(mode='fan_out', nonlinearity='relu'); for a
 # depthwise kernel (kh, kw, 1, C) fan_out is kh * kw * C, as in PyTorch.
-conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
-
-
-def conv(features: int, kernel_size: int, strides: int = 1,
-         dtype: Any = jnp.float32, groups: int = 1,
-         name: Optional[str] = None) -> nn.Conv:
-  """A bias-free square conv (a BN always follows) with PyTorch's padding.
-
-  Explicit padding of kernel_size // 2 on every side, not 'SAME': with stride 2
-  'SAME' pads (0, 1) on even inputs, PyTorch pads (1, 1).
-  """
-  pad = kernel_size // 2
-  return nn.Conv(features, (kernel_size, kernel_size),
-                 strides=(strides, strides), padding=((pad, pad), (pad, pad)),
-                 feature_group_count=groups, use_bias=False, dtype=dtype,
-                 param_dtype=jnp.float32, kernel_init=conv_init, name=name)
-
-
-class ConvBNAct(nn.Module):
-  """conv -> BN -> activation [-> max-pool]: stems, VGG layers, tiny layers.
-
-  Attributes:
-    features: output channels.
-    kernel_size: square conv kernel size.
-    strides: conv stride.
-    act: activation after BN.
-    pool: 0 for no pooling, else a max-pool with this window, stride 2 and
-      PyTorch's padding (pool - 1) // 2: pool=2 is VGG's 2x2/2, pool=3 the
-      ResNet stem's 3x3/2 with padding 1.
-    dtype: compute dtype.
-  """
-  features: int
-  kernel_size: int = 3
-  strides: int = 1
-  act: Callable[[jax.Array], jax.Array] = nn.relu
-  pool: int = 0
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-    x = conv(self.features, self.kernel_size, self.strides, self.dtype,
-             name='conv')(x)
-    x = self.act(base.batch_norm(train, self.dtype, name='bn')(x))
-    if self.pool:
-      pad = (self.pool - 1) // 2
-      x = nn.max_pool(x, (self.pool, self.pool), strides=(2, 2),
-                      padding=((pad, pad), (pad, pad)))
-    return x
-
-
-class ClassifierHead(nn.Module):
-  """[Global average pool ->] Dense(num_classes): the last unit of every model.
-
-  Logits are returned in float32 whatever the compute dtype, so the softmax
-  cross-entropy stays stable under bfloat16.
-
-  Attributes:
-    num_classes: number of logits.
-    global_pool: average over H, W first (input (B, H, W, C)); False for an
-      input that is already (B, D).
-    dtype: compute dtype of the Dense.
-  """
-  num_classes: int
-  global_pool: bool = True
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-    del train  # No BN or dropout in the head.
-    if self.global_pool:
-      x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # (B, C)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
-                 name='fc')(x)
-    return x.astype(jnp.float32)  # (B, num_classes)
 
 
 def _shortcut(x: jax.Array, features: int, strides: int, train: bool,
@@ -107,7 +33,7 @@ def _shortcut(x: jax.Array, features: int, strides: int, train: bool,
   """
   if x.shape[-1] == features and strides == 1:
     return x
-  x = conv(features, 1, strides, dtype, name='proj_conv')(x)
+  x = base.conv(features, 1, strides, dtype, name='proj_conv')(x)
   return base.batch_norm(train, dtype, name='proj_bn')(x)
 
 
@@ -120,9 +46,9 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-    y = conv(self.features, 3, self.strides, self.dtype, name='conv1')(x)
+    y = base.conv(self.features, 3, self.strides, self.dtype, name='conv1')(x)
     y = nn.relu(base.batch_norm(train, self.dtype, name='bn1')(y))
-    y = conv(self.features, 3, 1, self.dtype, name='conv2')(y)
+    y = base.conv(self.features, 3, 1, self.dtype, name='conv2')(y)
     y = base.batch_norm(train, self.dtype, name='bn2')(y)
     return nn.relu(y + _shortcut(x, self.features, self.strides, train,
                                  self.dtype))
@@ -138,11 +64,11 @@ class BottleneckBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
     out = self.features * self.expansion
-    y = conv(self.features, 1, 1, self.dtype, name='conv1')(x)
+    y = base.conv(self.features, 1, 1, self.dtype, name='conv1')(x)
     y = nn.relu(base.batch_norm(train, self.dtype, name='bn1')(y))
-    y = conv(self.features, 3, self.strides, self.dtype, name='conv2')(y)
+    y = base.conv(self.features, 3, self.strides, self.dtype, name='conv2')(y)
     y = nn.relu(base.batch_norm(train, self.dtype, name='bn2')(y))
-    y = conv(out, 1, 1, self.dtype, name='conv3')(y)
+    y = base.conv(out, 1, 1, self.dtype, name='conv3')(y)
     y = base.batch_norm(train, self.dtype, name='bn3')(y)
     return nn.relu(y + _shortcut(x, out, self.strides, train, self.dtype))
 
@@ -166,16 +92,16 @@ def resnet(num_classes: int, *, stage_sizes: Sequence[int],
     A Network of 1 + sum(stage_sizes) + 1 units.
   """
   if cifar_stem:
-    stem = ConvBNAct(widths[0], 3, 1, dtype=dtype)
+    stem = base.ConvBNAct(widths[0], 3, 1, dtype=dtype)
   else:
-    stem = ConvBNAct(widths[0], 7, 2, pool=3, dtype=dtype)
+    stem = base.ConvBNAct(widths[0], 7, 2, pool=3, dtype=dtype)
   units = [stem]
   for stage, (num_blocks, width) in enumerate(zip(stage_sizes, widths)):
     for i in range(num_blocks):
       # Every stage but the first halves the resolution in its first block.
       strides = 2 if stage > 0 and i == 0 else 1
       units.append(block_cls(width, strides, dtype))
-  units.append(ClassifierHead(num_classes, dtype=dtype))
+  units.append(base.ClassifierHead(num_classes, dtype=dtype))
   return base.Network(units=units)
 
 

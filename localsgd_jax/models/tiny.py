@@ -12,7 +12,6 @@ from typing import Any
 import jax.numpy as jnp
 
 from localsgd_jax.models import base
-from localsgd_jax.models.resnet import ClassifierHead, ConvBNAct
 
 
 def tiny(num_classes: int, *, cifar_stem: bool = True,
@@ -31,8 +30,8 @@ def tiny(num_classes: int, *, cifar_stem: bool = True,
   del cifar_stem
   # Pooling early keeps FLOPs low: 32x32 -> 16 -> 8 -> 4.
   return base.Network(units=[
-      ConvBNAct(16, 3, 1, pool=2, dtype=dtype),
-      ConvBNAct(32, 3, 1, pool=2, dtype=dtype),
-      ConvBNAct(64, 3, 1, pool=2, dtype=dtype),
-      ClassifierHead(num_classes, dtype=dtype),
+      base.ConvBNAct(16, 3, 1, pool=2, dtype=dtype),
+      base.ConvBNAct(32, 3, 1, pool=2, dtype=dtype),
+      base.ConvBNAct(64, 3, 1, pool=2, dtype=dtype),
+      base.ClassifierHead(num_classes, dtype=dtype),
   ])

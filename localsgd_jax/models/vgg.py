@@ -26,7 +26,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from localsgd_jax.models import base
-from localsgd_jax.models.resnet import ClassifierHead, ConvBNAct
 
 # Channels of each 3x3 conv; 'M' is a 2x2/2 max-pool (torchvision cfgs D, E).
 CFG_VGG16 = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M',
@@ -96,13 +95,13 @@ def vgg(num_classes: int, *, cfg: Sequence[Union[int, str]],
     if c == 'M':
       continue
     pool = 2 if i + 1 < len(cfg) and cfg[i + 1] == 'M' else 0
-    units.append(ConvBNAct(c, 3, 1, pool=pool, dtype=dtype))
+    units.append(base.ConvBNAct(c, 3, 1, pool=pool, dtype=dtype))
   if cifar_stem:
-    units.append(ClassifierHead(num_classes, dtype=dtype))
+    units.append(base.ClassifierHead(num_classes, dtype=dtype))
   else:
     units += [FCUnit(4096, pool_flatten=True, dtype=dtype),
               FCUnit(4096, dtype=dtype),
-              ClassifierHead(num_classes, global_pool=False, dtype=dtype)]
+              base.ClassifierHead(num_classes, global_pool=False, dtype=dtype)]
   return base.Network(units=units)
 
 
