@@ -24,6 +24,8 @@ flags.DEFINE_integer('num_classes', 10, 'Classes.')
 flags.DEFINE_bool('cifar_stem', True, 'CIFAR stem (3x3, stride 1).')
 flags.DEFINE_string('rule', 'gha', 'Local rule of the Hebbian step.')
 flags.DEFINE_float('hebbian_fraction', 1.0, 'Hebbian GEMM on 1/m of the batch.')
+flags.DEFINE_integer('hebbian_every', 1, 'Hebbian step every m-th step: the '
+                     'last column is the mean step time then.')
 flags.DEFINE_string('dtype', 'float32', 'Compute dtype: float32 or bfloat16.')
 flags.DEFINE_string('ks', '', 'Comma-separated k to measure; default all.')
 flags.DEFINE_bool('frozen', True, 'Also time the frozen (forward-only) step.')
@@ -35,14 +37,16 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   ks = [int(k) for k in FLAGS.ks.split(',')] if FLAGS.ks else None
-  rows = benchmarking.measure_steps(FLAGS.model, FLAGS.batch_size, image_size=FLAGS.image_size,
-             channels=FLAGS.channels, num_classes=FLAGS.num_classes,
-             cifar_stem=FLAGS.cifar_stem, rule=FLAGS.rule,
-             hebbian_fraction=FLAGS.hebbian_fraction, dtype=FLAGS.dtype,
-             ks=ks, frozen=FLAGS.frozen, repeats=FLAGS.repeats,
-             steps=FLAGS.steps)
+  rows = benchmarking.measure_steps(
+      FLAGS.model, FLAGS.batch_size, image_size=FLAGS.image_size,
+      channels=FLAGS.channels, num_classes=FLAGS.num_classes,
+      cifar_stem=FLAGS.cifar_stem, rule=FLAGS.rule,
+      hebbian_fraction=FLAGS.hebbian_fraction,
+      hebbian_every=FLAGS.hebbian_every, dtype=FLAGS.dtype, ks=ks,
+      frozen=FLAGS.frozen, repeats=FLAGS.repeats, steps=FLAGS.steps)
   print(f'{FLAGS.model}, batch {FLAGS.batch_size}, {FLAGS.dtype}, rule '
         f'{FLAGS.rule}, hebbian_fraction {FLAGS.hebbian_fraction}, '
+        f'hebbian_every {FLAGS.hebbian_every}, '
         f'{jax.devices()[0].device_kind} x{jax.device_count()}')
   print(benchmarking.format_table(rows))
   if FLAGS.out:

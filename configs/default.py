@@ -56,6 +56,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.local.normalize = True   # Keep each filter's norm through updates.
   config.local.follow_sgd_schedule = True  # Scale by lr(t) / peak SGD lr.
   config.local.hebbian_fraction = 1.0  # Hebbian GEMM on 1/m of the batch.
+  config.local.hebbian_every = 1  # Hebbian step every m-th step (local lr x m);
+                                  # the other steps only run local units forward.
   config.local.weak_supervision = 'scale'  # none, scale or sign.
   config.local.ws_power = 1.0     # 'scale': min(1, ema/loss) ** power.
   config.local.loss_ema_decay = 0.98  # Running average of the training loss.

@@ -131,16 +131,17 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array,
 
 def make_local_forward(model: base.Network,
                        local_cfg: ml_collections.ConfigDict) -> Callable:
-  """Builds `local_forward(params, batch_stats, x, k)` for units [0, k).
+  """Builds `local_forward(params, batch_stats, x, k, hebbian)`: units [0, k).
 
   Returns `(h, batch_stats, directions)`: the activation entering unit k
   (a `stop_gradient` boundary), the units' updated BatchNorm statistics and
-  the Hebbian directions of their kernels ({} for the frozen rule).
+  the Hebbian directions of their kernels ({} for the frozen rule or when
+  `hebbian` is False: then the units only run forward).
   """
-  hebbian_on = local_cfg.rule != 'frozen'
   interceptor = hebbian_interceptor(local_cfg)
 
-  def local_forward(params, batch_stats, x, k: int):
+  def local_forward(params, batch_stats, x, k: int, hebbian: bool = True):
+    hebbian_on = hebbian and local_cfg.rule != 'frozen'
     mutable = ['batch_stats', 'hebbian'] if hebbian_on else ['batch_stats']
     with (nn.intercept_methods(interceptor) if hebbian_on
           else contextlib.nullcontext()):
@@ -158,7 +159,13 @@ def make_local_forward(model: base.Network,
 def make_train_step(model: base.Network, tx: optax.GradientTransformation,
                     lr_schedule: optax.Schedule,
                     config: ml_collections.ConfigDict) -> Callable:
-  """Builds `train_step(state, batch, k) -> (state, metrics)` (k static).
+  """Builds `train_step(state, batch, k, hebbian) -> (state, metrics)`.
+
+  `k` and `hebbian` are static. With `hebbian=False` the local units only run
+  forward (no Hebbian GEMM); `config.local.hebbian_every = m` has the trainer
+  run the Hebbian step every m-th step and scales the local learning rate by
+  m, so the update per epoch stays the same while the Hebbian cost is
+  amortized.
 
   Args:
     model: the unit sequence.
@@ -173,14 +180,15 @@ def make_train_step(model: base.Network, tx: optax.GradientTransformation,
   peak_lr = config.optim.learning_rate
   unit_names = [base.unit_name(i) for i in range(len(model.units))]
 
-  def train_step(state: TrainState, batch: Batch, k: int
-                 ) -> Tuple[TrainState, Metrics]:
+  def train_step(state: TrainState, batch: Batch, k: int,
+                 hebbian: bool = True) -> Tuple[TrainState, Metrics]:
     local_p, sgd_p = partition.split(state.params, k)
     local_bs, sgd_bs = partition.split(state.batch_stats, k)
     x = batch['image']
     directions = {}
     if k > 0:
-      x, local_bs, directions = local_forward(local_p, local_bs, x, k)
+      x, local_bs, directions = local_forward(local_p, local_bs, x, k,
+                                              hebbian)
 
     def loss_fn(sgd_params):
       logits, new_vars = model.apply(
@@ -204,7 +212,7 @@ def make_train_step(model: base.Network, tx: optax.GradientTransformation,
                          + (1 - local_cfg.loss_ema_decay) * loss)
     ws = local_rules.weak_supervision_factor(
         local_cfg.weak_supervision, loss, loss_ema, local_cfg.ws_power)
-    local_lr = local_cfg.learning_rate * ws
+    local_lr = local_cfg.learning_rate * local_cfg.hebbian_every * ws
     if local_cfg.follow_sgd_schedule:
       local_lr = local_lr * lr / peak_lr
     if directions:
@@ -258,24 +266,28 @@ def xla_costs(compiled) -> Dict[str, float]:
 class StepCache:
   """One compiled executable per transition index, compiled once.
 
-  `compile_time_s[k]` holds the lowering + compilation time of k, so the
-  trainer can report compile time apart from step time; `compiled[k]` exposes
-  XLA's `cost_analysis()` / `memory_analysis()` to benchmarks and tests.
+  Keyed by `(k, hebbian)`. `compile_time_s[key]` holds the lowering +
+  compilation time, so the trainer can report compile time apart from step
+  time; `compiled[key]` exposes XLA's `cost_analysis()` /
+  `memory_analysis()` to benchmarks and tests.
   """
 
   def __init__(self, train_step: Callable, donate: bool = True):
-    self._jitted = jax.jit(train_step, static_argnums=2,
+    self._jitted = jax.jit(train_step, static_argnums=(2, 3),
                            donate_argnums=(0,) if donate else ())
     self.compiled: Dict[int, Any] = {}
     self.compile_time_s: Dict[int, float] = {}
 
-  def get(self, k: int, state: TrainState, batch: Batch):
-    if k not in self.compiled:
+  def get(self, k: int, state: TrainState, batch: Batch,
+          hebbian: bool = True):
+    key = (k, hebbian and k > 0)  # k = 0 has no local units either way
+    if key not in self.compiled:
       t0 = time.perf_counter()
-      self.compiled[k] = self._jitted.lower(state, batch, k).compile()
-      self.compile_time_s[k] = time.perf_counter() - t0
-    return self.compiled[k]
+      self.compiled[key] = self._jitted.lower(state, batch, *key).compile()
+      self.compile_time_s[key] = time.perf_counter() - t0
+    return self.compiled[key]
 
-  def __call__(self, state: TrainState, batch: Batch, k: int):
-    return self.get(k, state, batch)(state, batch)
+  def __call__(self, state: TrainState, batch: Batch, k: int,
+               hebbian: bool = True):
+    return self.get(k, state, batch, hebbian)(state, batch)
 

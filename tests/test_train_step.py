@@ -175,5 +175,25 @@ def test_step_cache_compiles_once_per_k():
   cache = ts.StepCache(step, donate=False)
   for k in (0, 1, 0, 1, 2):
     state, _ = cache(state, batch, k)
-  assert sorted(cache.compile_time_s) == [0, 1, 2]
+  assert sorted(cache.compile_time_s) == [(0, False), (1, True), (2, True)]
   assert int(state.step) == 5
+
+
+def test_hebbian_every_m_steps():
+  """hebbian=False runs local units forward only; the Hebbian step's local
+  learning rate is scaled by hebbian_every."""
+  k = 2
+  _, _, state, batch, step_f = _setup(_config(rule='frozen'))
+  _, _, _, _, step_1 = _setup(_config(rule='oja'))
+  _, _, _, _, step_3 = _setup(_config(rule='oja', hebbian_every=3))
+  frozen, _ = _run(step_f, state, batch, k)
+  skipped, _ = jax.jit(step_3, static_argnums=(2, 3))(state, batch, k, False)
+  jax.tree.map(np.testing.assert_array_equal, skipped.params, frozen.params)
+  once, m1 = _run(step_1, state, batch, k)
+  thrice, m3 = _run(step_3, state, batch, k)
+  np.testing.assert_allclose(m3['local_lr'], 3 * m1['local_lr'], rtol=1e-6)
+  local0 = partition.split(state.params, k)[0]
+  for name in local0:
+    d1 = once.params[name]['conv']['kernel'] - local0[name]['conv']['kernel']
+    d3 = thrice.params[name]['conv']['kernel'] - local0[name]['conv']['kernel']
+    assert float(jnp.linalg.norm(d3)) > 2 * float(jnp.linalg.norm(d1))

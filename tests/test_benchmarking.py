@@ -1,0 +1,34 @@
+"""The step benchmark's CLI writes one JSON object per k with XLA's counts."""
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_step_bench_cli(tmp_path):
+  out = tmp_path / 'tiny.json'
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'benchmarks', 'step_bench.py'),
+       '--model=tiny', '--channels=1', '--image_size=16', '--batch_size=8',
+       '--repeats=1', '--steps=1', '--rule=oja', '--hebbian_every=2',
+       f'--out={out}'], capture_output=True, text=True, timeout=600,
+      env={**os.environ, 'XLA_FLAGS': ''})
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = json.loads(out.read_text())
+  assert [r['k'] for r in rows] == [0, 1, 2, 3]
+  for r in rows:
+    for key in ('k', 'num_units', 'flops', 'temp_bytes', 'step_time_s',
+                'images_per_s', 'flops_ratio', 'temp_ratio', 'time_ratio'):
+      assert key in r
+    assert r['num_units'] == 4
+  assert rows[0]['flops_ratio'] == 1.0
+  # XLA's own counters: the step with every unit but the head local costs
+  # less than the SGD step in FLOPs and temporary memory.
+  assert rows[-1]['flops'] < 0.8 * rows[0]['flops']
+  assert rows[-1]['temp_bytes'] < 0.6 * rows[0]['temp_bytes']
+  for r in rows[1:]:
+    want = (r['step_time_s'] + r['frozen_step_time_s']) / 2
+    assert abs(r['amortized_step_time_s'] - want) < 1e-12
+  assert 'xflops' in proc.stdout  # the printed table
