@@ -65,6 +65,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _check(0 < frac <= 1 and abs(1 / frac - round(1 / frac)) < 1e-6,
          'local.hebbian_fraction', frac, '1/m for an integer m >= 1 '
          '(1.0, 0.5, 0.25, ...)')
+  _check(loc.hebbian_every >= 1, 'local.hebbian_every', loc.hebbian_every,
+         '>= 1')
   _check(loc.weak_supervision in WEAK_SUPERVISION, 'local.weak_supervision',
          loc.weak_supervision, 'one of ' + ', '.join(WEAK_SUPERVISION))
   _check(0 <= loc.loss_ema_decay < 1, 'local.loss_ema_decay',
@@ -172,13 +174,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   mesh = Mesh(devices, ('data',))
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P('data'))
+  # Eval batches are sharded too: round up to a multiple of the device count
+  # (the padding is masked out), so e.g. 500 works on 8 GPUs.
+  eval_batch_size = -(-config.eval_batch_size // len(devices)) * len(devices)
 
   tx = optim.direction(config.optim)
   lr_schedule = optim.learning_rate_schedule(
       config.optim, steps_per_epoch, config.num_epochs)
   state = train_step_lib.create_train_state(
       model, tx, jax.random.key(config.seed), dataset.image_shape)
-  state = jax.device_put(state, replicated)
+  # Every process computes the same state from the seed. With one process
+  # this is device_put; with several, device_put would all-gather each leaf
+  # to check that the processes agree (costly for big models, and the NaN
+  # loss EMA never compares equal).
+  state = jax.tree.map(lambda x: jax.make_array_from_process_local_data(
+      replicated, x, x.shape), state)
   selector = selection.Selector(config.selection, num_units, config.num_epochs)
   checkpointer = checkpointing.Checkpointer(
       workdir, config.checkpoint.every_epochs, config.checkpoint.keep)
@@ -227,7 +237,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           epoch, config.batch_size, sharding=batch_sharding)):
         if i == 0:
           step_costs = costs.get(k, state, batch)
-        state, m = steps(state, batch, k)
+        state, m = steps(state, batch, k,
+                         i % config.local.hebbian_every == 0)
         step_metrics.append(m)
         if (i + 1) % config.log.check_finite_every == 0 \
             or i + 1 == steps_per_epoch:
@@ -245,7 +256,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       epoch_compile = sum(steps.compile_time_s.values()) - compile_before
       train_time = time.perf_counter() - t0 - epoch_compile
       t_eval = time.perf_counter()
-      test = evaluate(eval_step, state, dataset, config.eval_batch_size,
+      test = evaluate(eval_step, state, dataset, eval_batch_size,
                       batch_sharding)
       eval_time = time.perf_counter() - t_eval
       count = sum(float(m['count']) for m in host_m)

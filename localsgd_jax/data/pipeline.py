@@ -17,10 +17,18 @@ Every batch is `{'image': float32 (B, H, W, C), 'label': int32 (B,),
 and eval steps take one batch signature; the last eval batch is padded to full
 size (fixed shapes mean one compiled eval step) and its mask marks the real
 examples.
+
+With several processes (`jax.distributed`), a sharding that spans them makes
+each process build only the rows of the global batch that its own devices
+hold (`process_rows`) and assemble the global array with
+`jax.make_array_from_process_local_data`. The rows are cut from the same
+(seed, epoch)-determined global batch, so the assembled batch equals the one a
+single process would build.
 """
 
 import abc
 import functools
+import itertools
 from typing import Any, Callable, Iterator, Optional, Tuple
 
 import jax
@@ -68,11 +76,47 @@ def channel_stats(images: np.ndarray,
   return mean.astype(np.float32), std.astype(np.float32)
 
 
-def _place(batch: Batch, sharding: Optional[jax.sharding.Sharding]) -> Batch:
-  """Puts a batch where the step expects it (no-op without a sharding)."""
+def process_rows(sharding: Optional[jax.sharding.Sharding],
+                 batch_size: int) -> Optional[np.ndarray]:
+  """The rows of a global batch that this process feeds, in order.
+
+  Args:
+    sharding: the batch sharding (batch on the leading axis), or None.
+    batch_size: global batch size.
+
+  Returns:
+    None when this process addresses every device of `sharding` (one process:
+    it builds and places the whole batch), else the sorted int32 indices of
+    the global batch rows that live on this process's devices.
+  """
+  if sharding is None or sharding.is_fully_addressable:
+    return None
+  index_map = sharding.addressable_devices_indices_map((batch_size,))
+  rows = [np.arange(*index[0].indices(batch_size))
+          for index in index_map.values()]
+  return np.unique(np.concatenate(rows)).astype(np.int32)
+
+
+def _place(batch: Batch, sharding: Optional[jax.sharding.Sharding],
+           global_size: Optional[int] = None) -> Batch:
+  """Puts a batch where the step expects it (no-op without a sharding).
+
+  Args:
+    batch: the whole batch, or with `global_size` this process's rows of it
+      (`process_rows`).
+    sharding: target sharding, or None.
+    global_size: the global batch size when `batch` holds process rows only.
+
+  Returns:
+    The placed batch: global arrays of `global_size` rows in the second case.
+  """
   if sharding is None:
     return batch
-  return jax.device_put(batch, sharding)
+  if global_size is None:
+    return jax.device_put(batch, sharding)
+  return {name: jax.make_array_from_process_local_data(
+      sharding, x, (global_size,) + tuple(x.shape[1:]))
+          for name, x in batch.items()}
 
 
 def _check_batch_size(batch_size: int) -> None:
@@ -139,7 +183,8 @@ class Dataset(abc.ABC):
         augmentation.
       batch_size: global batch size.
       sharding: if given, every array is placed with
-        `jax.device_put(x, sharding)`.
+        `jax.device_put(x, sharding)`; a sharding that spans several
+        processes makes each build only its rows (`process_rows`).
     """
 
   @abc.abstractmethod
@@ -154,7 +199,8 @@ class Dataset(abc.ABC):
     Args:
       batch_size: global batch size.
       sharding: if given, every array is placed with
-        `jax.device_put(x, sharding)`.
+        `jax.device_put(x, sharding)`; a sharding that spans several
+        processes makes each build only its rows (`process_rows`).
     """
 
   def __repr__(self) -> str:
@@ -163,25 +209,25 @@ class Dataset(abc.ABC):
             f'num_train={self.num_train}, num_test={self.num_test})')
 
 
-def _random_crop(images: jax.Array, rng: jax.Array,
+def _random_crop(images: jax.Array, offsets: jax.Array,
                  padding: int) -> jax.Array:
-  """Reflect-pads a batch by `padding` and crops each image back at random.
+  """Reflect-pads a batch by `padding` and crops each image back.
 
   Reflection rather than zeros: the crop then never shows artificial black
   borders, which are a pixel pattern absent from the test set.
 
   Args:
     images: (B, H, W, C).
-    rng: key for the per-example offsets.
+    offsets: int (B, 2) top-left corners in the padded images, each in
+      [0, 2 * padding].
     padding: pixels added on each side.
 
   Returns:
     (B, H, W, C) crops.
   """
-  b, h, w, c = images.shape
+  _, h, w, c = images.shape
   padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding),
                             (0, 0)), mode='reflect')  # (B, H+2p, W+2p, C)
-  offsets = jax.random.randint(rng, (b, 2), 0, 2 * padding + 1)  # (B, 2)
 
   def crop_one(image, offset):
     return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (h, w, c))
@@ -192,7 +238,8 @@ def _random_crop(images: jax.Array, rng: jax.Array,
 
 @functools.partial(jax.jit, static_argnames=('crop_padding', 'flip'))
 def make_batch(images: jax.Array, labels: jax.Array, idx: jax.Array,
-               rng: jax.Array, mean: jax.Array, inv_std: jax.Array, *,
+               rng: jax.Array, mean: jax.Array, inv_std: jax.Array,
+               rows: Optional[jax.Array] = None, *,
                crop_padding: int, flip: bool) -> Tuple[jax.Array, jax.Array]:
   """Gathers, augments and normalizes one batch on the device.
 
@@ -203,19 +250,30 @@ def make_batch(images: jax.Array, labels: jax.Array, idx: jax.Array,
     rng: key for this step's augmentation.
     mean: float32 (C,) per-channel mean in pixel units.
     inv_std: float32 (C,) 1 / per-channel std.
+    rows: optional int32 (R,) positions in the batch to build (a process's
+      share of a global batch, `process_rows`); None builds all B.
     crop_padding: 0 disables the random crop.
     flip: whether to flip half of the images horizontally.
 
   Returns:
-    float32 (B, H, W, C) normalized images and int32 (B,) labels.
+    float32 (R, H, W, C) normalized images and int32 (R,) labels (R = B
+    without `rows`).
   """
-  x = jnp.take(images, idx, axis=0)  # (B, H, W, C) uint8
-  y = jnp.take(labels, idx, axis=0)  # (B,)
+  b = idx.shape[0]
+  # The random draws are made for the whole batch and then cut to `rows`, so
+  # a process's rows are exactly those rows of the single-process batch.
+  pick = (lambda a: a) if rows is None else (
+      lambda a: jnp.take(a, rows, axis=0))
+  idx = pick(idx)
+  x = jnp.take(images, idx, axis=0)  # (R, H, W, C) uint8
+  y = jnp.take(labels, idx, axis=0)  # (R,)
   crop_rng, flip_rng = jax.random.split(rng)
   if crop_padding > 0:
-    x = _random_crop(x, crop_rng, crop_padding)
+    offsets = jax.random.randint(crop_rng, (b, 2), 0,
+                                 2 * crop_padding + 1)  # (B, 2)
+    x = _random_crop(x, pick(offsets), crop_padding)
   if flip:
-    do_flip = jax.random.bernoulli(flip_rng, 0.5, (x.shape[0],))  # (B,)
+    do_flip = pick(jax.random.bernoulli(flip_rng, 0.5, (b,)))  # (R,)
     x = jnp.where(do_flip[:, None, None, None], x[:, :, ::-1, :], x)
   # Multiplying by a precomputed reciprocal is what XLA would turn a divide
   # into anyway; writing it out makes the result bit-reproducible in NumPy.
@@ -286,13 +344,17 @@ class InMemoryDataset(Dataset):
     key = epoch_key(self.seed, epoch)
     order = self.epoch_order(epoch)[:steps * batch_size]
     order = order.reshape(steps, batch_size)  # (steps, B)
-    mask = jnp.ones((batch_size,), jnp.float32)
+    rows = process_rows(sharding, batch_size)
+    global_size = None if rows is None else batch_size
+    mask = jnp.ones((batch_size if rows is None else len(rows),), jnp.float32)
+    rows = None if rows is None else jnp.asarray(rows)
     for step in range(steps):
       images, labels = make_batch(
           self._train_images, self._train_labels, order[step],
-          jax.random.fold_in(key, step), self._mean, self._inv_std,
+          jax.random.fold_in(key, step), self._mean, self._inv_std, rows,
           crop_padding=self.crop_padding, flip=self.flip)
-      yield _place({'image': images, 'label': labels, 'mask': mask}, sharding)
+      yield _place({'image': images, 'label': labels, 'mask': mask}, sharding,
+                   global_size)
 
   def eval_batches(self, batch_size: int,
                    sharding: Optional[jax.sharding.Sharding] = None
@@ -303,8 +365,11 @@ class InMemoryDataset(Dataset):
   def _eval_iter(self, batch_size, sharding):
     # The rng is unused without augmentation; any fixed key will do.
     rng = jax.random.key(0)
+    rows = process_rows(sharding, batch_size)
+    global_size = None if rows is None else batch_size
     for start in range(0, self.num_test, batch_size):
-      positions = np.arange(start, start + batch_size)
+      # No augmentation here, so a process simply builds its own positions.
+      positions = start + (np.arange(batch_size) if rows is None else rows)
       real = positions < self.num_test
       # Padding repeats example 0; the mask removes it from every metric.
       idx = np.where(real, positions, 0).astype(np.int32)
@@ -312,7 +377,8 @@ class InMemoryDataset(Dataset):
           self._test_images, self._test_labels, jnp.asarray(idx), rng,
           self._mean, self._inv_std, crop_padding=0, flip=False)
       mask = jnp.asarray(real.astype(np.float32))
-      yield _place({'image': images, 'label': labels, 'mask': mask}, sharding)
+      yield _place({'image': images, 'label': labels, 'mask': mask}, sharding,
+                   global_size)
 
 
 # A function (split, shuffle_seed or None) -> tf.data.Dataset of
@@ -324,6 +390,20 @@ def _tf_seed(seed: int, epoch: int) -> int:
   """A 31-bit tf.data seed mixing the run seed and the epoch."""
   state = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)
   return int(state[0] >> 1)
+
+
+def _row_filter(rows: np.ndarray, batch_size: int) -> Callable:
+  """A tf.data predicate on (position, example): is it one of `rows`?"""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  keep = np.zeros((batch_size,), bool)
+  keep[rows] = True
+  keep = tf.constant(keep)
+
+  def predicate(position, example):
+    del example
+    return tf.gather(keep, position % batch_size)
+
+  return predicate
 
 
 class StreamingDataset(Dataset):
@@ -470,12 +550,20 @@ class StreamingDataset(Dataset):
         image = tf.image.stateless_random_flip_left_right(image, seeds[1])
       return self._finish(image, label)
 
-    ds = ds.enumerate().map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(batch_size, drop_remainder=True).take(steps)
-    mask = np.ones((batch_size,), np.float32)
+    rows = process_rows(sharding, batch_size)
+    ds = ds.enumerate()
+    if rows is not None:
+      # Each process decodes only its rows of every global batch: the filter
+      # runs on positions, before any decoding.
+      ds = ds.filter(_row_filter(rows, batch_size))
+    local_size = batch_size if rows is None else len(rows)
+    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(local_size, drop_remainder=True).take(steps)
+    mask = np.ones((local_size,), np.float32)
     for images, labels in self._numpy_batches(ds):
       yield _place({'image': jnp.asarray(images), 'label': jnp.asarray(labels),
-                    'mask': jnp.asarray(mask)}, sharding)
+                    'mask': jnp.asarray(mask)}, sharding,
+                   None if rows is None else batch_size)
 
   def eval_batches(self, batch_size: int,
                    sharding: Optional[jax.sharding.Sharding] = None
@@ -490,12 +578,26 @@ class StreamingDataset(Dataset):
       return self._finish(self._decode_crop(image_bytes, self._center_window),
                           label)
 
+    rows = process_rows(sharding, batch_size)
     ds = self._read(self._test_split, None)
+    if rows is not None:
+      ds = ds.enumerate().filter(_row_filter(rows, batch_size)).map(
+          lambda position, example: example)
+    local_size = batch_size if rows is None else len(rows)
     ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(batch_size)
-    for images, labels in self._numpy_batches(ds):
+    ds = ds.batch(local_size)
+    batches = self._numpy_batches(ds)
+    if rows is not None:
+      # Every process must run the same number of eval steps, also one whose
+      # rows of the last global batch are all past the end of the test set.
+      num_batches = -(-self.num_test // batch_size)
+      empty = (np.zeros((0, *self.image_shape), np.float32),
+               np.zeros((0,), np.int32))
+      batches = itertools.islice(
+          itertools.chain(batches, itertools.repeat(empty)), num_batches)
+    for images, labels in batches:
       real = images.shape[0]
-      pad = batch_size - real
+      pad = local_size - real
       mask = np.concatenate([np.ones(real, np.float32),
                              np.zeros(pad, np.float32)])
       if pad:
@@ -503,4 +605,5 @@ class StreamingDataset(Dataset):
             [images, np.zeros((pad,) + images.shape[1:], images.dtype)])
         labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
       yield _place({'image': jnp.asarray(images), 'label': jnp.asarray(labels),
-                    'mask': jnp.asarray(mask)}, sharding)
+                    'mask': jnp.asarray(mask)}, sharding,
+                   None if rows is None else batch_size)
