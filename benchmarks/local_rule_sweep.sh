@@ -6,7 +6,7 @@
 # comparison (compare.py with 3 seeds is).
 #   bash benchmarks/local_rule_sweep.sh ../shared/data/cifar10-subset runs/sweep
 set -euo pipefail
-DATA=${1:?CIFAR folder}; OUT=${2:?output dir}; EPOCHS=${EPOCHS:-6}
+DATA=${1:?CIFAR folder}; OUT=${2:?output dir}; EPOCHS=${EPOCHS:-5}
 common=(--config=configs/cifar10_resnet.py --config.data.dir="$DATA"
         --config.model.name=resnet20 --config.num_epochs="$EPOCHS"
         --config.selection.warmup_epochs=2 --config.selection.ramp_epochs=2
@@ -19,9 +19,8 @@ while read -r name overrides; do
 done <<'VARIANTS'
 oja_bn          --config.local.rule=oja --config.local.activity=bn
 oja_bn_relu     --config.local.rule=oja --config.local.activity=bn_relu
-hebb_bn         --config.local.rule=hebb --config.local.activity=bn
+oja_conv        --config.local.rule=oja --config.local.activity=conv
 gha_bn          --config.local.rule=gha --config.local.activity=bn
 oja_bn_ws_none  --config.local.rule=oja --config.local.weak_supervision=none
-oja_bn_ws_sign  --config.local.rule=oja --config.local.weak_supervision=sign
 oja_bn_lr1e-3   --config.local.rule=oja --config.local.learning_rate=1e-3
 VARIANTS

@@ -22,7 +22,8 @@ flags.DEFINE_integer('image_size', 32, 'Input height and width.')
 flags.DEFINE_integer('channels', 3, 'Input channels.')
 flags.DEFINE_integer('num_classes', 10, 'Classes.')
 flags.DEFINE_bool('cifar_stem', True, 'CIFAR stem (3x3, stride 1).')
-flags.DEFINE_string('rule', 'gha', 'Local rule of the Hebbian step.')
+flags.DEFINE_string('rule', '', 'Local rule of the Hebbian step ('' = the '
+                    'default of configs/default.py).')
 flags.DEFINE_float('hebbian_fraction', 1.0, 'Hebbian GEMM on 1/m of the batch.')
 flags.DEFINE_integer('hebbian_every', 1, 'Hebbian step every m-th step: the '
                      'last column is the mean step time then.')
@@ -45,7 +46,7 @@ def main(argv):
       hebbian_every=FLAGS.hebbian_every, dtype=FLAGS.dtype, ks=ks,
       frozen=FLAGS.frozen, repeats=FLAGS.repeats, steps=FLAGS.steps)
   print(f'{FLAGS.model}, batch {FLAGS.batch_size}, {FLAGS.dtype}, rule '
-        f'{FLAGS.rule}, hebbian_fraction {FLAGS.hebbian_fraction}, '
+        f'{rows[0]["rule"]}, hebbian_fraction {FLAGS.hebbian_fraction}, '
         f'hebbian_every {FLAGS.hebbian_every}, '
         f'{jax.devices()[0].device_kind} x{jax.device_count()}')
   print(benchmarking.format_table(rows))

@@ -49,8 +49,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   # The local (Hebbian) rule applied to units before the transition index.
   config.local = ml_collections.ConfigDict()
-  config.local.rule = 'gha'       # gha, oja, hebb, or frozen (forward only,
+  config.local.rule = 'oja'       # oja, gha, hebb, or frozen (forward only,
                                   # learning rate 0: the FreezeOut peer).
+                                  # Why oja: benchmarks/RESULTS.md.
   config.local.activity = 'bn'    # Post-synaptic activity: conv, bn, bn_relu.
   config.local.learning_rate = 1e-4
   config.local.normalize = True   # Keep each filter's norm through updates.

@@ -34,7 +34,7 @@ def _time_steps(compiled, state, batch, steps: int):
 
 def measure_steps(model_name: str, batch_size: int, *, image_size: int = 32,
         channels: int = 3, num_classes: int = 10, cifar_stem: bool = True,
-        rule: str = 'gha', hebbian_fraction: float = 1.0,
+        rule: str = '', hebbian_fraction: float = 1.0,
         hebbian_every: int = 1,
         dtype: str = 'float32', ks=None, frozen: bool = True,
         repeats: int = 7, steps: int = 3, seed: int = 0
@@ -42,7 +42,8 @@ def measure_steps(model_name: str, batch_size: int, *, image_size: int = 32,
   """Measures every k; returns one dict per k (see module docstring)."""
   config = default.get_config()
   config.dtype = dtype
-  config.local.rule = rule
+  config.local.rule = rule or config.local.rule  # '' = the default rule
+  rule = config.local.rule
   config.local.hebbian_fraction = hebbian_fraction
   train_lib.validate_config(config)
   model = models.create_model(model_name, num_classes, cifar_stem=cifar_stem,
@@ -123,7 +124,8 @@ def format_table(rows: List[Dict[str, Any]]) -> str:
         f'{r["temp_bytes"] / 1e6:>8.1f} {r.get("temp_ratio", 1):>6.3f} '
         f'{r["step_time_s"] * 1e3:>8.1f} {r.get("time_ratio", 1):>6.3f} '
         f'{r["images_per_s"]:>8.0f} '
-        f'{r.get("frozen_step_time_s", r["step_time_s"]) * 1e3:>9.1f} '
-        f'{r.get("frozen_time_ratio", 1):>7.3f} '
-        f'{r.get("amortized_time_ratio", 1):>10.3f}')
+        + (f'{r["frozen_step_time_s"] * 1e3:>9.1f} '
+           f'{r["frozen_time_ratio"]:>7.3f} '
+           f'{r["amortized_time_ratio"]:>10.3f}'
+           if 'frozen_time_ratio' in r else f'{"-":>9} {"-":>7} {"-":>10}'))
   return '\n'.join(lines)

@@ -117,16 +117,19 @@ class _StepCosts:
     self._steps = steps
     self._local = jax.jit(local_forward, static_argnums=3)
     self._cache: Dict[int, Dict[str, float]] = {}
+    self.compile_time_s = 0.0  # compiling the local forward pass alone
 
   def get(self, k: int, state, batch) -> Dict[str, float]:
     if k not in self._cache:
       step = train_step_lib.xla_costs(self._steps.get(k, state, batch))
       local = 0.0
       if k > 0:
+        t0 = time.perf_counter()
         local_p = partition.split(state.params, k)[0]
         local_bs = partition.split(state.batch_stats, k)[0]
         local = train_step_lib.xla_costs(self._local.lower(
             local_p, local_bs, batch['image'], k).compile())['flops']
+        self.compile_time_s += time.perf_counter() - t0
       self._cache[k] = {'step_flops': step['flops'],
                         'step_temp_bytes': step['temp_bytes'],
                         'local_flop_fraction': local / max(step['flops'], 1)}
@@ -225,11 +228,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   try:
     for epoch in range(start_epoch, config.num_epochs):
       k = selector.transition(epoch)
-      compile_before = sum(steps.compile_time_s.values())
+      compile_before = (sum(steps.compile_time_s.values())
+                        + costs.compile_time_s)
       t0 = time.perf_counter()
       progress = metrics_lib.Progress(epoch, config.num_epochs,
                                       steps_per_epoch, config.log.progress)
-      step_metrics, losses_seen = [], []
+      step_metrics, losses = [], []
       first_step = epoch * steps_per_epoch
       # The step donates its input state: keep a copy to measure updates.
       params_start = jax.tree.map(jnp.copy, state.params)
@@ -242,18 +246,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         step_metrics.append(m)
         if (i + 1) % config.log.check_finite_every == 0 \
             or i + 1 == steps_per_epoch:
-          losses_seen = [float(x['loss']) for x in
-                         jax.device_get(step_metrics)]
-          if not math.isfinite(losses_seen[-1]) or not all(
-              math.isfinite(l) for l in losses_seen):
-            raise _non_finite_error(losses_seen, first_step, epoch,
+          # One device-to-host fetch per check, of the losses since the last.
+          losses += [float(x) for x in jax.device_get(
+              [x['loss'] for x in step_metrics[len(losses):]])]
+          if not all(math.isfinite(l) for l in losses):
+            raise _non_finite_error(losses, first_step, epoch,
                                     checkpointer, workdir)
-          progress.update(i, losses_seen[-1])
+          progress.update(i, losses[-1])
         else:
           progress.update(i)
       progress.close()
       host_m = jax.device_get(step_metrics)
-      epoch_compile = sum(steps.compile_time_s.values()) - compile_before
+      epoch_compile = (sum(steps.compile_time_s.values())
+                       + costs.compile_time_s - compile_before)
       train_time = time.perf_counter() - t0 - epoch_compile
       t_eval = time.perf_counter()
       test = evaluate(eval_step, state, dataset, eval_batch_size,
