@@ -21,6 +21,9 @@ def _config(**local):
   config.optim.learning_rate = 0.05
   config.optim.schedule = 'constant'
   config.local.learning_rate = 0.01
+  # The full Hebbian GEMM at every step unless a test says otherwise.
+  config.local.hebbian_fraction = 1.0
+  config.local.hebbian_every = 1
   config.local.update(local)
   return config
 
