@@ -164,11 +164,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                               cifar_stem=config.model.cifar_stem,
                               dtype=DTYPES[config.dtype])
   num_units = len(model.units)
+  # Raises a UserError when the batch is larger than the training set.
   steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
-  if steps_per_epoch < 1:
-    raise UserError(
-        f'config.batch_size={config.batch_size} is larger than the '
-        f'{dataset.num_train} training examples of {dataset.name}; lower it.')
 
   devices = np.array(jax.devices())
   if config.batch_size % len(devices):

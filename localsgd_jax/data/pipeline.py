@@ -172,7 +172,6 @@ class Dataset(abc.ABC):
           f'use a batch size of at most {self.num_train}.')
     return steps
 
-  @abc.abstractmethod
   def train_batches(self, epoch: int, batch_size: int,
                     sharding: Optional[jax.sharding.Sharding] = None
                     ) -> Iterator[Batch]:
@@ -186,6 +185,15 @@ class Dataset(abc.ABC):
         `jax.device_put(x, sharding)`; a sharding that spans several
         processes makes each build only its rows (`process_rows`).
     """
+    # Not a generator itself, so that a bad batch size fails at the call.
+    steps = self.steps_per_epoch(batch_size)
+    return self._train_iter(epoch, batch_size, steps, sharding)
+
+  @abc.abstractmethod
+  def _train_iter(self, epoch: int, batch_size: int, steps: int,
+                  sharding: Optional[jax.sharding.Sharding]
+                  ) -> Iterator[Batch]:
+    """The generator behind `train_batches`."""
 
   @abc.abstractmethod
   def eval_batches(self, batch_size: int,
@@ -332,13 +340,6 @@ class InMemoryDataset(Dataset):
   def epoch_order(self, epoch: int) -> jax.Array:
     """The permutation of the training set used in `epoch`, int32 (N,)."""
     return jax.random.permutation(epoch_key(self.seed, epoch), self.num_train)
-
-  def train_batches(self, epoch: int, batch_size: int,
-                    sharding: Optional[jax.sharding.Sharding] = None
-                    ) -> Iterator[Batch]:
-    # Not a generator itself, so that a bad batch size fails at the call.
-    steps = self.steps_per_epoch(batch_size)
-    return self._train_iter(epoch, batch_size, steps, sharding)
 
   def _train_iter(self, epoch, batch_size, steps, sharding):
     key = epoch_key(self.seed, epoch)
@@ -524,12 +525,6 @@ class StreamingDataset(Dataset):
     ds = ds.prefetch(tf.data.AUTOTUNE)
     # Keep the deterministic default: parallel maps still emit in order.
     yield from ds.as_numpy_iterator()
-
-  def train_batches(self, epoch: int, batch_size: int,
-                    sharding: Optional[jax.sharding.Sharding] = None
-                    ) -> Iterator[Batch]:
-    steps = self.steps_per_epoch(batch_size)
-    return self._train_iter(epoch, batch_size, steps, sharding)
 
   def _train_iter(self, epoch, batch_size, steps, sharding):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
