@@ -195,7 +195,6 @@ class Dataset(abc.ABC):
                   ) -> Iterator[Batch]:
     """The generator behind `train_batches`."""
 
-  @abc.abstractmethod
   def eval_batches(self, batch_size: int,
                    sharding: Optional[jax.sharding.Sharding] = None
                    ) -> Iterator[Batch]:
@@ -210,6 +209,15 @@ class Dataset(abc.ABC):
         `jax.device_put(x, sharding)`; a sharding that spans several
         processes makes each build only its rows (`process_rows`).
     """
+    # Not a generator itself, so that a bad batch size fails at the call.
+    _check_batch_size(batch_size)
+    return self._eval_iter(batch_size, sharding)
+
+  @abc.abstractmethod
+  def _eval_iter(self, batch_size: int,
+                 sharding: Optional[jax.sharding.Sharding]
+                 ) -> Iterator[Batch]:
+    """The generator behind `eval_batches`."""
 
   def __repr__(self) -> str:
     return (f'{type(self).__name__}(name={self.name!r}, '
@@ -356,12 +364,6 @@ class InMemoryDataset(Dataset):
           crop_padding=self.crop_padding, flip=self.flip)
       yield _place({'image': images, 'label': labels, 'mask': mask}, sharding,
                    global_size)
-
-  def eval_batches(self, batch_size: int,
-                   sharding: Optional[jax.sharding.Sharding] = None
-                   ) -> Iterator[Batch]:
-    _check_batch_size(batch_size)
-    return self._eval_iter(batch_size, sharding)
 
   def _eval_iter(self, batch_size, sharding):
     # The rng is unused without augmentation; any fixed key will do.
@@ -559,12 +561,6 @@ class StreamingDataset(Dataset):
       yield _place({'image': jnp.asarray(images), 'label': jnp.asarray(labels),
                     'mask': jnp.asarray(mask)}, sharding,
                    None if rows is None else batch_size)
-
-  def eval_batches(self, batch_size: int,
-                   sharding: Optional[jax.sharding.Sharding] = None
-                   ) -> Iterator[Batch]:
-    _check_batch_size(batch_size)
-    return self._eval_iter(batch_size, sharding)
 
   def _eval_iter(self, batch_size, sharding):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
