@@ -82,8 +82,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.selection.gradnorm_threshold = 0.1  # gradnorm: settled when its grad
                                   # norm changed <= 10% over the last epoch.
   config.selection.max_advance = 2  # Units the boundary may move at once.
-  config.selection.min_hold_epochs = 1  # Epochs to train at a new boundary
-                                  # before it may move again.
+  config.selection.min_hold_epochs = 1.0  # Epochs to train at a new
+                                  # boundary before it may move again.
+  config.selection.every_steps = 0  # dynamic / gradnorm: also decide every
+                                  # this many steps within an epoch (for
+                                  # short schedules); 0 = between epochs.
   config.selection.retreat = True  # dynamic: step back if the loss rises...
   config.selection.retreat_tolerance = 0.05  # ...by more than 5%.
 

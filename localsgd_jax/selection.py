@@ -1,28 +1,29 @@
 """Learning mode selection: the transition index of each epoch.
 
-A host-side state machine, plain Python (no JAX): between epochs it receives
-that epoch's statistics and decides the transition index k of the next one.
-Units [0, k) then learn locally, units [k, L) by SGD. Its state is a JSON-able
-dict saved in every checkpoint.
+A host-side state machine, plain Python (no JAX): after each period of
+training (an epoch, or with `every_steps` > 0 in dynamic and gradnorm modes
+every that many steps) it receives the period's statistics and decides the
+transition index k of the next period. Units [0, k) then learn locally, units
+[k, L) by SGD. Its state is a JSON-able dict saved in every checkpoint.
 
 Modes:
   sgd:      k = 0 always.
   static:   a scheduler function of the epoch (warm-up, then a ramp to k_max)
             or an explicit table.
-  dynamic:  from the weight updates of the transition unit. Each epoch the
-            trainer reports, per unit, the relative weight change over the
-            epoch divided by the mean learning rate (so a decaying schedule
-            alone does not look like convergence). A unit has *settled* when
-            that statistic has fallen to `settle_fraction` of its own peak.
+  dynamic:  from the weight updates of the transition unit. After each
+            period the trainer reports, per unit, the relative weight change
+            over the period divided by the mean learning rate (so a decaying
+            schedule alone does not look like convergence), scaled to a whole
+            epoch's steps. A unit has *settled* when that statistic has fallen to `settle_fraction` of its own peak.
             The boundary advances over consecutive settled units starting at
             the transition unit, at most `max_advance` per decision; guards:
             no move during `warmup_epochs` or within `min_hold_epochs` of the
             last move, never past k_max; and with `retreat`, if the training
             loss rose by more than `retreat_tolerance` (relative) over the
-            previous epoch, the boundary steps back one unit.
+            previous period, the boundary steps back one unit.
   gradnorm: AutoFreeze / PipeTransformer-style freezing criterion: a unit has
-            settled when the relative change of its epoch-mean gradient norm
-            between the last two epochs is at most `gradnorm_threshold`; the
+            settled when the relative change of its period-mean gradient norm
+            between the last two periods is at most `gradnorm_threshold`; the
             boundary advances over such units with the same guards (no
             retreat). Used with `local.rule=frozen` it is the AutoFreeze peer.
 """
@@ -82,7 +83,9 @@ class Selector:
   """Decides the transition index epoch by epoch.
 
   Usage: `k = selector.transition(epoch)` before an epoch, then
-  `selector.observe(epoch, stats)` after it.
+  `selector.observe(epochs_done, stats)` after it (and, when
+  `selector.every_steps` > 0, after every that many steps within it, followed
+  by `selector.transition(epoch)` for the k of the next steps).
   """
 
   def __init__(self, cfg, num_units: int, num_epochs: int):
@@ -98,6 +101,12 @@ class Selector:
           f'config.selection.k_max={cfg.k_max} is out of range: the model '
           f'has {num_units} units, so k_max must be in [0, {num_units - 1}] '
           '(the head always trains by SGD), or -1 for all but the head')
+    if cfg.every_steps < 0:
+      raise UserError(f'config.selection.every_steps={cfg.every_steps} must '
+                      'be >= 0 (0: decide between epochs only)')
+    # Static schedules are functions of the epoch: only the modes driven by
+    # statistics decide within an epoch.
+    self.every_steps = cfg.every_steps if self.adaptive else 0
     self.table = parse_table(cfg.table) if cfg.table else []
     for _, k in self.table:
       if not 0 <= k <= num_units - 1:
@@ -105,13 +114,18 @@ class Selector:
                         f'[0, {num_units - 1}]')
     self.history: List[Dict[str, Any]] = []
     self.k = 0                   # dynamic / gradnorm: the current boundary
-    self.last_move_epoch = None  # epoch after which k last changed
+    self.last_move_epoch = None  # epochs done when k last changed
+
+  @property
+  def adaptive(self) -> bool:
+    """Whether k follows the training statistics (dynamic, gradnorm)."""
+    return self.cfg.mode in ('dynamic', 'gradnorm')
 
   def transition(self, epoch: int) -> int:
     """The transition index to use for `epoch`."""
     if self.cfg.mode == 'sgd':
       return 0
-    if self.cfg.mode in ('dynamic', 'gradnorm'):
+    if self.adaptive:
       return self.k
     if self.table:
       k = 0
@@ -126,11 +140,12 @@ class Selector:
                            warmup_epochs=self.cfg.warmup_epochs,
                            ramp_epochs=ramp_epochs, ramp=self.cfg.ramp)
 
-  def observe(self, epoch: int, stats: Dict[str, Any]) -> str:
-    """Records a finished epoch's statistics and decides the next k.
+  def observe(self, epochs_done: float, stats: Dict[str, Any]) -> str:
+    """Records a finished period's statistics and decides the next k.
 
     Args:
-      epoch: the finished epoch.
+      epochs_done: training progress at the end of the period, in epochs
+        (e.g. 3 after the third epoch, 2.5 half way through the third).
       stats: at least 'train_loss'; for dynamic mode 'update_ratios' and for
         gradnorm mode 'grad_norms': one number per unit (None or NaN where
         not measured, e.g. for local units).
@@ -138,18 +153,18 @@ class Selector:
     Returns:
       Why k changed or held ('advance', 'retreat', 'hold', 'warmup', ...).
     """
-    self.history.append({'epoch': epoch, **stats})
-    if self.cfg.mode not in ('dynamic', 'gradnorm'):
+    self.history.append({'epochs_done': epochs_done, **stats})
+    if not self.adaptive:
       return 'schedule'
-    reason, new_k = self._decide(epoch)
+    reason, new_k = self._decide(epochs_done)
     if new_k != self.k:
-      self.k, self.last_move_epoch = new_k, epoch
+      self.k, self.last_move_epoch = new_k, epochs_done
     self.history[-1]['decision'] = reason
     return reason
 
-  def _decide(self, epoch: int):
+  def _decide(self, epochs_done: float):
     cfg = self.cfg
-    if epoch + 1 < cfg.warmup_epochs:
+    if epochs_done < cfg.warmup_epochs:
       return 'warmup', self.k
     if (cfg.mode == 'dynamic' and cfg.retreat and self.k > 0
         and len(self.history) >= 2):
@@ -157,7 +172,7 @@ class Selector:
       if cur > prev * (1 + cfg.retreat_tolerance):
         return 'retreat', self.k - 1
     if (self.last_move_epoch is not None
-        and epoch - self.last_move_epoch < cfg.min_hold_epochs):
+        and epochs_done - self.last_move_epoch < cfg.min_hold_epochs):
       return 'hold', self.k
     settled = (self._update_settled if cfg.mode == 'dynamic'
                else self._gradnorm_settled)

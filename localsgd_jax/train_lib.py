@@ -104,10 +104,33 @@ def evaluate(eval_step, state, dataset, batch_size: int, sharding) -> Dict:
 @jax.jit
 def _relative_change(new_params, old_params):
   """Per unit: ||W_new - W_old|| / ||W_old|| over all its parameters."""
-  return {n: optax.global_norm(jax.tree.map(jnp.subtract, new_params[n],
+  return {n: optax.tree.norm(jax.tree.map(jnp.subtract, new_params[n],
                                             old_params[n]))
-             / jnp.maximum(optax.global_norm(old_params[n]), 1e-12)
+             / jnp.maximum(optax.tree.norm(old_params[n]), 1e-12)
           for n in old_params}
+
+
+def _period_stats(period_m: List[Dict[str, Any]], params, params_start,
+                  k: int, steps_per_epoch: int) -> Dict[str, Any]:
+  """What the selector sees of one period (host metrics of its steps).
+
+  Per unit, None for local ones: the update statistic (relative weight change
+  over the period per unit of mean learning rate, scaled to a whole epoch's
+  steps so that periods of any length compare) and the mean gradient norm.
+  """
+  mean_lr = float(np.mean([m['learning_rate'] for m in period_m]))
+  scale = steps_per_epoch / len(period_m) / max(mean_lr, 1e-12)
+  change = jax.device_get(_relative_change(params, params_start))
+  grad_norms = np.mean([m['grad_norms'] for m in period_m], axis=0)
+  return {
+      'transition': k,
+      'train_loss': float(np.mean([m['loss'] for m in period_m])),
+      'update_ratios': [
+          float(change[models.base.unit_name(u)]) * scale if u >= k else None
+          for u in range(len(grad_norms))],
+      'grad_norms': [float(g) if u >= k else None
+                     for u, g in enumerate(grad_norms)],
+  }
 
 
 class _StepCosts:
@@ -230,14 +253,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       t0 = time.perf_counter()
       progress = metrics_lib.Progress(epoch, config.num_epochs,
                                       steps_per_epoch, config.log.progress)
-      step_metrics, losses = [], []
+      step_metrics, losses, decisions = [], [], []
+      segments = []  # (first step in the epoch, k, XLA costs of k's step)
       first_step = epoch * steps_per_epoch
-      # The step donates its input state: keep a copy to measure updates.
-      params_start = jax.tree.map(jnp.copy, state.params)
+      # A selection period is the epoch, or `every_steps` steps of it. The
+      # step donates its input state: keep a copy to measure updates.
+      period_start, period_params = 0, jax.tree.map(jnp.copy, state.params)
       for i, batch in enumerate(dataset.train_batches(
           epoch, config.batch_size, sharding=batch_sharding)):
-        if i == 0:
-          step_costs = costs.get(k, state, batch)
+        if not segments or segments[-1][1] != k:
+          segments.append((i, k, costs.get(k, state, batch)))
         state, m = steps(state, batch, k,
                          i % config.local.hebbian_every == 0)
         step_metrics.append(m)
@@ -252,6 +277,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           progress.update(i, losses[-1])
         else:
           progress.update(i)
+        last = i + 1 == steps_per_epoch
+        if last or (selector.every_steps
+                    and (i + 1) % selector.every_steps == 0):
+          stats = _period_stats(jax.device_get(step_metrics[period_start:]),
+                                state.params, period_params, k,
+                                steps_per_epoch)
+          decisions.append(selector.observe(
+              epoch + (i + 1) / steps_per_epoch, stats))
+          if not last:
+            k = selector.transition(epoch)
+            period_start = i + 1
+            period_params = jax.tree.map(jnp.copy, state.params)
       progress.close()
       host_m = jax.device_get(step_metrics)
       epoch_compile = (sum(steps.compile_time_s.values())
@@ -262,19 +299,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                       batch_sharding)
       eval_time = time.perf_counter() - t_eval
       count = sum(float(m['count']) for m in host_m)
-      mean_lr = float(np.mean([m['learning_rate'] for m in host_m]))
-      change = jax.device_get(_relative_change(state.params, params_start))
-      # Update statistic of SGD units (None for local ones): relative weight
-      # change over the epoch per unit of learning rate.
-      update_ratios = [
-          float(change[models.base.unit_name(u)]) / max(mean_lr, 1e-12)
-          if u >= k else None for u in range(num_units)]
-      grad_norms = [float(g) if u >= k else None for u, g in enumerate(
-          np.mean([m['grad_norms'] for m in host_m], axis=0))]
+      # XLA's counts of the steps this epoch ran, weighted by their number.
+      ends = [start for start, _, _ in segments[1:]] + [steps_per_epoch]
+      step_costs = {
+          key: sum(c[key] * (end - start) for (start, _, c), end
+                   in zip(segments, ends)) / steps_per_epoch
+          for key in segments[0][2]}
       row = {
           'epoch': epoch,
           'step': int(state.step),
-          'transition': k,
+          'transition': segments[0][1],
+          # [global step, k] for each k the epoch used (more than one only
+          # with config.selection.every_steps).
+          'transitions': [[first_step + start, kk]
+                          for start, kk, _ in segments],
           'num_units': num_units,
           'train_loss': float(np.mean([m['loss'] for m in host_m])),
           'train_accuracy': sum(float(m['correct']) for m in host_m) / count,
@@ -282,28 +320,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           'learning_rate': float(host_m[-1]['learning_rate']),
           'local_lr': float(np.mean([m['local_lr'] for m in host_m])),
           'ws_factor': float(np.mean([m['ws_factor'] for m in host_m])),
-          'transition_update': update_ratios[k],
+          # The last period's update statistic of its transition unit.
+          'transition_update': stats['update_ratios'][k],
           **step_costs,
           'epoch_time_s': train_time,
           'eval_time_s': eval_time,
           'compile_time_s': epoch_compile,
           'images_per_s': steps_per_epoch * config.batch_size / train_time,
+          'selection': ', '.join(decisions),
       }
-      decision = selector.observe(epoch, {
-          'transition': k, 'train_loss': row['train_loss'],
-          'update_ratios': update_ratios, 'grad_norms': grad_norms})
-      row['selection'] = decision
       if primary:
         writer.write(row)
       rows.append(row)
       elapsed += time.perf_counter() - t0
       total_compile += epoch_compile
-      print(f'epoch {epoch + 1}/{config.num_epochs}  k={k}/{num_units}  '
+      ks = '->'.join(str(kk) for _, kk, _ in segments)
+      print(f'epoch {epoch + 1}/{config.num_epochs}  k={ks}/{num_units}  '
             f'train_loss {row["train_loss"]:.4f}  '
             f'train_acc {row["train_accuracy"]:.4f}  '
             f'test_acc {row["test_accuracy"]:.4f}  '
             f'{row["epoch_time_s"]:.1f}s (+{epoch_compile:.1f}s compile)  '
-            f'{row["images_per_s"]:.0f} img/s  ({decision})', flush=True)
+            f'{row["images_per_s"]:.0f} img/s  ({row["selection"]})',
+            flush=True)
       checkpointer.maybe_save(
           epoch + 1, state,
           {'selector': selector.state_dict(), 'elapsed_s': elapsed,

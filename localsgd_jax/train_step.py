@@ -234,7 +234,7 @@ def make_train_step(model: base.Network, tx: optax.GradientTransformation,
                # Per-unit gradient norms (0 for local units): AutoFreeze-style
                # selection reads them.
                'grad_norms': jnp.stack([
-                   optax.global_norm(grads[n]) if n in grads
+                   optax.tree.norm(grads[n]) if n in grads
                    else jnp.zeros((), jnp.float32) for n in unit_names])}
     return new_state, metrics
 

@@ -12,8 +12,8 @@ def _cfg(**kw):
   cfg = ml_collections.ConfigDict({
       'mode': 'static', 'k_max': -1, 'warmup_epochs': 1, 'ramp': 'linear',
       'ramp_epochs': -1, 'table': '', 'settle_fraction': 0.5,
-      'gradnorm_threshold': 0.1, 'max_advance': 2, 'min_hold_epochs': 2,
-      'retreat': True, 'retreat_tolerance': 0.05})
+      'gradnorm_threshold': 0.1, 'max_advance': 2, 'min_hold_epochs': 2.0,
+      'retreat': True, 'retreat_tolerance': 0.05, 'every_steps': 0})
   cfg.update(kw)
   return cfg
 
@@ -55,6 +55,7 @@ def test_table_overrides_ramp():
     ({'table': '0-2'}, 'not "epoch:k"'),
     ({'mode': 'magic'}, 'sgd, static, dynamic, gradnorm'),
     ({'ramp': 'zigzag'}, 'linear, cosine'),
+    ({'every_steps': -1}, 'every_steps=-1 must be >= 0'),
 ])
 def test_bad_config_names_the_field(kw, match):
   with pytest.raises(UserError, match=match):
@@ -64,7 +65,7 @@ def test_bad_config_names_the_field(kw, match):
 
 def test_state_round_trip():
   s = selection.Selector(_cfg(), num_units=6, num_epochs=4)
-  s.observe(0, {'transition': 0, 'train_loss': 1.5})
+  s.observe(1, {'transition': 0, 'train_loss': 1.5})
   t = selection.Selector(_cfg(), num_units=6, num_epochs=4)
   t.load_state_dict(s.state_dict())
   assert t.history == s.history
@@ -77,7 +78,7 @@ def _feed(selector, epochs):
     k = selector.transition(e)
     key = ('update_ratios' if selector.cfg.mode == 'dynamic'
            else 'grad_norms')
-    decision = selector.observe(e, {'train_loss': loss, key: ratios})
+    decision = selector.observe(e + 1, {'train_loss': loss, key: ratios})
     out.append((k, decision))
   return out
 
@@ -146,6 +147,28 @@ def test_dynamic_state_round_trip_continues_identically():
   rest = []
   for e, (loss, r) in enumerate(epochs[2:], start=2):
     k = resumed.transition(e)
-    rest.append((k, resumed.observe(e, {'train_loss': loss,
+    rest.append((k, resumed.observe(e + 1, {'train_loss': loss,
                                         'update_ratios': r})))
   assert rest == want[2:]
+
+
+def test_every_steps_applies_to_adaptive_modes_only():
+  for mode, want in (('sgd', 0), ('static', 0), ('dynamic', 8),
+                     ('gradnorm', 8)):
+    s = selection.Selector(_cfg(mode=mode, every_steps=8), 6, 10)
+    assert s.every_steps == want, mode
+
+
+def test_decisions_within_an_epoch_hold_for_min_hold_epochs():
+  # Periods of a quarter epoch, every unit settled (settle_fraction 1); a
+  # move may follow the last one only half an epoch later.
+  s = selection.Selector(_cfg(mode='dynamic', warmup_epochs=0, max_advance=1,
+                              min_hold_epochs=0.5, every_steps=8,
+                              settle_fraction=1.0), 6, 10)
+  got = []
+  for q in range(1, 6):
+    got.append((s.transition(0), s.observe(q / 4, {
+        'train_loss': 1.0, 'update_ratios': [1.0] * 6})))
+  assert got == [(0, 'advance'), (1, 'hold'), (1, 'advance'), (2, 'hold'),
+                 (2, 'advance')]
+  assert s.transition(1) == 3 and s.last_move_epoch == 1.25

@@ -71,6 +71,31 @@ def test_fixed_transition_still_learns(tmp_path):
   assert rows[-1]['test_accuracy'] > 0.6
 
 
+def test_dynamic_mode_decides_every_n_steps(tmp_path):
+  # Every unit counts as settled (settle_fraction 1): the boundary advances
+  # one unit per 5-step period up to k_max, inside the first epoch.
+  config = _config(**{
+      'num_epochs': 2, 'selection.mode': 'dynamic',
+      'selection.every_steps': 5, 'selection.warmup_epochs': 0,
+      'selection.settle_fraction': 1.0, 'selection.max_advance': 1,
+      'selection.min_hold_epochs': 0.0, 'selection.retreat': False,
+      'selection.k_max': 2})
+  train_lib.train_and_evaluate(config, str(tmp_path))
+  first, second = _rows(tmp_path)
+  steps = first['step']
+  assert first['transition'] == 0 and second['transition'] == 2
+  assert first['transitions'] == [[0, 0], [5, 1], [10, 2]]
+  assert second['transitions'] == [[steps, 2]]
+  periods = -(-steps // 5)  # the last period is the epoch's remainder
+  assert first['selection'].split(', ') == (
+      ['advance', 'advance'] + ['hold'] * (periods - 2))
+  # Step costs are the step-weighted mean over the k's the epoch used.
+  assert 0 < first['local_flop_fraction'] < second['local_flop_fraction']
+  assert first['step_flops'] > second['step_flops']
+  # The transition unit's update statistic is measured (unit 2 learns by SGD).
+  assert second['transition_update'] > 0
+
+
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
   config = _config(**{'optim.learning_rate': 1e30, 'optim.warmup_epochs': 0,
                       'optim.schedule': 'constant'})
