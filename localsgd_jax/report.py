@@ -7,6 +7,7 @@ seeds under one config, each run in `workdir/<mode>/seed_<s>`, and then
 `write_report` only reads files, so a report can be redrawn at any time
 (`compare.py --report_only`), also while runs are missing or unfinished.
 """
+import collections
 import datetime
 import json
 import os
@@ -228,6 +229,21 @@ def _ratio(num: Optional[float], den: Optional[float]) -> Optional[float]:
   return num / den
 
 
+def _epoch_kind(run: Dict[str, Any], row: Dict[str, Any]) -> tuple:
+  """What an epoch's steps compute, for pooling epoch times across runs.
+
+  The k's the epoch used (with the step each started at) and, where any k is
+  above 0, the local-rule settings that decide a local step's cost.
+  """
+  spans = row.get('transitions') or [[0, row['transition']]]
+  kind = tuple((step - spans[0][0], k) for step, k in spans)
+  if all(k == 0 for _, k in kind):
+    return kind
+  local = run['summary'].get('config', {}).get('local', {})
+  return kind + tuple(local.get(key) for key in (
+      'rule', 'hebbian_every', 'hebbian_fraction'))
+
+
 def aggregate(runs_by_mode: Dict[str, Dict[int, Dict[str, Any]]]
               ) -> List[Dict[str, Any]]:
   """Per-mode statistics from loaded runs.
@@ -247,14 +263,32 @@ def aggregate(runs_by_mode: Dict[str, Dict[int, Dict[str, Any]]]
   def train_time(run):
     return sum(r.get('epoch_time_s', 0.0) for r in run['rows'])
 
+  # A shared machine can slow a whole run down for minutes (2.5x has been
+  # seen on a 2-core VM). The robust time gives every epoch the median
+  # training + eval time of all the comparison's epochs of its kind, plus
+  # the run's own compile time.
+  pooled = collections.defaultdict(list)
+  for by_seed in runs_by_mode.values():
+    for run in by_seed.values():
+      for r in run['rows']:
+        pooled[_epoch_kind(run, r)].append(
+            r.get('epoch_time_s', 0.0) + r.get('eval_time_s', 0.0))
+  median = {kind: float(np.median(t)) for kind, t in pooled.items()}
+
+  def robust_time(run):
+    return run['summary'].get('compile_time_s', 0.0) + sum(
+        median[_epoch_kind(run, r)] for r in run['rows'])
+
   base_time = _mean([r['summary']['total_time_s'] for r in base.values()])
   base_train = _mean([train_time(r) for r in base.values()])
+  base_robust = _mean([robust_time(r) for r in base.values()])
   entries = []
   for mode, by_seed in runs_by_mode.items():
     runs = list(by_seed.values())
     accs = [final_acc(r) for r in runs]
     times = [r['summary']['total_time_s'] for r in runs]
     train_times = [train_time(r) for r in runs]
+    robust_times = [robust_time(r) for r in runs]
     # Paired by seed: the same seed gives the same init and data order, so
     # the per-seed difference cancels most of the seed-to-seed spread.
     paired = sorted(set(by_seed) & set(base))
@@ -281,6 +315,8 @@ def aggregate(runs_by_mode: Dict[str, Dict[int, Dict[str, Any]]]
         'speedup_vs_sgd': _ratio(base_time, _mean(times)),
         'train_time_s_mean': _mean(train_times),
         'train_speedup_vs_sgd': _ratio(base_train, _mean(train_times)),
+        'robust_time_s_mean': _mean(robust_times),
+        'robust_speedup_vs_sgd': _ratio(base_robust, _mean(robust_times)),
         'compile_time_s_mean': _mean(
             [r['summary'].get('compile_time_s', 0.0) for r in runs]),
         'local_flop_fraction_mean': _mean(_field(runs, 'local_flop_fraction')),
@@ -373,7 +409,8 @@ def _pm(mean: Optional[float], std: Optional[float], spec: str) -> str:
 def _markdown(meta: Dict[str, Any], entries: List[Dict[str, Any]]) -> str:
   header = ['mode', 'runs', 'test acc (mean ± std)', 'Δ acc vs sgd (paired)',
             'best acc', 'wall time (s)', 'speedup', 'train time (s)',
-            'train speedup', 'local FLOP frac', 'peak temp', 'mean k']
+            'train speedup', 'robust speedup', 'local FLOP frac', 'peak temp',
+            'mean k']
   lines = [
       '# LoCal+SGD comparison', '',
       f'- command: `{meta["command"] or "n/a"}`',
@@ -395,6 +432,7 @@ def _markdown(meta: Dict[str, Any], entries: List[Dict[str, Any]]) -> str:
         _fmt(e['speedup_vs_sgd'], '.2f', 'x'),
         _fmt(e['train_time_s_mean'], '.1f'),
         _fmt(e['train_speedup_vs_sgd'], '.2f', 'x'),
+        _fmt(e['robust_speedup_vs_sgd'], '.2f', 'x'),
         _fmt(e['local_flop_fraction_mean'], '.3f'),
         _fmt(None if peak is None else peak / 2**20, '.1f', ' MiB'),
         _fmt(e['mean_transition'], '.2f',
@@ -409,7 +447,11 @@ def _markdown(meta: Dict[str, Any], entries: List[Dict[str, Any]]) -> str:
       'train time sums the epochs\' training steps only (short runs are '
       'dominated by compilation, one per distinct k, and the first run of a '
       'process also pays start-up costs). Speedups are sgd\'s mean time over '
-      'the mode\'s. Local FLOP fraction and mean k average '
+      'the mode\'s. The robust speedup rebuilds each run\'s time from the '
+      'median training + eval time of all epochs of the same kind (k and '
+      'local rule) across the comparison, plus its compile time: it is '
+      'what the speedup would be without the machine\'s transient '
+      'slowdowns. Local FLOP fraction and mean k average '
       'over epochs and seeds; peak temp is the largest XLA temporary memory '
       'of a step. Std is over seeds (ddof=1).',
   ]
@@ -432,8 +474,10 @@ def write_report(workdir: str, command: Optional[str] = None,
   test_accuracy_mean/_std, best_test_accuracy_mean,
   accuracy_diff_vs_sgd_mean/_std (paired by seed; None without sgd runs),
   total_time_s_mean, speedup_vs_sgd, train_time_s_mean,
-  train_speedup_vs_sgd, local_flop_fraction_mean, peak_temp_bytes and
-  mean_transition (None where the runs did not record the field).
+  train_speedup_vs_sgd, robust_time_s_mean, robust_speedup_vs_sgd (from the
+  median epoch time of each kind of epoch), local_flop_fraction_mean,
+  peak_temp_bytes and mean_transition (None where the runs did not record
+  the field).
 
   Args:
     workdir: the comparison's directory (`workdir/<mode>/seed_<s>/`).
@@ -475,7 +519,11 @@ def write_report(workdir: str, command: Optional[str] = None,
           timespec='seconds'),
       'device': device or previous.get('device') or
                 jax.devices()[0].device_kind,
-      'git_commit': train_lib.git_commit(),
+      # The runs' commits (several if the runs span commits).
+      'git_commit': ', '.join(sorted(
+          {run['summary'].get('git_commit') or 'unknown'
+           for by_seed in runs_by_mode.values()
+           for run in by_seed.values()})),
       'unfinished_runs': unfinished,
   }
   if jax.process_index() != 0:

@@ -14,7 +14,8 @@ Modes:
             period the trainer reports, per unit, the relative weight change
             over the period divided by the mean learning rate (so a decaying
             schedule alone does not look like convergence), scaled to a whole
-            epoch's steps. A unit has *settled* when that statistic has fallen to `settle_fraction` of its own peak.
+            epoch's steps. A unit has *settled* when that statistic has
+            fallen to `settle_fraction` of its own peak.
             The boundary advances over consecutive settled units starting at
             the transition unit, at most `max_advance` per decision; guards:
             no move during `warmup_epochs` or within `min_hold_epochs` of the

@@ -97,6 +97,12 @@ def test_aggregation_numbers_are_exact(synthetic):
   assert freeze['speedup_vs_sgd'] == pytest.approx(11.0 / 8.0)
   assert freeze['train_time_s_mean'] == 4.0
   assert freeze['train_speedup_vs_sgd'] == pytest.approx(8.0 / 4.0)
+  # Robust time: each epoch costs the median (train + eval) time of its kind
+  # over all runs, k = 0: median(4 x 4.25, 3 x 3.25) = 4.25; k = 3: 1.25;
+  # plus the run's compile time (1.0).
+  assert sgd['robust_time_s_mean'] == pytest.approx(1.0 + 2 * 4.25)
+  assert freeze['robust_time_s_mean'] == pytest.approx(1.0 + 4.25 + 1.25)
+  assert freeze['robust_speedup_vs_sgd'] == pytest.approx(9.5 / 6.5)
   assert freeze['local_flop_fraction_mean'] == pytest.approx(0.25)
   assert freeze['peak_temp_bytes'] == 100
   assert freeze['mean_transition'] == pytest.approx(1.5)
@@ -105,6 +111,7 @@ def test_aggregation_numbers_are_exact(synthetic):
   assert on_disk['entries'] == json.loads(json.dumps(entries))
   assert on_disk['unfinished_runs'] == [os.path.join('freeze', 'seed_3')]
   assert on_disk['device'] == 'TPU v9'
+  assert on_disk['git_commit'] == 'unknown'  # the runs recorded none
   _assert_pngs(synthetic)
   md = open(os.path.join(synthetic, 'comparison.md')).read()
   assert '| freeze | 3 | 0.8767 ± ' in md and '| 1.38x |' in md
