@@ -16,4 +16,11 @@ def get_config():
   config.batch_size = 64
   config.optim.learning_rate = 0.05
   config.optim.warmup_epochs = 1
+  # The static / dynamic schedule chosen in configs/cifar10_resnet.py, for
+  # the 4-unit tiny CNN: SGD for 60% of the epochs, then its first two convs
+  # learn locally. The mode stays sgd: pass --config.selection.mode=static
+  # (or compare the modes with compare.py).
+  config.selection.warmup_epochs = config.get_ref('num_epochs') * 3 // 5
+  config.selection.ramp = 'step'
+  config.selection.k_max = 2
   return config

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The mode comparison of issue #4: CIFAR ResNet-20 on a CIFAR-10 folder (e.g.
+# ../shared/data/cifar10-subset), sgd against LoCal+SGD and its peers, with
+# paired seeds.
+#
+#   bash benchmarks/cifar_subset_comparison.sh DATA_DIR WORKDIR [SGD_WORKDIR
+#       [--config.x=y ...]]
+#   (env: EPOCHS=10 WARMUP=6 K_MAX=6 SEEDS=3 MODES="static dynamic freeze";
+#   further arguments go to compare.py)
+#
+# Every mode but sgd trains plain SGD for its first WARMUP epochs, bit-identical
+# to the sgd run of the same seed (same init, data order and steps). So those
+# runs start from the sgd run's checkpoint after WARMUP epochs instead of
+# recomputing them (dynamic one epoch earlier: its first decision is made at
+# the end of epoch WARMUP, by its own rule): the trainer resumes there as
+# after a crash, and its recorded time includes the sgd run's time for the
+# epochs it did not train. The result is the one compare.py alone would give,
+# in about half the CPU time. With
+# SGD_WORKDIR (an earlier run of this script with the same EPOCHS and SEEDS),
+# its sgd runs are copied instead of trained again, so trying another
+# WARMUP or K_MAX costs only the local epochs.
+set -euo pipefail
+DATA=${1:?usage: $0 DATA_DIR WORKDIR [SGD_WORKDIR]}
+OUT=${2:?usage: $0 DATA_DIR WORKDIR [SGD_WORKDIR]}
+EPOCHS=${EPOCHS:-10} WARMUP=${WARMUP:-6} K_MAX=${K_MAX:-6} SEEDS=${SEEDS:-3}
+MODES=${MODES:-static dynamic freeze}
+args=(--config=configs/cifar10_resnet.py --config.data.dir="$DATA"
+      --config.model.name=resnet20 --config.num_epochs="$EPOCHS"
+      --config.selection.warmup_epochs="$WARMUP"
+      --config.selection.ramp_epochs=1 --config.selection.k_max="$K_MAX"
+      --config.checkpoint.every_epochs=1 --config.checkpoint.keep="$EPOCHS"
+      --seeds="$SEEDS" --workdir="$OUT" "${@:4}")
+if [[ -n "${3:-}" && ! -e "$OUT/sgd" ]]; then
+  mkdir -p "$OUT" && cp -r "$3/sgd" "$OUT/"
+fi
+python compare.py "${args[@]}" --modes=sgd
+for ((seed = 0; seed < SEEDS; seed++)); do
+  for mode in $MODES; do
+    run="$OUT/$mode/seed_$seed"
+    from=$WARMUP
+    [[ $mode == dynamic ]] && from=$((WARMUP - 1))
+    [[ -e "$run" || $from -lt 1 ]] && continue
+    mkdir -p "$run/checkpoints"
+    cp -r "$OUT/sgd/seed_$seed/checkpoints/$from" "$run/checkpoints/"
+    cp "$OUT/sgd/seed_$seed/metrics.jsonl" "$run/"
+  done
+done
+python compare.py "${args[@]}" --modes="sgd,${MODES// /,}"
