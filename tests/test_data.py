@@ -2,7 +2,8 @@
 
 CIFAR is exercised on tiny pickle files written here in the original format,
 tfds paths on `tfds.testing.mock_data`, image folders on PNG/JPEG files written
-here: no test reads real data or the network.
+here (cached under tmp_path): no test reads real data, the network or the
+user's cache folder.
 """
 
 import os
@@ -17,6 +18,8 @@ from PIL import Image
 import pytest
 
 from localsgd_jax import data
+from localsgd_jax.data import image_folder
+from localsgd_jax.data import sources
 from localsgd_jax.errors import UserError
 
 
@@ -80,6 +83,7 @@ def test_cifar10_dir_may_point_at_inner_folder(cifar10_dir):
       _cfg(name='cifar10', dir=str(root / 'cifar-10-batches-py')), seed=0)
   assert (ds.num_train, ds.num_test, ds.num_classes) == (37, 13, 10)
   assert ds.image_shape == (32, 32, 3)
+  assert ds.eval_split == 'test'
 
 
 def test_cifar100_dir(tmp_path):
@@ -130,14 +134,24 @@ def test_unknown_name_lists_valid_names():
 
 
 def test_dir_paths_never_import_tensorflow(cifar10_dir):
-  """Digits and CIFAR directories must start without TF (slow, grabs GPUs)."""
+  """CIFAR directories and in-memory image folders must start without TF.
+
+  (TF is slow to import and grabs GPUs.)
+  """
   root, _ = cifar10_dir
+  folder = root / 'folder'
+  _write_folder(folder, {'train': 2, 'val': 1}, ('a', 'b'))
   code = (
       'import sys, ml_collections\n'
       'from localsgd_jax import data\n'
       f'cfg = ml_collections.ConfigDict(dict(name="cifar10", dir={str(root)!r}'
       ', augment=True, crop_padding=4))\n'
       'next(data.load_dataset(cfg, seed=0).train_batches(0, 8))\n'
+      'cfg = ml_collections.ConfigDict(dict(name="image_folder", '
+      f'dir={str(folder)!r}, cache_dir={str(root / "cache")!r}))\n'
+      'ds = data.load_dataset(cfg, seed=0)\n'
+      'assert isinstance(ds, data.InMemoryDataset), ds\n'
+      'next(ds.train_batches(0, 2))\n'
       'assert "tensorflow" not in sys.modules, "TF imported"\n')
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   root_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -321,6 +335,7 @@ def test_tfds_cifar10_in_memory(tfds_module):
     ds = data.load_dataset(_cfg(name='cifar10'), seed=0)
   assert (ds.num_train, ds.num_test) == (12, 12)
   assert ds.num_classes == 10 and ds.image_shape == (32, 32, 3)
+  assert ds.eval_split == 'test'
   batch = next(ds.train_batches(0, 8))
   assert batch['image'].shape == (8, 32, 32, 3)
   assert np.all((np.asarray(batch['label']) >= 0)
@@ -344,11 +359,13 @@ def _write_image_folder(root):
         Image.fromarray(pixels).save(folder / f'{i}.{suffix}')
 
 
-def test_image_folder(tmp_path, tfds_module):
+def test_image_folder_stream(tmp_path, tfds_module):
   del tfds_module  # Only shares the TF import.
   _write_image_folder(tmp_path)
   ds = data.load_dataset(
-      _cfg(name='image_folder', dir=str(tmp_path), image_size=16), seed=0)
+      _cfg(name='image_folder', dir=str(tmp_path), image_size=16,
+           storage='stream'), seed=0)
+  assert isinstance(ds, data.StreamingDataset) and ds.eval_split == 'test'
   assert ds.num_classes == 3 and ds.class_names == ('cat', 'dog', 'owl')
   assert (ds.num_train, ds.num_test) == (9, 6)
   assert ds.image_shape == (16, 16, 3) and ds.flip
@@ -383,3 +400,397 @@ def test_bad_batch_size_fails_at_call(digits):
     digits.train_batches(0, 0)
   with pytest.raises(UserError, match='batch_size'):
     digits.eval_batches(-1)
+
+
+# ------------------------------------------------- image folders in memory
+
+
+def _write_folder(root, counts, classes=('cat', 'dog', 'owl'), size=(6, 5),
+                  seed=0):
+  """DIR/<split>/<class>/NN.png of one size; returns {relative path: pixels}.
+
+  `counts` maps split -> images per class; `size` is (width, height).
+  """
+  rng = np.random.default_rng(seed)
+  written = {}
+  for split, per_class in counts.items():
+    for label in classes:
+      folder = root / split / label
+      folder.mkdir(parents=True, exist_ok=True)
+      for i in range(per_class):
+        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f'{i:02d}.png')
+        written[f'{split}/{label}/{i:02d}.png'] = pixels
+  return written
+
+
+def _folder_cfg(root, tmp_path, **overrides):
+  return _cfg(name='image_folder', dir=str(root),
+              cache_dir=str(tmp_path / 'cache'), **overrides)
+
+
+def test_folder_decode_matches_pil(tmp_path):
+  root = tmp_path / 'data'
+  rng = np.random.default_rng(1)
+  expected = {}  # class -> list of file names in the expected load order
+  # Names chosen so that sorted order differs from creation order; modes
+  # and formats that convert('RGB') must turn into the same 3 channels.
+  files = {'b_zebra': [('10.png', 'RGB'), ('02.JPG', 'RGB'), ('1.jpeg', 'L')],
+           'a_ant': [('x.png', 'RGBA'), ('m.png', 'P'), ('c.Png', 'L')]}
+  for split in ('train', 'val'):
+    for label, names in files.items():
+      folder = root / split / label
+      folder.mkdir(parents=True)
+      for name, mode in names:
+        pixels = rng.integers(0, 256, (7, 9, 4), dtype=np.uint8)
+        image = Image.fromarray(pixels, 'RGBA')
+        if mode != 'RGBA':
+          image = image.convert('RGB').convert(mode)
+        if name.lower().endswith(('.jpg', '.jpeg')):
+          image.save(folder / name, format='JPEG')
+        else:
+          image.save(folder / name, format='PNG')
+      # Not images, or hidden: skipped.
+      (folder / 'notes.txt').write_text('not an image')
+      (folder / '.hidden.png').write_bytes(b'junk')
+      expected[label] = sorted(name for name, _ in names)
+  (root / 'train' / '.ipynb_checkpoints').mkdir()
+  arrays = image_folder.load_image_folder(str(root), 'val',
+                                          str(tmp_path / 'cache'))
+  assert arrays.class_names == ('a_ant', 'b_zebra')
+  for images, labels, split in ((arrays.train_images, arrays.train_labels,
+                                 'train'),
+                                (arrays.eval_images, arrays.eval_labels,
+                                 'val')):
+    assert images.shape == (6, 7, 9, 3) and images.dtype == np.uint8
+    assert labels.dtype == np.int32 and labels.tolist() == [0, 0, 0, 1, 1, 1]
+    paths = [root / split / label / name for label in ('a_ant', 'b_zebra')
+             for name in expected[label]]
+    for image, path in zip(images, paths):
+      with Image.open(path) as pil:
+        np.testing.assert_array_equal(image, np.asarray(pil.convert('RGB')))
+
+
+def test_folder_parallel_decode_matches_serial(tmp_path):
+  _write_folder(tmp_path, {'train': 5})
+  split = image_folder.scan_split(str(tmp_path), 'train')
+  serial = image_folder.decode_images(split.paths(), (5, 6, 3),
+                                      num_workers=1)
+  parallel = image_folder.decode_images(split.paths(), (5, 6, 3),
+                                        num_workers=2)
+  np.testing.assert_array_equal(parallel, serial)
+  # Errors from workers name the first bad file in load order.
+  Image.fromarray(np.zeros((3, 3, 3), np.uint8)).save(
+      tmp_path / 'train' / 'dog' / '03.png')
+  Image.fromarray(np.zeros((3, 3, 3), np.uint8)).save(
+      tmp_path / 'train' / 'owl' / '01.png')
+  with pytest.raises(UserError, match=r'dog/03\.png.* 3x3 .*6x5'):
+    image_folder.decode_images(split.paths(), (5, 6, 3), num_workers=2)
+
+
+def _cache_files(tmp_path):
+  return sorted((tmp_path / 'cache').glob('*.npy'))
+
+
+def test_folder_cache_is_reused(tmp_path, monkeypatch):
+  root = tmp_path / 'data'
+  written = _write_folder(root, {'train': 3, 'val': 2})
+  first = image_folder.load_image_folder(str(root), 'val',
+                                         str(tmp_path / 'cache'))
+  cached = _cache_files(tmp_path)
+  assert len(cached) == 2  # One file per split.
+  mtimes = [p.stat().st_mtime_ns for p in cached]
+
+  def no_decode(*args, **kwargs):
+    raise AssertionError('decoded although the cache is current')
+
+  monkeypatch.setattr(image_folder, 'decode_images', no_decode)
+  again = image_folder.load_image_folder(str(root), 'val',
+                                         str(tmp_path / 'cache'))
+  np.testing.assert_array_equal(again.train_images, first.train_images)
+  np.testing.assert_array_equal(again.eval_images, first.eval_images)
+  assert [p.stat().st_mtime_ns for p in _cache_files(tmp_path)] == mtimes
+  np.testing.assert_array_equal(first.train_images[0],
+                                written['train/cat/00.png'])
+
+
+def test_folder_cache_rebuilt_when_a_file_changes(tmp_path):
+  root = tmp_path / 'data'
+  _write_folder(root, {'train': 3, 'val': 2})
+  image_folder.load_image_folder(str(root), 'val', str(tmp_path / 'cache'))
+  before = _cache_files(tmp_path)
+  new_pixels = np.full((5, 6, 3), 7, np.uint8)
+  path = root / 'train' / 'dog' / '01.png'
+  Image.fromarray(new_pixels).save(path)
+  stat = path.stat()
+  # Same size and a later mtime even on coarse-grained file systems.
+  os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+  arrays = image_folder.load_image_folder(str(root), 'val',
+                                          str(tmp_path / 'cache'))
+  np.testing.assert_array_equal(arrays.train_images[4], new_pixels)
+  after = _cache_files(tmp_path)
+  # A new train cache replaced the stale one; the val cache is untouched.
+  assert len(after) == 2
+  assert [p for p in after if '-val-' in p.name] == [
+      p for p in before if '-val-' in p.name]
+  assert ([p for p in after if '-train-' in p.name]
+          != [p for p in before if '-train-' in p.name])
+
+
+@pytest.mark.parametrize('damage', ['truncated', 'garbage', 'wrong_shape'])
+def test_folder_corrupt_cache_is_rebuilt(tmp_path, capsys, damage):
+  root = tmp_path / 'data'
+  _write_folder(root, {'train': 3, 'val': 2})
+  first = image_folder.load_image_folder(str(root), 'val',
+                                         str(tmp_path / 'cache'))
+  train_cache = next(p for p in _cache_files(tmp_path)
+                     if '-train-' in p.name)
+  content = train_cache.read_bytes()
+  if damage == 'truncated':
+    train_cache.write_bytes(content[:len(content) - 10])
+  elif damage == 'garbage':
+    train_cache.write_bytes(b'garbage' * 100)
+  else:
+    np.save(train_cache, np.zeros((2, 5, 6, 3), np.uint8))
+  capsys.readouterr()
+  again = image_folder.load_image_folder(str(root), 'val',
+                                         str(tmp_path / 'cache'))
+  np.testing.assert_array_equal(again.train_images, first.train_images)
+  warnings = [line for line in capsys.readouterr().err.splitlines()
+              if line.startswith('warning:')]
+  assert len(warnings) == 1 and train_cache.name in warnings[0]
+  assert train_cache.read_bytes() == content  # rebuilt
+
+
+def test_folder_unwritable_cache_dir_warns_once(tmp_path, capsys):
+  root = tmp_path / 'data'
+  written = _write_folder(root, {'train': 2, 'val': 1})
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('a file where the cache folder should go')
+  arrays = image_folder.load_image_folder(str(root), 'val',
+                                          str(blocker / 'cache'))
+  np.testing.assert_array_equal(arrays.eval_images[0],
+                                written['val/cat/00.png'])
+  warnings = [line for line in capsys.readouterr().err.splitlines()
+              if line.startswith('warning:')]
+  assert len(warnings) == 1 and 'without a cache' in warnings[0]
+
+
+def test_folder_default_cache_dir(monkeypatch, tmp_path):
+  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
+  assert image_folder.default_cache_dir() == str(tmp_path / 'xdg' /
+                                                 'localsgd_jax')
+  monkeypatch.delenv('XDG_CACHE_HOME')
+  monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+  assert image_folder.default_cache_dir() == str(
+      tmp_path / 'home' / '.cache' / 'localsgd_jax')
+
+
+def test_folder_mixed_sizes_name_one_file(tmp_path):
+  root = tmp_path / 'data'
+  _write_folder(root, {'train': 3, 'val': 1})
+  Image.fromarray(np.zeros((4, 8, 3), np.uint8)).save(
+      root / 'train' / 'dog' / '02.png')
+  with pytest.raises(UserError) as err:
+    data.load_dataset(_folder_cfg(root, tmp_path), seed=0)
+  message = str(err.value)
+  assert 'dog/02.png' in message and '8x4' in message and '6x5' in message
+  assert '--config.data.storage=stream' in message and '\n' not in message
+  # An eval image of another size than the training images is named too.
+  Image.fromarray(np.zeros((5, 6, 3), np.uint8)).save(
+      root / 'train' / 'dog' / '02.png')
+  Image.fromarray(np.zeros((9, 9, 3), np.uint8)).save(
+      root / 'val' / 'owl' / '00.png')
+  with pytest.raises(UserError, match=r'val/owl/00\.png.*9x9'):
+    data.load_dataset(_folder_cfg(root, tmp_path), seed=0)
+
+
+@pytest.mark.parametrize('damage', ['garbage', 'truncated'])
+def test_folder_corrupt_image_is_named(tmp_path, damage):
+  root = tmp_path / 'data'
+  _write_folder(root, {'train': 3, 'val': 1})
+  path = root / 'train' / 'owl' / '01.png'
+  if damage == 'garbage':
+    path.write_bytes(b'this is not an image')
+  else:
+    Image.fromarray(np.zeros((5, 6, 3), np.uint8)).save(
+        root / 'train' / 'owl' / '01.jpg', quality=95)
+    path.unlink()
+    path = root / 'train' / 'owl' / '01.jpg'
+    content = path.read_bytes()
+    path.write_bytes(content[:len(content) // 2])
+  with pytest.raises(UserError, match=f'owl/{path.name}') as err:
+    data.load_dataset(_folder_cfg(root, tmp_path), seed=0)
+  assert '\n' not in str(err.value)
+
+
+def test_folder_empty_class_is_named(tmp_path):
+  root = tmp_path / 'data'
+  _write_folder(root, {'train': 2, 'val': 1})
+  (root / 'train' / 'emu').mkdir()
+  (root / 'train' / 'emu' / 'readme.txt').write_text('no images yet')
+  with pytest.raises(UserError, match=r'train/emu.*holds no'):
+    data.load_dataset(_folder_cfg(root, tmp_path), seed=0)
+
+
+def test_folder_class_mismatch_lists_both_sides(tmp_path):
+  root = tmp_path / 'data'
+  _write_folder(root, {'train': 2}, classes=('cat', 'dog', 'owl'))
+  _write_folder(root, {'val': 1}, classes=('cat', 'dog', 'yak', 'zebu'))
+  with pytest.raises(UserError) as err:
+    data.load_dataset(_folder_cfg(root, tmp_path), seed=0)
+  message = str(err.value)
+  assert 'missing in val/: owl;' in message
+  assert 'missing in train/: yak, zebu' in message
+
+
+def test_folder_auto_storage_small_is_in_memory(tmp_path):
+  root = tmp_path / 'data'
+  written = _write_folder(root, {'train': 3, 'val': 2})
+  ds = data.load_dataset(_folder_cfg(root, tmp_path, augment=False), seed=0)
+  assert isinstance(ds, data.InMemoryDataset)
+  assert ds.eval_split == 'val' and ds.class_names == ('cat', 'dog', 'owl')
+  assert (ds.num_train, ds.num_test, ds.num_classes) == (9, 6, 3)
+  # The folder's own size, not config.data.image_size (32).
+  assert ds.image_shape == (5, 6, 3)
+  batches = [jax.tree.map(np.asarray, b) for b in ds.eval_batches(6)]
+  source = np.stack([written[f'val/{c}/{i:02d}.png']
+                     for c in ('cat', 'dog', 'owl') for i in range(2)])
+  np.testing.assert_array_equal(batches[0]['image'], _normalized(source, ds))
+  np.testing.assert_array_equal(batches[0]['label'], [0, 0, 1, 1, 2, 2])
+
+
+def test_folder_auto_storage_large_streams(tmp_path, tfds_module):
+  del tfds_module  # Only shares the TF import.
+  root = tmp_path / 'data'
+  _write_folder(root, {'train': 3, 'test': 2})
+  # 15 images x 90 bytes > 1e-6 GB.
+  ds = data.load_dataset(
+      _folder_cfg(root, tmp_path, max_memory_gb=1e-6, image_size=4), seed=0)
+  assert isinstance(ds, data.StreamingDataset) and ds.eval_split == 'test'
+  assert (ds.num_train, ds.num_test) == (9, 6)
+  assert not (tmp_path / 'cache').exists()  # Streaming decodes nothing.
+  assert isinstance(data.load_dataset(
+      _folder_cfg(root, tmp_path, max_memory_gb=1e-5), seed=0),
+                    data.InMemoryDataset)
+
+
+def test_folder_train_per_class_keeps_first_files(tmp_path):
+  root = tmp_path / 'data'
+  written = _write_folder(root, {'train': 4, 'val': 1})
+  ds = data.load_dataset(
+      _folder_cfg(root, tmp_path, train_per_class=2, augment=False), seed=0)
+  assert ds.num_train == 6 and ds.eval_split == 'val' and ds.num_test == 3
+  order = np.asarray(ds.epoch_order(0))
+  batch = jax.tree.map(np.asarray, next(ds.train_batches(0, 6)))
+  kept = np.stack([written[f'train/{c}/{i:02d}.png']
+                   for c in ('cat', 'dog', 'owl') for i in range(2)])
+  np.testing.assert_array_equal(batch['image'],
+                                _normalized(kept[order], ds))
+  np.testing.assert_array_equal(batch['label'],
+                                np.repeat(np.arange(3), 2)[order])
+
+
+def _digit_images(digits_arrays):
+  """The digits training images as bytes, for set comparisons."""
+  return [x.tobytes() for x in digits_arrays[0]]
+
+
+def _eval_images(dataset):
+  batches = [jax.tree.map(np.asarray, b) for b in dataset.eval_batches(64)]
+  images = np.concatenate([b['image'] for b in batches])
+  real = np.concatenate([b['mask'] for b in batches]) > 0
+  labels = np.concatenate([b['label'] for b in batches])
+  return images[real], labels[real]
+
+
+def test_select_per_class_holdout(digits_arrays):
+  labels = digits_arrays[1]
+  train, hold = sources.select_per_class(labels, 10, holdout_per_class=5,
+                                         holdout_seed=3)
+  assert len(hold) == 50 and len(train) == len(labels) - 50
+  assert not set(train.tolist()) & set(hold.tolist())
+  np.testing.assert_array_equal(np.bincount(labels[hold], minlength=10),
+                                np.full(10, 5))
+  again = sources.select_per_class(labels, 10, holdout_per_class=5,
+                                   holdout_seed=3)
+  np.testing.assert_array_equal(again[1], hold)
+  other = sources.select_per_class(labels, 10, holdout_per_class=5,
+                                   holdout_seed=4)[1]
+  assert set(other.tolist()) != set(hold.tolist())
+  # With train_per_class the hold-out comes from the images not kept.
+  train, hold = sources.select_per_class(labels, 10, train_per_class=20,
+                                         holdout_per_class=5, holdout_seed=3)
+  first = np.concatenate([np.flatnonzero(labels == c)[:20]
+                          for c in range(10)])
+  np.testing.assert_array_equal(train, np.sort(first))
+  assert not set(first.tolist()) & set(hold.tolist())
+  np.testing.assert_array_equal(np.bincount(labels[hold], minlength=10),
+                                np.full(10, 5))
+  assert sources.select_per_class(labels, 10) == (None, None)
+
+
+def test_holdout_replaces_test_split(digits_arrays):
+  x_train = digits_arrays[0]
+  ds = data.load_dataset(_cfg(holdout_per_class=4, holdout_seed=1), seed=0)
+  assert ds.eval_split == 'holdout'
+  assert (ds.num_train, ds.num_test) == (1437 - 40, 40)
+  images, labels = _eval_images(ds)
+  np.testing.assert_array_equal(np.bincount(labels, minlength=10),
+                                np.full(10, 4))
+  # Every held-out image is a training image of the full data, none of them
+  # is trained on, and the run seed does not move them.
+  _, hold = sources.select_per_class(digits_arrays[1], 10,
+                                     holdout_per_class=4, holdout_seed=1)
+  np.testing.assert_array_equal(images, _normalized(x_train[hold], ds))
+  other_run = data.load_dataset(_cfg(holdout_per_class=4, holdout_seed=1),
+                                seed=5)
+  np.testing.assert_array_equal(_eval_images(other_run)[1], labels)
+  assert data.load_dataset(_cfg(), seed=0).eval_split == 'test'
+
+
+def test_holdout_on_folder_never_reads_eval_split(tmp_path):
+  root = tmp_path / 'data'
+  written = _write_folder(root, {'train': 5})  # No val/ at all.
+  ds = data.load_dataset(
+      _folder_cfg(root, tmp_path, train_per_class=3, holdout_per_class=2,
+                  augment=False), seed=0)
+  assert ds.eval_split == 'holdout' and (ds.num_train, ds.num_test) == (9, 6)
+  images, labels = _eval_images(ds)
+  # train_per_class keeps files 00-02, so the hold-out is files 03 and 04.
+  held = np.stack([written[f'train/{c}/{i:02d}.png']
+                   for c in ('cat', 'dog', 'owl') for i in (3, 4)])
+  np.testing.assert_array_equal(images, _normalized(held, ds))
+  np.testing.assert_array_equal(labels, [0, 0, 1, 1, 2, 2])
+
+
+def test_subset_errors(tmp_path):
+  with pytest.raises(UserError, match=r'images of class \d, fewer than'):
+    data.load_dataset(_cfg(train_per_class=140, holdout_per_class=20),
+                      seed=0)
+  root = tmp_path / 'data'
+  _write_folder(root, {'train': 3, 'val': 1})
+  with pytest.raises(UserError, match="'cat'.*at most 3"):
+    data.load_dataset(_folder_cfg(root, tmp_path, holdout_per_class=4),
+                      seed=0)
+  with pytest.raises(UserError, match='in-memory datasets only'):
+    data.load_dataset(_folder_cfg(root, tmp_path, storage='stream',
+                                  train_per_class=1), seed=0)
+
+
+@pytest.mark.parametrize('field, value', [
+    ('storage', 'disk'), ('max_memory_gb', 0), ('max_memory_gb', 'big'),
+    ('train_per_class', -1), ('holdout_per_class', 1.5),
+    ('holdout_seed', -2)])
+def test_bad_data_options(field, value):
+  with pytest.raises(UserError, match=f'config.data.{field}') as err:
+    data.load_dataset(_cfg(**{field: value}), seed=0)
+  assert '\n' not in str(err.value)
+
+
+def test_default_config_has_data_options():
+  from configs import default  # pylint: disable=g-import-not-at-top
+  cfg = default.get_config().data
+  assert (cfg.storage, cfg.max_memory_gb, cfg.cache_dir) == ('auto', 4.0, '')
+  assert (cfg.train_per_class, cfg.holdout_per_class,
+          cfg.holdout_seed) == (0, 0, 0)

@@ -7,20 +7,30 @@ Sources and where their bytes come from:
 * cifar10 / cifar100 with `config.data.dir`: the original python-pickle files
   (`cifar-10-batches-py/`, `cifar-100-python/`), read without TensorFlow.
 * cifar10 / cifar100 without `dir`: tfds, loaded whole into memory.
-* imagenet2012, image_folder: streamed from disk by tf.data.
+* image_folder: decoded once with PIL and cached (see `image_folder`), then
+  held in memory when it fits (`config.data.storage`); else streamed.
+* imagenet2012: streamed from disk by tf.data.
 
-TensorFlow is imported only on the tfds and streaming paths: the digits and
-CIFAR-directory paths start fast and never initialize TF.
+Every in-memory source can be cut down to a CPU-sized proxy of itself:
+`train_per_class` keeps the first N training images of each class, and
+`holdout_per_class` evaluates on a seeded per-class hold-out of training
+images instead of the test split. Each dataset names what it evaluates on in
+`dataset.eval_split` ('test', 'val', 'validation' or 'holdout').
+
+TensorFlow is imported only on the tfds and streaming paths: the digits,
+CIFAR-directory and in-memory image-folder paths start fast and never
+initialize TF.
 """
 
 import os
 import pickle
 import re
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import ml_collections
 import numpy as np
 
+from localsgd_jax.data import image_folder
 from localsgd_jax.data import pipeline
 from localsgd_jax.errors import UserError
 
@@ -42,6 +52,8 @@ _CIFAR_LAYOUT = {
 _CIFAR_ARCHIVE = {'cifar10': 'cifar-10-python.tar.gz',
                   'cifar100': 'cifar-100-python.tar.gz'}
 
+STORAGE_MODES = ('auto', 'memory', 'stream')
+
 
 def load_dataset(data_cfg: ml_collections.ConfigDict, *,
                  seed: int) -> pipeline.Dataset:
@@ -49,12 +61,16 @@ def load_dataset(data_cfg: ml_collections.ConfigDict, *,
 
   Args:
     data_cfg: `config.data`, with fields `name`, `dir`, `image_size`,
-      `augment`, `crop_padding`, `tfds_data_dir`, `shuffle_buffer` (missing
-      optional fields take their defaults).
+      `augment`, `crop_padding`, `tfds_data_dir`, `shuffle_buffer`,
+      `storage`, `max_memory_gb`, `cache_dir`, `train_per_class`,
+      `holdout_per_class`, `holdout_seed` (missing optional fields take
+      their defaults).
     seed: run seed; fixes the order and augmentation of every epoch.
 
   Returns:
-    A `Dataset`.
+    A `Dataset` with `eval_split` set to what its eval batches come from:
+    'test', a folder's eval split name ('val', 'test', 'validation'),
+    'validation' (imagenet2012) or 'holdout'.
 
   Raises:
     UserError: unknown name, bad field, or data that cannot be found or read.
@@ -74,6 +90,7 @@ def load_dataset(data_cfg: ml_collections.ConfigDict, *,
     return _in_memory(name, arrays, _CIFAR_LAYOUT[name][4], opts, seed,
                       flip=True)
   if name == 'imagenet2012':
+    _check_no_subset(opts, 'imagenet2012 streams from disk')
     return _load_imagenet(opts, seed)
   return _load_image_folder(opts, seed)
 
@@ -94,26 +111,154 @@ class _Options:
         tfds_data_dir=os.path.expanduser(
             str(data_cfg.get('tfds_data_dir', '') or '')),
         shuffle_buffer=data_cfg.get('shuffle_buffer', 10_000),
+        storage=data_cfg.get('storage', 'auto'),
+        max_memory_gb=data_cfg.get('max_memory_gb', 4.0),
+        cache_dir=os.path.expanduser(
+            str(data_cfg.get('cache_dir', '') or '')),
+        train_per_class=data_cfg.get('train_per_class', 0),
+        holdout_per_class=data_cfg.get('holdout_per_class', 0),
+        holdout_seed=data_cfg.get('holdout_seed', 0),
     )
     for field, minimum in (('image_size', 1), ('crop_padding', 0),
-                           ('shuffle_buffer', 1)):
+                           ('shuffle_buffer', 1), ('train_per_class', 0),
+                           ('holdout_per_class', 0), ('holdout_seed', 0)):
       value = getattr(opts, field)
-      if not isinstance(value, (int, np.integer)) or value < minimum:
+      if (not isinstance(value, (int, np.integer)) or isinstance(value, bool)
+          or value < minimum):
         raise UserError(f'config.data.{field} must be an integer >= '
                         f'{minimum}, got {value!r}; fix it in the config or '
                         f'with --config.data.{field}=...')
+    if opts.storage not in STORAGE_MODES:
+      raise UserError(f'config.data.storage must be one of '
+                      f'{", ".join(STORAGE_MODES)}, got {opts.storage!r}; '
+                      f'fix it in the config or with '
+                      f'--config.data.storage=...')
+    value = opts.max_memory_gb
+    if (not isinstance(value, (int, float, np.integer, np.floating))
+        or isinstance(value, bool) or not value > 0):
+      raise UserError(f'config.data.max_memory_gb must be a number > 0, got '
+                      f'{value!r}; fix it in the config or with '
+                      f'--config.data.max_memory_gb=...')
     return opts
 
+  @property
+  def subset(self) -> bool:
+    """Whether train_per_class or holdout_per_class cuts the data down."""
+    return bool(self.train_per_class or self.holdout_per_class)
 
-def _in_memory(name: str, arrays: Tuple[np.ndarray, ...], num_classes: int,
-               opts: _Options, seed: int, flip: bool
+
+def _check_no_subset(opts: _Options, why: str, fix: str = '') -> None:
+  if opts.subset:
+    raise UserError(
+        f'config.data.train_per_class and holdout_per_class work on '
+        f'in-memory datasets only, but {why}; {fix}set both to 0.')
+
+
+def _in_memory(name: str, arrays: Tuple[Optional[np.ndarray], ...],
+               num_classes: int, opts: _Options, seed: int, flip: bool,
+               eval_split: str = 'test',
+               class_names: Optional[Sequence[str]] = None
                ) -> pipeline.InMemoryDataset:
+  """An `InMemoryDataset`, cut down by train_per_class / holdout_per_class.
+
+  Args:
+    name: config name of the dataset.
+    arrays: (train images, train labels, test images, test labels); the
+      test arrays may be None when `opts.holdout_per_class` replaces them.
+    num_classes: number of labels.
+    opts: the data options.
+    seed: run seed.
+    flip: whether horizontal flips suit this data.
+    eval_split: what the test arrays are, for `dataset.eval_split`.
+    class_names: label names for error messages (and `class_names`).
+  """
   x_train, y_train, x_test, y_test = arrays
-  return pipeline.InMemoryDataset(
+  train_idx, holdout_idx = select_per_class(
+      y_train, num_classes, train_per_class=opts.train_per_class,
+      holdout_per_class=opts.holdout_per_class,
+      holdout_seed=opts.holdout_seed, class_names=class_names)
+  if holdout_idx is not None:
+    x_test, y_test = x_train[holdout_idx], y_train[holdout_idx]
+    eval_split = 'holdout'
+  if train_idx is not None:
+    x_train, y_train = x_train[train_idx], y_train[train_idx]
+  dataset = pipeline.InMemoryDataset(
       name=name, train_images=x_train, train_labels=y_train,
       test_images=x_test, test_labels=y_test, num_classes=num_classes,
       seed=seed, augment=opts.augment, crop_padding=opts.crop_padding,
       flip=flip)
+  dataset.eval_split = eval_split
+  if class_names is not None:
+    dataset.class_names = tuple(class_names)
+  return dataset
+
+
+def select_per_class(labels: np.ndarray, num_classes: int, *,
+                     train_per_class: int = 0, holdout_per_class: int = 0,
+                     holdout_seed: int = 0,
+                     class_names: Optional[Sequence[str]] = None
+                     ) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+  """Training and hold-out indices for `train_per_class` / `holdout_per_class`.
+
+  Training keeps the first `train_per_class` images of each class in data
+  order (all when 0). The hold-out draws `holdout_per_class` images of each
+  class, seeded by (holdout_seed, class), from the images training does not
+  keep: with `train_per_class` the ones past the first N, else all of them
+  (and training then loses the drawn ones). It is a pure function of the
+  seed and the labels, so every run and every process holds out the same
+  images, and never overlaps training.
+
+  Args:
+    labels: integer (N,) training labels, in data order.
+    num_classes: number of labels; every class must have enough images.
+    train_per_class: images kept per class (0 = all).
+    holdout_per_class: images held out per class (0 = no hold-out).
+    holdout_seed: seed of the hold-out draw, independent of the run seed.
+    class_names: names used in errors (default 'class <i>').
+
+  Returns:
+    (train indices, hold-out indices), each sorted int64 into `labels`, or
+    None for "all training images" / "no hold-out".
+
+  Raises:
+    UserError: a class has fewer than train_per_class + holdout_per_class
+      images.
+  """
+  if not train_per_class and not holdout_per_class:
+    return None, None
+  labels = np.asarray(labels)
+  members = [np.flatnonzero(labels == c) for c in range(num_classes)]
+  need = train_per_class + holdout_per_class
+  counts = [len(m) for m in members]
+  if min(counts) < need:
+    c = int(np.argmin(counts))
+    name = (repr(class_names[c]) if class_names is not None
+            else f'class {c}')
+    asked = ' + '.join(
+        f'config.data.{field} ({value})' for field, value in
+        (('train_per_class', train_per_class),
+         ('holdout_per_class', holdout_per_class)) if value)
+    raise UserError(
+        f'The training set has {counts[c]} images of {name}, fewer than '
+        f'{asked} = {need}; lower them to at most {counts[c]} images per '
+        f'class in all.')
+  keep = np.zeros(labels.shape, bool)
+  hold = np.zeros(labels.shape, bool)
+  for c, idx in enumerate(members):
+    if train_per_class:
+      keep[idx[:train_per_class]] = True
+      pool = idx[train_per_class:]
+    else:
+      keep[idx] = True
+      pool = idx
+    if holdout_per_class:
+      # Seeded per class: a class's draw does not depend on the others.
+      rng = np.random.default_rng([holdout_seed, c])
+      drawn = rng.choice(pool, holdout_per_class, replace=False)
+      hold[drawn] = True
+      keep[drawn] = False
+  return (np.flatnonzero(keep),
+          np.flatnonzero(hold) if holdout_per_class else None)
 
 
 # ----------------------------------------------------------------- digits
@@ -361,7 +506,7 @@ def _load_imagenet(opts: _Options, seed: int) -> pipeline.StreamingDataset:
   if 'train' not in splits or 'validation' not in splits:
     raise UserError('tensorflow-datasets reports no train/validation splits '
                     'for imagenet2012: it is not fully prepared. ' + help_text)
-  return pipeline.StreamingDataset(
+  dataset = pipeline.StreamingDataset(
       name='imagenet2012', read=_tfds_reader(builder, shuffle_files=True),
       train_split='train', test_split='validation',
       num_train=splits['train'].num_examples,
@@ -369,26 +514,67 @@ def _load_imagenet(opts: _Options, seed: int) -> pipeline.StreamingDataset:
       num_classes=builder.info.features['label'].num_classes,
       image_size=opts.image_size, seed=seed, augment=opts.augment, flip=True,
       shuffle_buffer=opts.shuffle_buffer)
+  dataset.eval_split = 'validation'
+  return dataset
 
 
 _FOLDER_TEST_SPLITS = ('test', 'val', 'validation')
+_FOLDER_LAYOUT = (
+    'config.data.dir must contain train/<class>/*.jpg|png and '
+    'test/<class>/... (or val/<class>/...), one subfolder per class.')
 
 
-def _load_image_folder(opts: _Options,
-                       seed: int) -> pipeline.StreamingDataset:
-  """Images under DIR/train/<class>/ and DIR/test/<class>/ (or val/)."""
-  layout = ('config.data.dir must contain train/<class>/*.jpg|png and '
-            'test/<class>/... (or val/<class>/...), one subfolder per class.')
+def _load_image_folder(opts: _Options, seed: int) -> pipeline.Dataset:
+  """Images under DIR/train/<class>/ and DIR/test/<class>/ (or val/).
+
+  storage 'memory' decodes the folder once (cached) and holds it in memory,
+  at its own image size; 'stream' reads it with tf.data every epoch,
+  random-resized-cropped to image_size; 'auto' holds it in memory when its
+  uint8 pixels (file count x the first image's H*W*3) fit max_memory_gb.
+  """
   if not opts.dir:
     raise UserError('config.data.dir is empty but image_folder needs a '
-                    'folder. ' + layout)
+                    'folder. ' + _FOLDER_LAYOUT)
   if not os.path.isdir(os.path.join(opts.dir, 'train')):
-    raise UserError(f'No train/ folder in {opts.dir!r}. ' + layout)
+    raise UserError(f'No train/ folder in {opts.dir!r}. ' + _FOLDER_LAYOUT)
   test_split = next((s for s in _FOLDER_TEST_SPLITS
                      if os.path.isdir(os.path.join(opts.dir, s))), None)
-  if test_split is None:
+  if opts.storage == 'stream':
+    _check_no_subset(opts, 'config.data.storage is stream',
+                     'use --config.data.storage=memory or ')
+  # The hold-out replaces the eval folder, which then is never read.
+  use_eval = not opts.holdout_per_class
+  if test_split is None and use_eval:
     raise UserError(f'No test/, val/ or validation/ folder in {opts.dir!r}. '
-                    + layout)
+                    + _FOLDER_LAYOUT + ' Or evaluate on held-out training '
+                    'images: set config.data.holdout_per_class.')
+  if opts.storage == 'stream':
+    return _stream_image_folder(opts, seed, test_split)
+  splits = [image_folder.scan_split(opts.dir, 'train')]
+  if use_eval:
+    splits.append(image_folder.scan_split(opts.dir, test_split))
+    image_folder.check_same_classes(splits[0], splits[1])
+  if opts.storage == 'auto':
+    shape = image_folder.read_image_shape(splits[0].path(0))
+    count = sum(len(split.files) for split in splits)
+    size_gb = count * int(np.prod(shape)) / 1e9
+    if size_gb > opts.max_memory_gb:
+      _check_no_subset(
+          opts, f'{opts.dir!r} would take {size_gb:.1f} GB, over '
+          f'config.data.max_memory_gb={opts.max_memory_gb}, so it streams',
+          'raise max_memory_gb, use --config.data.storage=memory, or ')
+      return _stream_image_folder(opts, seed, test_split)
+  images = image_folder.load_splits(splits, opts.cache_dir or '')
+  arrays = (images[0], splits[0].labels) + (
+      (images[1], splits[1].labels) if use_eval else (None, None))
+  names = splits[0].class_names
+  return _in_memory('image_folder', arrays, len(names), opts, seed,
+                    flip=True, eval_split=test_split, class_names=names)
+
+
+def _stream_image_folder(opts: _Options, seed: int,
+                         test_split: str) -> pipeline.StreamingDataset:
+  """An image folder read by tf.data every epoch (ImageNet-sized folders)."""
   _, tfds = _import_tf()
   builder = tfds.ImageFolder(opts.dir)
   splits = builder.info.splits
@@ -397,7 +583,8 @@ def _load_image_folder(opts: _Options,
   for split, count in counts.items():
     if count == 0:
       raise UserError(f'{os.path.join(opts.dir, split)!r} holds no .jpg, '
-                      f'.jpeg or .png images in class subfolders. ' + layout)
+                      f'.jpeg or .png images in class subfolders. '
+                      + _FOLDER_LAYOUT)
   names = builder.info.features['label'].names
   # ImageFolder's own file shuffle is unseeded; the seeded tf.data shuffle
   # in the pipeline is the only one, so that epochs are reproducible.
@@ -408,4 +595,5 @@ def _load_image_folder(opts: _Options,
       num_classes=len(names), image_size=opts.image_size, seed=seed,
       augment=opts.augment, flip=True, shuffle_buffer=opts.shuffle_buffer)
   dataset.class_names = tuple(names)
+  dataset.eval_split = test_split
   return dataset
