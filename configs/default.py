@@ -16,6 +16,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.batch_size = 128         # Global batch, split over all devices.
   config.eval_batch_size = 500
   config.dtype = 'float32'        # Compute dtype: float32 or bfloat16.
+  config.eval_every_epochs = 1    # Evaluate every N epochs (and the last).
+  # JAX's persistent compilation cache, shared by every run on this machine
+  # (a comparison compiles each program once); '' turns it off.
+  config.compile_cache_dir = '~/.cache/localsgd_jax/xla'
 
   config.model = ml_collections.ConfigDict()
   config.model.name = 'tiny'      # See localsgd_jax.models.MODELS.
@@ -32,6 +36,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.augment = True      # Pad-crop (+ flip where the data allows).
   config.data.crop_padding = 4
   config.data.shuffle_buffer = 10_000  # Streaming datasets only.
+  config.data.storage = 'auto'    # image_folder: memory (decode once, cache,
+                                  # hold in memory), stream (tf.data), or auto.
+  config.data.max_memory_gb = 4.0  # auto: memory if its uint8 pixels fit (GB).
+  config.data.cache_dir = ''      # Where decoded image folders are cached;
+                                  # '' = ~/.cache/localsgd_jax (XDG-aware).
+  config.data.train_per_class = 0  # In-memory data: keep the first N training
+                                  # images of each class; 0 = all.
+  config.data.holdout_per_class = 0  # Evaluate on N held-out training images
+                                  # per class instead of the test split.
+  config.data.holdout_seed = 0    # Which images the hold-out draws.
 
   config.optim = ml_collections.ConfigDict()
   config.optim.name = 'sgd'       # sgd (momentum) or adamw.

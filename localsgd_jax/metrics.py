@@ -1,6 +1,7 @@
 """Run outputs: metrics.jsonl, summary.json, TensorBoard events, progress.
 
-`metrics.jsonl` holds one JSON object per finished epoch; on resume the lines
+`metrics.jsonl` holds one JSON object per finished epoch (`epoch` counts
+completed epochs from 1, as the console does); on resume the lines
 of epochs after the restored checkpoint are dropped, so the file always
 describes one consistent run.
 """
@@ -37,8 +38,8 @@ class MetricsWriter:
       return [json.loads(line) for line in f if line.strip()]
 
   def truncate(self, num_epochs: int) -> List[Dict[str, Any]]:
-    """Keeps the records of epochs [0, num_epochs); returns them."""
-    rows = [r for r in self.read() if r['epoch'] < num_epochs]
+    """Keeps the records of epochs 1..num_epochs; returns them."""
+    rows = [r for r in self.read() if r['epoch'] <= num_epochs]
     tmp = self.path + '.tmp'
     with open(tmp, 'w') as f:
       f.writelines(json.dumps(r) + '\n' for r in rows)
@@ -53,7 +54,8 @@ class MetricsWriter:
       os.fsync(f.fileno())
     if self._tb is not None:
       for key, value in row.items():
-        if isinstance(value, (int, float)) and key not in ('epoch', 'step'):
+        if (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and key not in ('epoch', 'step')):
           self._tb.add_scalar(key, value, row['step'])
       self._tb.flush()
 

@@ -40,6 +40,10 @@ MODES: Dict[str, Dict[str, Any]] = {
     # AutoFreeze / PipeTransformer: freeze a unit once its gradient norm
     # stops changing.
     'autofreeze': {'selection.mode': 'gradnorm', 'local.rule': 'frozen'},
+    # Freezing on exactly the static schedule of LoCal+SGD: the same units
+    # leave the backward pass at the same epochs with learning rate 0, so
+    # any difference from 'static' is the local rule's doing.
+    'static_frozen': {'selection.mode': 'static', 'local.rule': 'frozen'},
 }
 BASELINE = 'sgd'
 PLOTS = {
@@ -258,7 +262,7 @@ def aggregate(runs_by_mode: Dict[str, Dict[int, Dict[str, Any]]]
   base = runs_by_mode.get(BASELINE, {})
 
   def final_acc(run):
-    return run['summary']['final_test_accuracy']
+    return run['summary']['final_eval_accuracy']
 
   def train_time(run):
     return sum(r.get('epoch_time_s', 0.0) for r in run['rows'])
@@ -302,11 +306,11 @@ def aggregate(runs_by_mode: Dict[str, Dict[int, Dict[str, Any]]]
         'num_epochs': max(r['summary'].get('num_epochs', len(r['rows']))
                           for r in runs),
         'num_units': runs[0]['summary'].get('num_units'),
-        'test_accuracy_mean': _mean(accs),
-        'test_accuracy_std': _std(accs),
-        'test_accuracy_per_seed': dict(zip(map(str, by_seed), accs)),
-        'best_test_accuracy_mean': _mean(
-            [r['summary']['best_test_accuracy'] for r in runs]),
+        'eval_accuracy_mean': _mean(accs),
+        'eval_accuracy_std': _std(accs),
+        'eval_accuracy_per_seed': dict(zip(map(str, by_seed), accs)),
+        'best_eval_accuracy_mean': _mean(
+            [r['summary']['best_eval_accuracy'] for r in runs]),
         'accuracy_diff_vs_sgd_mean': _mean(diffs) if base else None,
         'accuracy_diff_vs_sgd_std': _std(diffs) if base else None,
         'paired_seeds': paired if base else [],
@@ -407,7 +411,7 @@ def _pm(mean: Optional[float], std: Optional[float], spec: str) -> str:
 
 
 def _markdown(meta: Dict[str, Any], entries: List[Dict[str, Any]]) -> str:
-  header = ['mode', 'runs', 'test acc (mean ± std)', 'Δ acc vs sgd (paired)',
+  header = ['mode', 'runs', 'eval acc (mean ± std)', 'Δ acc vs sgd (paired)',
             'best acc', 'wall time (s)', 'speedup', 'train time (s)',
             'train speedup', 'robust speedup', 'local FLOP frac', 'peak temp',
             'mean k']
@@ -424,10 +428,10 @@ def _markdown(meta: Dict[str, Any], entries: List[Dict[str, Any]]) -> str:
     peak = e['peak_temp_bytes']
     cells = [
         e['mode'], str(e['num_runs']),
-        _pm(e['test_accuracy_mean'], e['test_accuracy_std'], '.4f'),
+        _pm(e['eval_accuracy_mean'], e['eval_accuracy_std'], '.4f'),
         _pm(e['accuracy_diff_vs_sgd_mean'], e['accuracy_diff_vs_sgd_std'],
             '+.4f'),
-        _fmt(e['best_test_accuracy_mean'], '.4f'),
+        _fmt(e['best_eval_accuracy_mean'], '.4f'),
         _fmt(e['total_time_s_mean'], '.1f'),
         _fmt(e['speedup_vs_sgd'], '.2f', 'x'),
         _fmt(e['train_time_s_mean'], '.1f'),
@@ -441,7 +445,7 @@ def _markdown(meta: Dict[str, Any], entries: List[Dict[str, Any]]) -> str:
     lines.append('| ' + ' | '.join(cells) + ' |')
   lines += [
       '',
-      'Test accuracy is the final epoch\'s. The Δ vs sgd pairs runs by seed '
+      'Eval accuracy (on the eval split of the runs\' data: val/ or test/) is the final epoch\'s. The Δ vs sgd pairs runs by seed '
       '(same init and data order) and averages the per-seed differences. '
       'Wall time is the whole run, compilation and evaluation included; '
       'train time sums the epochs\' training steps only (short runs are '
@@ -471,7 +475,7 @@ def write_report(workdir: str, command: Optional[str] = None,
   Writes `comparison.json` ({'command', 'date', 'device', 'git_commit',
   'unfinished_runs', 'entries': [...]}), `comparison.md` and the PNGs in
   PLOTS. Each entry holds, for one mode: mode, seeds, num_runs,
-  test_accuracy_mean/_std, best_test_accuracy_mean,
+  eval_accuracy_mean/_std, best_eval_accuracy_mean,
   accuracy_diff_vs_sgd_mean/_std (paired by seed; None without sgd runs),
   total_time_s_mean, speedup_vs_sgd, train_time_s_mean,
   train_speedup_vs_sgd, robust_time_s_mean, robust_speedup_vs_sgd (from the
@@ -506,7 +510,7 @@ def write_report(workdir: str, command: Optional[str] = None,
       run = {'summary': _read_json(os.path.join(path, 'summary.json')),
              'rows': _read_rows(os.path.join(path, 'metrics.jsonl'))}
       # Epochs count from 1 in the plots, as in the training log.
-      run['epoch_number'] = [r['epoch'] + 1 for r in run['rows']]
+      run['epoch_number'] = [r['epoch'] for r in run['rows']]  # from 1
       run['cumulative_time_s'] = _cumulative_time(run['rows'])
       runs_by_mode[mode][seed] = run
   entries = aggregate(runs_by_mode)
@@ -532,12 +536,12 @@ def write_report(workdir: str, command: Optional[str] = None,
   with open(os.path.join(workdir, 'comparison.md'), 'w') as f:
     f.write(_markdown(meta, entries))
   _plot(os.path.join(workdir, PLOTS['accuracy_vs_epoch']), runs_by_mode,
-        'epoch_number', 'test_accuracy', 'epoch', 'test accuracy',
-        'Test accuracy by epoch (mean ± std over seeds)')
+        'epoch_number', 'eval_accuracy', 'epoch', 'eval accuracy',
+        'Eval accuracy by epoch (mean ± std over seeds)')
   _plot(os.path.join(workdir, PLOTS['accuracy_vs_time']), runs_by_mode,
-        'cumulative_time_s', 'test_accuracy',
-        'wall time (s, compile and eval included)', 'test accuracy',
-        'Test accuracy by wall time (mean ± std over seeds)')
+        'cumulative_time_s', 'eval_accuracy',
+        'wall time (s, compile and eval included)', 'eval accuracy',
+        'Eval accuracy by wall time (mean ± std over seeds)')
   _plot(os.path.join(workdir, PLOTS['transition_vs_epoch']), runs_by_mode,
         'epoch_number', 'transition', 'epoch', 'transition index k',
         'Units trained locally (k) by epoch', steps=True)

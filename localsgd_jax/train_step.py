@@ -266,17 +266,28 @@ def xla_costs(compiled) -> Dict[str, float]:
 class StepCache:
   """One compiled executable per transition index, compiled once.
 
+  Wraps any `step(state, operand, k, hebbian)` with static `k` and `hebbian`
+  (the train step, or the train loop's step that also builds the batch).
   Keyed by `(k, hebbian)`. `compile_time_s[key]` holds the lowering +
-  compilation time, so the trainer can report compile time apart from step
-  time; `compiled[key]` exposes XLA's `cost_analysis()` /
-  `memory_analysis()` to benchmarks and tests.
+  compilation time (a load from JAX's persistent compilation cache when it
+  holds the program), so the trainer can report compile time apart from
+  step time; `compiled[key]` exposes XLA's `cost_analysis()` /
+  `memory_analysis()` to benchmarks and tests, and `costs(key)` their
+  FLOPs and temporary bytes.
   """
 
   def __init__(self, train_step: Callable, donate: bool = True):
     self._jitted = jax.jit(train_step, static_argnums=(2, 3),
                            donate_argnums=(0,) if donate else ())
-    self.compiled: Dict[int, Any] = {}
-    self.compile_time_s: Dict[int, float] = {}
+    self.compiled: Dict[Tuple[int, bool], Any] = {}
+    self.compile_time_s: Dict[Tuple[int, bool], float] = {}
+    self._costs: Dict[Tuple[int, bool], Dict[str, float]] = {}
+
+  def costs(self, key: Tuple[int, bool]) -> Dict[str, float]:
+    """`xla_costs` of the compiled step `key` (compiled already)."""
+    if key not in self._costs:
+      self._costs[key] = xla_costs(self.compiled[key])
+    return self._costs[key]
 
   def get(self, k: int, state: TrainState, batch: Batch,
           hebbian: bool = True):

@@ -12,7 +12,7 @@ from localsgd_jax import report
 from localsgd_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REQUIRED = ('mode', 'test_accuracy_mean', 'test_accuracy_std',
+REQUIRED = ('mode', 'eval_accuracy_mean', 'eval_accuracy_std',
             'total_time_s_mean', 'speedup_vs_sgd')
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
@@ -38,10 +38,10 @@ def _write_run(workdir, mode, seed, acc, total_time, rows, finished=True):
   os.makedirs(path)
   with open(os.path.join(path, 'metrics.jsonl'), 'w') as f:
     for epoch, row in enumerate(rows):
-      f.write(json.dumps({'epoch': epoch, 'test_accuracy': acc, **row}) + '\n')
+      f.write(json.dumps({'epoch': epoch, 'eval_accuracy': acc, **row}) + '\n')
   if finished:
     with open(os.path.join(path, 'summary.json'), 'w') as f:
-      json.dump({'final_test_accuracy': acc, 'best_test_accuracy': acc + 0.01,
+      json.dump({'final_eval_accuracy': acc, 'best_eval_accuracy': acc + 0.01,
                  'total_time_s': total_time, 'compile_time_s': 1.0,
                  'num_epochs': len(rows), 'num_units': 4}, f)
 
@@ -77,22 +77,22 @@ def test_aggregation_numbers_are_exact(synthetic):
   assert [e['mode'] for e in entries] == ['sgd', 'freeze']
   sgd, freeze = entries
   assert sgd['seeds'] == [0, 1] and sgd['num_runs'] == 2
-  assert sgd['test_accuracy_mean'] == pytest.approx(0.85)
-  assert sgd['test_accuracy_std'] == pytest.approx(np.std([0.8, 0.9], ddof=1))
+  assert sgd['eval_accuracy_mean'] == pytest.approx(0.85)
+  assert sgd['eval_accuracy_std'] == pytest.approx(np.std([0.8, 0.9], ddof=1))
   assert sgd['accuracy_diff_vs_sgd_mean'] == 0.0
   assert sgd['speedup_vs_sgd'] == 1.0
   assert sgd['local_flop_fraction_mean'] is None  # field never recorded
   assert sgd['peak_temp_bytes'] is None and sgd['mean_transition'] == 0.0
 
   assert freeze['seeds'] == [0, 1, 2] and freeze['num_runs'] == 3
-  assert freeze['test_accuracy_mean'] == pytest.approx((0.78 + 0.86 + .99) / 3)
+  assert freeze['eval_accuracy_mean'] == pytest.approx((0.78 + 0.86 + .99) / 3)
   # Only seeds 0 and 1 have an sgd partner: diffs -0.02 and -0.04.
   assert freeze['paired_seeds'] == [0, 1]
   assert freeze['accuracy_diff_vs_sgd_mean'] == pytest.approx(-0.03)
   assert freeze['accuracy_diff_vs_sgd_std'] == pytest.approx(
       np.std([-0.02, -0.04], ddof=1))
-  assert freeze['best_test_accuracy_mean'] == pytest.approx(
-      freeze['test_accuracy_mean'] + 0.01)
+  assert freeze['best_eval_accuracy_mean'] == pytest.approx(
+      freeze['eval_accuracy_mean'] + 0.01)
   assert freeze['total_time_s_mean'] == 8.0
   assert freeze['speedup_vs_sgd'] == pytest.approx(11.0 / 8.0)
   assert freeze['train_time_s_mean'] == 4.0
@@ -128,7 +128,7 @@ def test_no_baseline_gives_none(tmp_path):
              [{'transition': 1, **_times(1.0)}])
   (entry,) = report.write_report(str(tmp_path))
   assert entry['accuracy_diff_vs_sgd_mean'] is None
-  assert entry['speedup_vs_sgd'] is None and entry['test_accuracy_std'] == 0
+  assert entry['speedup_vs_sgd'] is None and entry['eval_accuracy_std'] == 0
 
 
 def test_unknown_mode_lists_valid_ones(tmp_path):
@@ -184,8 +184,8 @@ def test_comparison_of_real_runs(compared):
         summaries[mode, seed] = json.load(f)
       assert summaries[mode, seed]['config']['seed'] == seed
   assert summaries['freeze', 0]['config']['local']['rule'] == 'frozen'
-  diffs = [summaries['freeze', s]['final_test_accuracy']
-           - summaries['sgd', s]['final_test_accuracy'] for s in (0, 1)]
+  diffs = [summaries['freeze', s]['final_eval_accuracy']
+           - summaries['sgd', s]['final_eval_accuracy'] for s in (0, 1)]
   assert freeze['accuracy_diff_vs_sgd_mean'] == pytest.approx(np.mean(diffs))
   assert freeze['speedup_vs_sgd'] == pytest.approx(
       np.mean([summaries['sgd', s]['total_time_s'] for s in (0, 1)])

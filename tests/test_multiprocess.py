@@ -188,15 +188,15 @@ def test_two_processes_train_like_one(tmp_path):
 
   # Both runs used 2 devices; only process 0 wrote the run's files.
   rows_multi, rows_single = _metrics(multi), _metrics(single)
-  assert [r['epoch'] for r in rows_multi] == [0]
+  assert [r['epoch'] for r in rows_multi] == [1]
   assert rows_multi[0]['transition'] == 2
   for workdir in (multi, single):
     with open(os.path.join(workdir, 'summary.json')) as f:
       assert json.load(f)['num_devices'] == 2
   np.testing.assert_allclose(rows_multi[0]['train_loss'],
                              rows_single[0]['train_loss'], rtol=1e-5)
-  assert rows_multi[0]['test_accuracy'] == pytest.approx(
-      rows_single[0]['test_accuracy'], abs=1 / 360)
+  assert rows_multi[0]['eval_accuracy'] == pytest.approx(
+      rows_single[0]['eval_accuracy'], abs=1 / 360)
 
   epoch_multi, state_multi = _final_state(multi)
   epoch_single, state_single = _final_state(single)

@@ -85,6 +85,6 @@ def test_quickstart_train_command_runs(tmp_path):
     summary = json.load(f)
   assert summary['num_epochs'] == 1
   assert summary['config']['data']['name'] == 'digits'  # the offline default
-  assert summary['final_test_accuracy'] > 0.2  # learnt (chance is 0.1)
+  assert summary['final_eval_accuracy'] > 0.2  # learnt (chance is 0.1)
   with open(workdir / 'metrics.jsonl') as f:
     assert len(f.read().splitlines()) == 1

@@ -211,11 +211,20 @@ def test_process_rows_of_one_process_is_everything(mesh):
   assert pipeline.process_rows(None, 16) is None
 
 
-def test_in_memory_process_rows_rebuild_the_global_batch(digits, monkeypatch):
-  """Each process's rows (crops included) are those rows of the global batch."""
-  assert digits.crop_padding > 0
-  _assert_rows_rebuild_global(
-      monkeypatch, lambda: digits.train_batches(1, 32), 32)
+def test_in_memory_train_batches_do_not_depend_on_the_sharding(digits, mesh):
+  """Training batches are built inside the step from global arrays: split
+  over 4 devices (as over several processes) they are the unsplit ones,
+  random crops and flips included (`jax_threefry_partitionable`)."""
+  assert digits.crop_padding > 0 and digits.flip is False
+  whole = [jax.device_get(b) for b in digits.train_batches(1, 32)]
+  split = list(digits.train_batches(1, 32, NamedSharding(mesh, P('data'))))
+  assert len(split[0]['image'].sharding.device_set) == 4
+  for a, b in zip(whole, split):
+    jax.tree.map(np.testing.assert_array_equal, a, jax.device_get(b))
+
+
+def test_in_memory_process_rows_rebuild_the_eval_batches(digits, monkeypatch):
+  """Each process's rows of an eval batch are those rows of the global one."""
   # 360 test examples: the last batch of 64 is padded, the mask marks it.
   _assert_rows_rebuild_global(
       monkeypatch, lambda: digits.eval_batches(64), 64)
@@ -234,6 +243,7 @@ def test_streaming_process_rows_rebuild_the_global_batch(tmp_path,
         Image.fromarray(pixels).save(folder / f'{i}.png')
   cfg = default.get_config().data
   cfg.name, cfg.dir, cfg.image_size = 'image_folder', str(tmp_path), 8
+  cfg.storage = 'stream'
   ds = data.load_dataset(cfg, seed=0)
   _assert_rows_rebuild_global(monkeypatch, lambda: ds.train_batches(0, 4), 4)
   # 6 test images in batches of 4: the second process's rows of the last
@@ -276,7 +286,7 @@ def test_bfloat16_quickstart_learns(tmp_path):
   workdir = str(tmp_path)
   summary = train_lib.train_and_evaluate(config, workdir)
   assert summary['num_devices'] == NUM_DEVICES
-  assert summary['final_test_accuracy'] > 0.8, summary['final_test_accuracy']
+  assert summary['final_eval_accuracy'] > 0.8, summary['final_eval_accuracy']
   # What was saved: float32 parameters, optimizer state and statistics.
   saved = ocp.StandardCheckpointer().metadata(
       os.path.join(workdir, 'checkpoints', str(config.num_epochs), 'state'))

@@ -43,17 +43,18 @@ def _rows(workdir):
 def test_run_writes_all_outputs(tmp_path):
   summary = train_lib.train_and_evaluate(_config(), str(tmp_path))
   rows = _rows(tmp_path)
-  assert [r['epoch'] for r in rows] == [0, 1, 2]
+  assert [r['epoch'] for r in rows] == [1, 2, 3]  # completed epochs
   for field in ('epoch', 'step', 'train_loss', 'train_accuracy',
-                'test_accuracy', 'epoch_time_s', 'compile_time_s',
-                'images_per_s', 'transition'):
+                'eval_accuracy', 'eval_loss', 'epoch_time_s',
+                'compile_time_s', 'images_per_s', 'transition'):
     assert field in rows[0]
+  assert rows[0]['eval_split'] == 'test'
   assert rows[0]['compile_time_s'] > 0 and rows[1]['compile_time_s'] == 0
-  assert rows[-1]['test_accuracy'] > 0.8  # digits: a real network learns
+  assert rows[-1]['eval_accuracy'] > 0.8  # digits: a real network learns
   with open(tmp_path / 'summary.json') as f:
     on_disk = json.load(f)
-  for field in ('final_test_accuracy', 'best_test_accuracy', 'total_time_s',
-                'compile_time_s', 'config'):
+  for field in ('final_eval_accuracy', 'best_eval_accuracy', 'eval_split',
+                'total_time_s', 'compile_time_s', 'config'):
     assert on_disk[field] == summary[field]
   assert on_disk['config']['model']['name'] == 'tiny'
   assert os.listdir(tmp_path / 'tb')[0].startswith('events.out.tfevents')
@@ -68,7 +69,108 @@ def test_fixed_transition_still_learns(tmp_path):
   rows = _rows(tmp_path)
   assert [r['transition'] for r in rows] == [2, 2, 2]
   assert all(r['local_lr'] > 0 for r in rows)
-  assert rows[-1]['test_accuracy'] > 0.6
+  assert rows[-1]['eval_accuracy'] > 0.6
+
+
+def test_eval_every_n_epochs_and_always_the_last(tmp_path):
+  train_lib.train_and_evaluate(_config(**{'num_epochs': 3,
+                                          'eval_every_epochs': 2}),
+                               str(tmp_path))
+  rows = _rows(tmp_path)
+  assert ['eval_accuracy' in r for r in rows] == [False, True, True]
+  with open(tmp_path / 'summary.json') as f:
+    assert json.load(f)['final_eval_accuracy'] == rows[-1]['eval_accuracy']
+
+
+def test_step_costs_weight_hebbian_and_plain_steps(tmp_path):
+  # k = 2 from the start, the Hebbian GEMM every 3rd step: the epoch's
+  # counts are the step-weighted mean of the two compiled programs.
+  config = _config(**{'num_epochs': 1, 'selection.mode': 'static',
+                      'selection.table': '0:2', 'local.hebbian_every': 3})
+  from localsgd_jax import loop as loop_lib  # pylint: disable=g-import-not-at-top
+  seen = {}
+  original = loop_lib.TrainLoop.weighted_costs
+
+  def spy(self, result, state):
+    seen['counts'] = dict(result.program_counts)
+    seen['costs'] = {key: self.step_costs(key, state)
+                     for key in result.program_counts}
+    return original(self, result, state)
+
+  loop_lib.TrainLoop.weighted_costs = spy
+  try:
+    train_lib.train_and_evaluate(config, str(tmp_path))
+  finally:
+    loop_lib.TrainLoop.weighted_costs = original
+  row, = _rows(tmp_path)
+  counts = seen['counts']
+  steps = row['step']
+  assert counts == {(2, True): -(-steps // 3), (2, False): steps - -(-steps // 3)}
+  heb, plain = seen['costs'][(2, True)], seen['costs'][(2, False)]
+  assert heb['step_flops'] > plain['step_flops']  # the Hebbian GEMMs
+  want = sum(seen['costs'][key]['step_flops'] * n
+             for key, n in counts.items()) / steps
+  assert row['step_flops'] == pytest.approx(want)
+  assert 0 < plain['local_flop_fraction'] < heb['local_flop_fraction']
+
+
+def test_steady_state_steps_transfer_nothing_implicitly(tmp_path):
+  """Per step the loop uploads and fetches nothing but the deliberate
+  finite checks (explicit `device_get`s), so the device never waits on it."""
+  from localsgd_jax import data, loop as loop_lib, metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  from localsgd_jax import models, optim, selection  # pylint: disable=g-import-not-at-top
+  from localsgd_jax import train_step as ts  # pylint: disable=g-import-not-at-top
+  config = _config(**{'selection.mode': 'static', 'selection.table': '0:0,1:2',
+                      'local.hebbian_every': 2})
+  dataset = data.load_dataset(config.data, seed=0)
+  model = models.create_model('tiny', 10)
+  tx = optim.direction(config.optim)
+  steps = dataset.steps_per_epoch(config.batch_size)
+  lr = optim.learning_rate_schedule(config.optim, steps, 3)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ('data',))
+  loop = loop_lib.TrainLoop(ts.make_train_step(model, tx, lr, config),
+                            ts.make_local_forward(model, config.local),
+                            dataset, config, len(model.units), mesh)
+  state = ts.create_train_state(model, tx, jax.random.key(0),
+                                dataset.image_shape)
+  state = data.pipeline.replicate(state, loop.replicated)
+  selector = selection.Selector(config.selection, len(model.units), 3)
+
+  def run(epoch):
+    progress = metrics_lib.Progress(epoch, 3, steps, False)
+    return loop.run_epoch(state, epoch, selector, progress,
+                          lambda *a: AssertionError(a))
+
+  state, _ = run(0)
+  state, _ = run(1)  # compiles k = 2 with and without the Hebbian GEMM
+  with jax.transfer_guard('disallow'):
+    state, result = run(2)
+  assert result.compile_time_s == 0
+  assert result.program_counts == {(2, True): steps - steps // 2,
+                                   (2, False): steps // 2}
+  assert np.all(np.isfinite(result.metrics['loss']))
+
+
+def test_nan_parameters_stop_the_run(tmp_path):
+  # A huge local learning rate makes the local kernels inf while the loss
+  # can stay finite for a while: the check looks at the parameters too.
+  config = _config(**{'selection.mode': 'static', 'selection.table': '0:2',
+                      'local.learning_rate': 1e38, 'local.normalize': False,
+                      'local.weak_supervision': 'none'})
+  with pytest.raises(UserError, match=r'(NaN or inf|loss became)'):
+    train_lib.train_and_evaluate(config, str(tmp_path))
+  assert not (tmp_path / 'checkpoints' / '1').exists()
+
+
+def test_compilation_cache_serves_a_second_run(tmp_path):
+  cache = tmp_path / 'xla'
+  config = _config(**{'num_epochs': 1, 'compile_cache_dir': str(cache)})
+  first = train_lib.train_and_evaluate(config, str(tmp_path / 'a'))
+  assert any(cache.iterdir())
+  second = train_lib.train_and_evaluate(config, str(tmp_path / 'b'))
+  # Loading a compiled program is much faster than compiling it.
+  assert second['compile_time_s'] < 0.5 * first['compile_time_s']
+  assert second['final_eval_accuracy'] == first['final_eval_accuracy']
 
 
 def test_dynamic_mode_decides_every_n_steps(tmp_path):

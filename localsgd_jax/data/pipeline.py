@@ -2,12 +2,20 @@
 
 Two kinds of dataset share the interface that the train loop sees:
 
-* `InMemoryDataset` (digits, CIFAR): the whole uint8 dataset lives on the
-  device. Each training batch is one jitted call that gathers the examples,
-  pad-crops, flips and normalizes them with batched array ops (airbench keeps
-  CIFAR-10 on the GPU the same way), so the host never touches pixels.
-* `StreamingDataset` (ImageNet, image folders): too big for device memory, so
-  tf.data decodes and crops on the host and yields numpy batches.
+* `InMemoryDataset` (digits, CIFAR, small image folders): the whole uint8
+  dataset lives on the device. A training batch is gathered, pad-cropped,
+  flipped and normalized by batched array ops inside the jitted train step
+  (airbench keeps CIFAR-10 on the GPU the same way), so the host never
+  touches pixels and sends nothing per step.
+* `StreamingDataset` (ImageNet, large image folders): too big for device
+  memory, so tf.data decodes and crops on the host and hands uint8 batches to
+  the device (4x fewer bytes than float32), two batches ahead; they are
+  normalized on the device.
+
+The train loop asks for an epoch's `EpochFeed` (`Dataset.train_feed`): the
+device-side inputs that stay fixed for the epoch, plus, for streaming data,
+an iterator of placed host batches. Inside its jitted step it calls
+`Dataset.assemble(device, host, i)` to build step i's batch.
 
 Both are deterministic functions of (seed, epoch): a run resumed at epoch `e`
 sees exactly the batches an uninterrupted run would have seen.
@@ -18,18 +26,21 @@ and eval steps take one batch signature; the last eval batch is padded to full
 size (fixed shapes mean one compiled eval step) and its mask marks the real
 examples.
 
-With several processes (`jax.distributed`), a sharding that spans them makes
-each process build only the rows of the global batch that its own devices
-hold (`process_rows`) and assemble the global array with
-`jax.make_array_from_process_local_data`. The rows are cut from the same
-(seed, epoch)-determined global batch, so the assembled batch equals the one a
-single process would build.
+With several processes (`jax.distributed`), in-memory data is replicated on
+every device and each training batch is built inside the step from global
+arrays (XLA partitions the gather; the random draws do not depend on the
+sharding, `jax_threefry_partitionable`). Host-built batches (evaluation,
+streaming) are cut by process: each process builds only the rows of the
+global batch that its own devices hold (`process_rows`) and the global array
+is assembled with `jax.make_array_from_process_local_data`. Either way the
+batch equals the one a single process would build.
 """
 
 import abc
+import collections
 import functools
 import itertools
-from typing import Any, Callable, Iterator, Optional, Tuple
+from typing import Any, Callable, Iterator, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -99,24 +110,66 @@ def process_rows(sharding: Optional[jax.sharding.Sharding],
 
 def _place(batch: Batch, sharding: Optional[jax.sharding.Sharding],
            global_size: Optional[int] = None) -> Batch:
-  """Puts a batch where the step expects it (no-op without a sharding).
+  """Puts a batch where the step expects it, explicitly.
 
   Args:
     batch: the whole batch, or with `global_size` this process's rows of it
       (`process_rows`).
-    sharding: target sharding, or None.
+    sharding: target sharding, or None (the default device).
     global_size: the global batch size when `batch` holds process rows only.
 
   Returns:
     The placed batch: global arrays of `global_size` rows in the second case.
   """
   if sharding is None:
-    return batch
+    return jax.device_put(batch)
   if global_size is None:
     return jax.device_put(batch, sharding)
   return {name: jax.make_array_from_process_local_data(
       sharding, x, (global_size,) + tuple(x.shape[1:]))
           for name, x in batch.items()}
+
+
+def replicate(x: Any, sharding: Optional[jax.sharding.Sharding]) -> Any:
+  """Places host arrays whole on every device of `sharding` (explicitly).
+
+  Every process passes the same values; with several processes this avoids
+  `device_put`'s cross-process equality check.
+  """
+  if sharding is None:
+    return jax.device_put(x)
+  return jax.tree.map(lambda a: jax.make_array_from_process_local_data(
+      sharding, np.asarray(a), np.shape(a)), x)
+
+
+class EpochFeed(NamedTuple):
+  """What the train loop feeds its jitted step during one epoch.
+
+  Attributes:
+    device: a pytree of device arrays that stays fixed for the epoch (for
+      in-memory data the whole split, the epoch's order and its key).
+    host: None for device-resident data; else an iterator of the epoch's
+      placed host batches, one per step, already prefetched.
+    steps: steps in the epoch.
+  """
+  device: Any
+  host: Optional[Iterator[Any]]
+  steps: int
+
+
+def _prefetch(batches: Iterator[Any], size: int) -> Iterator[Any]:
+  """Keeps `size` placed batches in flight ahead of the consumer.
+
+  Placing is asynchronous, so the copies of the next batches overlap the
+  steps that run meanwhile (the flax examples' `prefetch_to_device`).
+  """
+  queue = collections.deque()
+  for batch in batches:
+    queue.append(batch)
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
 
 
 def _check_batch_size(batch_size: int) -> None:
@@ -172,28 +225,70 @@ class Dataset(abc.ABC):
           f'use a batch size of at most {self.num_train}.')
     return steps
 
-  def train_batches(self, epoch: int, batch_size: int,
-                    sharding: Optional[jax.sharding.Sharding] = None
-                    ) -> Iterator[Batch]:
-    """Yields the `steps_per_epoch(batch_size)` training batches of `epoch`.
+  def train_feed(self, epoch: int, batch_size: int,
+                 replicated: Optional[jax.sharding.Sharding] = None,
+                 batch_sharding: Optional[jax.sharding.Sharding] = None
+                 ) -> EpochFeed:
+    """The inputs of `epoch`'s `steps_per_epoch(batch_size)` steps.
 
     Args:
       epoch: 0-based epoch; with the dataset's seed it fixes order and
         augmentation.
       batch_size: global batch size.
-      sharding: if given, every array is placed with
-        `jax.device_put(x, sharding)`; a sharding that spans several
-        processes makes each build only its rows (`process_rows`).
+      replicated: where fixed inputs go (replicated over the mesh), or None
+        for the default device.
+      batch_sharding: where host batches go (split over the mesh's data
+        axis), or None.
     """
-    # Not a generator itself, so that a bad batch size fails at the call.
     steps = self.steps_per_epoch(batch_size)
-    return self._train_iter(epoch, batch_size, steps, sharding)
+    return self._train_feed(epoch, batch_size, steps, replicated,
+                            batch_sharding)
 
   @abc.abstractmethod
-  def _train_iter(self, epoch: int, batch_size: int, steps: int,
+  def _train_feed(self, epoch: int, batch_size: int, steps: int,
+                  replicated: Optional[jax.sharding.Sharding],
+                  batch_sharding: Optional[jax.sharding.Sharding]
+                  ) -> EpochFeed:
+    """The work behind `train_feed`, after the batch size is checked."""
+
+  @abc.abstractmethod
+  def assemble(self, device: Any, host: Any, i: jax.Array) -> Batch:
+    """Step `i`'s training batch; traceable, called inside the jitted step.
+
+    Args:
+      device: `EpochFeed.device`.
+      host: this step's item of `EpochFeed.host` (None for in-memory data).
+      i: int32 scalar, the step within the epoch.
+    """
+
+  def train_batches(self, epoch: int, batch_size: int,
+                    sharding: Optional[jax.sharding.Sharding] = None
+                    ) -> Iterator[Batch]:
+    """Yields the `steps_per_epoch(batch_size)` training batches of `epoch`.
+
+    The batches the train step builds for itself (`train_feed` and
+    `assemble`, the same code), one jitted call each: for tests, notebooks
+    and anything that wants to look at the data.
+
+    Args:
+      epoch: 0-based epoch; with the dataset's seed it fixes order and
+        augmentation.
+      batch_size: global batch size.
+      sharding: if given, the batch sharding over a mesh (fixed inputs are
+        replicated over the same mesh).
+    """
+    replicated = (None if sharding is None else jax.sharding.NamedSharding(
+        sharding.mesh, jax.sharding.PartitionSpec()))
+    feed = self.train_feed(epoch, batch_size, replicated, sharding)
+    return self._batches_of(feed, sharding)
+
+  def _batches_of(self, feed: EpochFeed,
                   sharding: Optional[jax.sharding.Sharding]
                   ) -> Iterator[Batch]:
-    """The generator behind `train_batches`."""
+    build = jax.jit(self.assemble, out_shardings=sharding)
+    host = feed.host or itertools.repeat(None)
+    for i, item in zip(range(feed.steps), host):
+      yield build(feed.device, item, jnp.int32(i))
 
   def eval_batches(self, batch_size: int,
                    sharding: Optional[jax.sharding.Sharding] = None
@@ -252,12 +347,11 @@ def _random_crop(images: jax.Array, offsets: jax.Array,
   return jax.vmap(crop_one)(padded, offsets)
 
 
-@functools.partial(jax.jit, static_argnames=('crop_padding', 'flip'))
-def make_batch(images: jax.Array, labels: jax.Array, idx: jax.Array,
-               rng: jax.Array, mean: jax.Array, inv_std: jax.Array,
-               rows: Optional[jax.Array] = None, *,
-               crop_padding: int, flip: bool) -> Tuple[jax.Array, jax.Array]:
-  """Gathers, augments and normalizes one batch on the device.
+def augment_batch(images: jax.Array, labels: jax.Array, idx: jax.Array,
+                  rng: jax.Array, mean: jax.Array, inv_std: jax.Array, *,
+                  crop_padding: int, flip: bool
+                  ) -> Tuple[jax.Array, jax.Array]:
+  """Gathers, augments and normalizes one batch on the device (traceable).
 
   Args:
     images: uint8 (N, H, W, C), the whole split.
@@ -266,35 +360,56 @@ def make_batch(images: jax.Array, labels: jax.Array, idx: jax.Array,
     rng: key for this step's augmentation.
     mean: float32 (C,) per-channel mean in pixel units.
     inv_std: float32 (C,) 1 / per-channel std.
-    rows: optional int32 (R,) positions in the batch to build (a process's
-      share of a global batch, `process_rows`); None builds all B.
     crop_padding: 0 disables the random crop.
     flip: whether to flip half of the images horizontally.
 
   Returns:
-    float32 (R, H, W, C) normalized images and int32 (R,) labels (R = B
-    without `rows`).
+    float32 (B, H, W, C) normalized images and int32 (B,) labels.
   """
   b = idx.shape[0]
-  # The random draws are made for the whole batch and then cut to `rows`, so
-  # a process's rows are exactly those rows of the single-process batch.
-  pick = (lambda a: a) if rows is None else (
-      lambda a: jnp.take(a, rows, axis=0))
-  idx = pick(idx)
-  x = jnp.take(images, idx, axis=0)  # (R, H, W, C) uint8
-  y = jnp.take(labels, idx, axis=0)  # (R,)
+  x = jnp.take(images, idx, axis=0)  # (B, H, W, C) uint8
+  y = jnp.take(labels, idx, axis=0)  # (B,)
   crop_rng, flip_rng = jax.random.split(rng)
   if crop_padding > 0:
     offsets = jax.random.randint(crop_rng, (b, 2), 0,
                                  2 * crop_padding + 1)  # (B, 2)
-    x = _random_crop(x, pick(offsets), crop_padding)
+    x = _random_crop(x, offsets, crop_padding)
   if flip:
-    do_flip = pick(jax.random.bernoulli(flip_rng, 0.5, (b,)))  # (R,)
+    do_flip = jax.random.bernoulli(flip_rng, 0.5, (b,))  # (B,)
     x = jnp.where(do_flip[:, None, None, None], x[:, :, ::-1, :], x)
+  return normalize(x, mean, inv_std), y
+
+
+def normalize(x: jax.Array, mean: jax.Array, inv_std: jax.Array) -> jax.Array:
+  """uint8 pixels -> float32 standardized per channel."""
   # Multiplying by a precomputed reciprocal is what XLA would turn a divide
   # into anyway; writing it out makes the result bit-reproducible in NumPy.
-  x = (x.astype(jnp.float32) - mean) * inv_std
+  return (x.astype(jnp.float32) - mean) * inv_std
+
+
+@functools.partial(jax.jit, static_argnames=('crop_padding', 'flip'))
+def make_batch(images, labels, idx, rng, mean, inv_std, rows=None, *,
+               crop_padding: int, flip: bool):
+  """`augment_batch` as one jitted call, optionally cut to `rows`.
+
+  `rows` (int32 (R,), a process's share of a global batch, `process_rows`)
+  keeps those rows of the batch; the random draws are made for the whole
+  batch first, so a process's rows are exactly those of the global batch.
+  """
+  x, y = augment_batch(images, labels, idx, rng, mean, inv_std,
+                       crop_padding=crop_padding, flip=flip)
+  if rows is not None:
+    x, y = jnp.take(x, rows, axis=0), jnp.take(y, rows, axis=0)
   return x, y
+
+
+@functools.partial(jax.jit, static_argnames=('n', 'steps', 'batch_size'))
+def _epoch_inputs(seed: jax.Array, epoch: jax.Array, *, n: int, steps: int,
+                  batch_size: int) -> Tuple[jax.Array, jax.Array]:
+  """The epoch's key and its order cut to (steps, batch_size) indices."""
+  key = jax.random.fold_in(jax.random.key(seed), epoch)
+  order = jax.random.permutation(key, n)[:steps * batch_size]
+  return key, order.reshape(steps, batch_size)
 
 
 class InMemoryDataset(Dataset):
@@ -339,9 +454,9 @@ class InMemoryDataset(Dataset):
     self.mean, self.std = mean, std  # numpy (C,), pixel units
     self._mean = jnp.asarray(mean)
     self._inv_std = jnp.asarray(np.float32(1.0) / std)
-    # Uploaded once; each step only sends B indices to the device.
-    self._train_images = jax.device_put(train_images)
-    self._train_labels = jax.device_put(train_labels.astype(np.int32))
+    # Uploaded once per placement (`_arrays_on`); steps send nothing.
+    self._host_arrays = (train_images, train_labels.astype(np.int32))
+    self._placed = {}
     self._test_images = jax.device_put(test_images)
     self._test_labels = jax.device_put(test_labels.astype(np.int32))
 
@@ -349,21 +464,34 @@ class InMemoryDataset(Dataset):
     """The permutation of the training set used in `epoch`, int32 (N,)."""
     return jax.random.permutation(epoch_key(self.seed, epoch), self.num_train)
 
-  def _train_iter(self, epoch, batch_size, steps, sharding):
-    key = epoch_key(self.seed, epoch)
-    order = self.epoch_order(epoch)[:steps * batch_size]
-    order = order.reshape(steps, batch_size)  # (steps, B)
-    rows = process_rows(sharding, batch_size)
-    global_size = None if rows is None else batch_size
-    mask = jnp.ones((batch_size if rows is None else len(rows),), jnp.float32)
-    rows = None if rows is None else jnp.asarray(rows)
-    for step in range(steps):
-      images, labels = make_batch(
-          self._train_images, self._train_labels, order[step],
-          jax.random.fold_in(key, step), self._mean, self._inv_std, rows,
-          crop_padding=self.crop_padding, flip=self.flip)
-      yield _place({'image': images, 'label': labels, 'mask': mask}, sharding,
-                   global_size)
+  def _arrays_on(self, sharding: Optional[jax.sharding.Sharding]) -> dict:
+    """The split and its statistics, placed on `sharding` once."""
+    if sharding not in self._placed:
+      self._placed[sharding] = replicate(
+          {'images': self._host_arrays[0], 'labels': self._host_arrays[1],
+           'mean': self.mean, 'inv_std': np.float32(1.0) / self.std},
+          sharding)
+    return self._placed[sharding]
+
+  def _train_feed(self, epoch, batch_size, steps, replicated, batch_sharding):
+    del batch_sharding  # batches are built inside the step
+    seed_epoch = replicate((np.uint32(self.seed), np.uint32(epoch)),
+                           replicated)
+    key, order = _epoch_inputs(*seed_epoch, n=self.num_train, steps=steps,
+                               batch_size=batch_size)
+    return EpochFeed(device={**self._arrays_on(replicated), 'key': key,
+                             'order': order},
+                     host=None, steps=steps)
+
+  def assemble(self, device, host, i):
+    del host
+    idx = jax.lax.dynamic_index_in_dim(device['order'], i, keepdims=False)
+    images, labels = augment_batch(
+        device['images'], device['labels'], idx,
+        jax.random.fold_in(device['key'], i), device['mean'],
+        device['inv_std'], crop_padding=self.crop_padding, flip=self.flip)
+    return {'image': images, 'label': labels,
+            'mask': jnp.ones(labels.shape, jnp.float32)}
 
   def _eval_iter(self, batch_size, sharding):
     # The rng is unused without augmentation; any fixed key will do.
@@ -514,13 +642,20 @@ class StreamingDataset(Dataset):
 
     return window
 
-  def _finish(self, image, label):
-    """Resizes to the output size, normalizes, casts the label."""
+  def _finish(self, image, label, normalized: bool = True):
+    """Resizes to the output size, casts the label.
+
+    Training batches stay uint8 (`normalized=False`): the device normalizes
+    them (`assemble`), so a quarter of the bytes cross to it.
+    """
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     image = tf.image.resize(image, [self.image_size, self.image_size],
                             method='bilinear', antialias=True)
-    image = (image - self.mean) / self.std
-    return tf.cast(image, tf.float32), tf.cast(label, tf.int32)
+    if normalized:
+      image = tf.cast((image - self.mean) / self.std, tf.float32)
+    else:
+      image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    return image, tf.cast(label, tf.int32)
 
   def _numpy_batches(self, ds):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -528,7 +663,21 @@ class StreamingDataset(Dataset):
     # Keep the deterministic default: parallel maps still emit in order.
     yield from ds.as_numpy_iterator()
 
-  def _train_iter(self, epoch, batch_size, steps, sharding):
+  def _train_feed(self, epoch, batch_size, steps, replicated, batch_sharding):
+    device = replicate({'mean': self.mean,
+                        'inv_std': np.float32(1.0) / self.std}, replicated)
+    host = _prefetch(self._host_batches(epoch, batch_size, steps,
+                                        batch_sharding), size=2)
+    return EpochFeed(device=device, host=host, steps=steps)
+
+  def assemble(self, device, host, i):
+    del i  # the host iterator already yields step i's batch
+    return {'image': normalize(host['image'], device['mean'],
+                               device['inv_std']),
+            'label': host['label'], 'mask': host['mask']}
+
+  def _host_batches(self, epoch, batch_size, steps, sharding):
+    """Placed uint8 batches of `epoch`, decoded and cropped by tf.data."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     epoch_seed = _tf_seed(self.seed, epoch)
     ds = self._read(self._train_split, epoch_seed)
@@ -545,7 +694,7 @@ class StreamingDataset(Dataset):
         image = self._decode_crop(image_bytes, self._center_window)
       if self.flip:
         image = tf.image.stateless_random_flip_left_right(image, seeds[1])
-      return self._finish(image, label)
+      return self._finish(image, label, normalized=False)
 
     rows = process_rows(sharding, batch_size)
     ds = ds.enumerate()
@@ -558,9 +707,8 @@ class StreamingDataset(Dataset):
     ds = ds.batch(local_size, drop_remainder=True).take(steps)
     mask = np.ones((local_size,), np.float32)
     for images, labels in self._numpy_batches(ds):
-      yield _place({'image': jnp.asarray(images), 'label': jnp.asarray(labels),
-                    'mask': jnp.asarray(mask)}, sharding,
-                   None if rows is None else batch_size)
+      yield _place({'image': images, 'label': labels, 'mask': mask},
+                   sharding, None if rows is None else batch_size)
 
   def _eval_iter(self, batch_size, sharding):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top

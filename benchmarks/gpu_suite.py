@@ -1,0 +1,200 @@
+"""Everything that matters on one GPU, in one command, within ~9 minutes.
+
+  bash benchmarks/gpu_suite.sh OUTDIR [--data_dir=DIR] [--epochs=N]
+  python benchmarks/gpu_suite.py --out=OUTDIR --small   # the same code on a CPU
+
+Parts, each written to OUTDIR as soon as it finishes (so a timeout still
+leaves every finished part):
+  1. smoke: a 2-epoch LoCal+SGD run of the tiny CNN on digits (static k, the
+     Hebbian step, a checkpoint, TensorBoard): a version or install problem
+     costs seconds, not the whole budget;
+  2. step bench: ResNet-18 (CIFAR stem), bfloat16, batch 512, k in {0, the
+     default's k, the largest}: XLA FLOPs and temporary bytes, median step
+     times and ratios to k = 0, with the default local-rule settings and
+     with a Hebbian update at every step on the whole batch;
+  3. full CIFAR-10 (train/ 45k, evaluated on val/ 5k), ResNet-18, bfloat16:
+     SGD, the documented LoCal+SGD default (configs/cifar10_resnet.py) and
+     freezing on the same schedule, for a fixed number of epochs, at batch
+     512 with learning rate 0.4 (the config's 128 / 0.1, scaled linearly).
+
+Files: suite.json (every figure), suite.log, comparison.md / .json and the
+three plots of the full runs. The runs themselves (checkpoints, metrics,
+TensorBoard) go to --runs_dir. Imports no TensorFlow.
+"""
+import contextlib
+import datetime
+import io
+import json
+import os
+import shutil
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+
+from configs import cifar10_resnet
+from configs import quickstart
+from localsgd_jax import benchmarking
+from localsgd_jax import metrics as metrics_lib
+from localsgd_jax import models
+from localsgd_jax import report
+from localsgd_jax import train_lib
+
+_OUT = flags.DEFINE_string('out', None, 'Output folder.', required=True)
+_DATA_DIR = flags.DEFINE_string(
+    'data_dir', '', 'CIFAR-10 image folder (train/, val/); default: '
+    '.gpu/cifar10-jpg, else ../shared/data/cifar10-jpg.')
+_RUNS_DIR = flags.DEFINE_string('runs_dir', '', 'Where the full runs go '
+                                '(default: OUT/../<OUT name>_runs).')
+_EPOCHS = flags.DEFINE_integer('epochs', 15, 'Epochs of each full run.')
+_SMALL = flags.DEFINE_bool(
+    'small', False, 'The same code on a CPU in minutes: tiny CNN, 20 images '
+    'per class, 2 epochs, batch 32.')
+_PARTS = flags.DEFINE_list('parts', ['smoke', 'step_bench', 'runs'],
+                           'Which parts to run.')
+
+MODES = ('sgd', 'static', 'static_frozen')
+
+
+class _Tee(io.TextIOBase):
+  """Writes to the console and to the suite's log file."""
+
+  def __init__(self, *streams):
+    self._streams = streams
+
+  def write(self, text):
+    for s in self._streams:
+      s.write(text)
+      s.flush()
+    return len(text)
+
+
+def _default_data_dir() -> str:
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  for path in (os.path.join(root, '.gpu', 'cifar10-jpg'),
+               os.path.join(root, '..', 'shared', 'data', 'cifar10-jpg')):
+    if os.path.isdir(path):
+      return os.path.normpath(path)
+  return ''
+
+
+def smoke(workdir: str) -> dict:
+  config = quickstart.get_config()
+  config.num_epochs = 2
+  config.selection.mode = 'static'
+  config.selection.table = '0:0,1:2'
+  config.log.progress = False
+  summary = train_lib.train_and_evaluate(config, workdir)
+  return {k: summary[k] for k in ('final_eval_accuracy', 'total_time_s',
+                                  'compile_time_s')}
+
+
+def step_bench(small: bool) -> dict:
+  config = cifar10_resnet.get_config()
+  name, batch, dtype = ('tiny', 32, 'float32') if small else (
+      'resnet18', 512, 'bfloat16')
+  num_units = len(models.create_model(name, 10).units)
+  k_default = min(config.selection.k_max, num_units - 2)
+  ks = [0, k_default, num_units - 1]
+  out = {}
+  for label, fraction, every in (
+      ('default', config.local.hebbian_fraction, config.local.hebbian_every),
+      ('every_step', 1.0, 1)):
+    rows = benchmarking.measure_steps(
+        name, batch, dtype=dtype, ks=ks, hebbian_fraction=fraction,
+        hebbian_every=every, repeats=3 if small else 5,
+        steps=2 if small else 10)
+    print(f'{name}, batch {batch}, {dtype}, hebbian_fraction {fraction}, '
+          f'hebbian_every {every}')
+    print(benchmarking.format_table(rows), flush=True)
+    out[label] = rows
+  return out
+
+
+def full_runs(data_dir: str, runs_dir: str, epochs: int, small: bool,
+              out_dir: str, record) -> None:
+  config = cifar10_resnet.get_config()
+  config.data.name = 'image_folder'
+  config.data.dir = data_dir
+  config.num_epochs = epochs
+  config.checkpoint.every_epochs = epochs  # one checkpoint, at the end
+  config.log.progress = False
+  if small:
+    config.model.name = 'tiny'
+    config.selection.k_max = 2
+    config.batch_size = 32
+    config.data.train_per_class = 20
+  else:
+    config.dtype = 'bfloat16'
+    config.batch_size = 512
+    config.optim.learning_rate = 0.4  # 0.1 at batch 128, scaled linearly
+    config.eval_batch_size = 1000
+  for mode in MODES:
+    cfg = report.mode_config(config, mode, config.seed)
+    print(f'=== full run: {mode}', flush=True)
+    summary = train_lib.train_and_evaluate(
+        cfg, report.run_dir(runs_dir, mode, cfg.seed))
+    record(mode, {k: summary[k] for k in (
+        'final_eval_accuracy', 'best_eval_accuracy', 'eval_split',
+        'total_time_s', 'compile_time_s')})
+    report.write_report(runs_dir, command=' '.join(sys.argv),
+                        device=jax.devices()[0].device_kind)
+    for name in ['comparison.md', 'comparison.json',
+                 *report.PLOTS.values()]:
+      shutil.copy(os.path.join(runs_dir, name), out_dir)
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+  out_dir = os.path.abspath(_OUT.value)
+  os.makedirs(out_dir, exist_ok=True)
+  runs_dir = _RUNS_DIR.value or out_dir.rstrip('/') + '_runs'
+  data_dir = _DATA_DIR.value or _default_data_dir()
+  results = {
+      'date': datetime.datetime.now().astimezone().isoformat(
+          timespec='seconds'),
+      'device': jax.devices()[0].device_kind,
+      'device_count': jax.device_count(),
+      'jax': jax.__version__,
+      'git_commit': train_lib.git_commit(),
+      'argv': sys.argv,
+      'parts': {},
+  }
+
+  def record(part, value):
+    results['parts'][part] = value
+    metrics_lib.write_json(os.path.join(out_dir, 'suite.json'), results)
+
+  log = open(os.path.join(out_dir, 'suite.log'), 'a')
+  with contextlib.redirect_stdout(_Tee(sys.__stdout__, log)):
+    print(f'suite on {results["device"]} x{results["device_count"]}, jax '
+          f'{results["jax"]}, commit {results["git_commit"]}', flush=True)
+    t_start = time.perf_counter()
+    for part in _PARTS.value:
+      t0 = time.perf_counter()
+      print(f'--- {part}', flush=True)
+      if part == 'smoke':
+        record('smoke', smoke(os.path.join(runs_dir, 'smoke')))
+      elif part == 'step_bench':
+        record('step_bench', step_bench(_SMALL.value))
+      elif part == 'runs':
+        if not data_dir:
+          raise app.UsageError('no CIFAR-10 folder: pass --data_dir')
+        full_runs(data_dir, runs_dir, 2 if _SMALL.value else _EPOCHS.value,
+                  _SMALL.value, out_dir,
+                  lambda mode, v: record(f'run_{mode}', v))
+      else:
+        raise app.UsageError(f'unknown part {part!r}')
+      results.setdefault('part_time_s', {})[part] = time.perf_counter() - t0
+      metrics_lib.write_json(os.path.join(out_dir, 'suite.json'), results)
+      print(f'--- {part} done in {time.perf_counter() - t0:.1f}s '
+            f'({time.perf_counter() - t_start:.1f}s in all)', flush=True)
+  log.close()
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,271 @@
+"""The steps of one epoch: one dispatch per batch, metrics kept on the device.
+
+`TrainLoop.run_epoch` drives the compiled LoCal+SGD step through an epoch:
+
+  * one jitted call per step: the batch is built inside it
+    (`Dataset.assemble`: for in-memory data a gather + crop + flip of the
+    device-resident split, so nothing is uploaded per step), then the train
+    step runs, then its metrics are written into per-step buffers on the
+    device (`acc`);
+  * the host fetches those buffers only at the deliberate points: every
+    `config.log.check_finite_every` steps (the losses and one "are all
+    parameters finite" flag, one fetch), and at the end of each selection
+    period (the epoch, or `config.selection.every_steps` steps);
+  * the step for each (k, hebbian) is compiled once (`StepCache`), and its
+    XLA counts come from that compiled program; the share of the FLOPs spent
+    in the local units comes from lowering the local forward pass (no second
+    compile).
+"""
+import collections
+import dataclasses
+import math
+import os
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from localsgd_jax import data as data_lib
+from localsgd_jax import metrics as metrics_lib
+from localsgd_jax import models
+from localsgd_jax import partition
+from localsgd_jax import selection
+from localsgd_jax import train_step as train_step_lib
+from localsgd_jax.errors import UserError
+
+# Per-step buffers of the metrics the train step returns ('grad_norms' is
+# (steps, units), the others (steps,)).
+_ACC_FIELDS = ('loss', 'correct', 'count', 'learning_rate', 'local_lr',
+               'ws_factor', 'grad_norms')
+
+
+def make_loop_step(train_step: Callable, dataset: data_lib.Dataset,
+                   batch_sharding: Optional[jax.sharding.Sharding]
+                   ) -> Callable:
+  """`loop_step((state, acc), feed, k, hebbian) -> ((state, acc), None)`.
+
+  `feed` is `{'device': EpochFeed.device, 'host': this step's host batch or
+  None, 'first_step': int32 global step of the epoch's first step}`; the
+  step within the epoch is `state.step - first_step`, so nothing about the
+  step's position is uploaded.
+  """
+  def loop_step(carry, feed, k: int, hebbian: bool):
+    state, acc = carry
+    i = state.step - feed['first_step']
+    batch = dataset.assemble(feed['device'], feed['host'], i)
+    if batch_sharding is not None:
+      batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+    state, m = train_step(state, batch, k, hebbian)
+    acc = {name: acc[name].at[i].set(m[name]) for name in _ACC_FIELDS}
+    return (state, acc), None
+  return loop_step
+
+
+@jax.jit
+def _all_finite(params) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(p))
+                            for p in jax.tree.leaves(params)]))
+
+
+@jax.jit
+def _relative_change(new_params, old_params):
+  """Per unit: ||W_new - W_old|| / ||W_old|| over all its parameters."""
+  return {n: optax.tree.norm(jax.tree.map(jnp.subtract, new_params[n],
+                                            old_params[n]))
+             / jnp.maximum(optax.tree.norm(old_params[n]), 1e-12)
+          for n in old_params}
+
+
+_copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
+
+
+def period_stats(host: Dict[str, np.ndarray], change: Dict[str, float],
+                 k: int, steps_per_epoch: int) -> Dict[str, Any]:
+  """What the selector sees of one period.
+
+  Args:
+    host: the period's rows of the per-step metric buffers.
+    change: per unit, the relative weight change over the period.
+    k: the period's transition index.
+    steps_per_epoch: steps of a whole epoch.
+
+  Returns:
+    Per unit (None for local ones): the update statistic (relative weight
+    change over the period per unit of mean learning rate, scaled to a whole
+    epoch's steps so that periods of any length compare) and the mean
+    gradient norm; and the period's mean loss.
+  """
+  steps = len(host['loss'])
+  mean_lr = float(np.mean(host['learning_rate']))
+  scale = steps_per_epoch / steps / max(mean_lr, 1e-12)
+  grad_norms = np.mean(host['grad_norms'], axis=0)
+  return {
+      'transition': k,
+      'train_loss': float(np.mean(host['loss'])),
+      'update_ratios': [
+          float(change[models.base.unit_name(u)]) * scale if u >= k else None
+          for u in range(len(grad_norms))],
+      'grad_norms': [float(g) if u >= k else None
+                     for u, g in enumerate(grad_norms)],
+  }
+
+
+@dataclasses.dataclass
+class EpochResult:
+  """What one epoch of steps produced, on the host."""
+  metrics: Dict[str, np.ndarray]  # the per-step buffers, (steps, ...)
+  segments: List[Tuple[int, int]]  # (first step in the epoch, k) per k used
+  program_counts: Dict[Tuple[int, bool], int]  # steps run per compiled step
+  decisions: List[str]             # the selector's decisions
+  last_stats: Dict[str, Any]       # the last period's selector statistics
+  compile_time_s: float            # compiling (or loading) new programs
+  train_time_s: float              # the steps, without compiling
+
+
+class TrainLoop:
+  """Runs epochs of the compiled step for a dataset on a mesh."""
+
+  def __init__(self, train_step: Callable, local_forward: Callable,
+               dataset: data_lib.Dataset, config: ml_collections.ConfigDict,
+               num_units: int, mesh: jax.sharding.Mesh):
+    self.dataset = dataset
+    self.config = config
+    self.num_units = num_units
+    self.batch_size = config.batch_size
+    self.steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
+    self.replicated = jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec())
+    self.batch_sharding = jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec('data'))
+    self.steps = train_step_lib.StepCache(
+        make_loop_step(train_step, dataset, self.batch_sharding))
+    self._local_forward = jax.jit(local_forward, static_argnums=(3, 4))
+    self._local_flops: Dict[Tuple[int, bool], float] = {}
+    self._extra_compile_s = 0.0
+    self._zeros = jax.jit(self._make_zeros, out_shardings=self.replicated)
+
+  def _make_zeros(self):
+    shapes = {name: (self.steps_per_epoch,) for name in _ACC_FIELDS}
+    shapes['grad_norms'] = (self.steps_per_epoch, self.num_units)
+    return {name: jnp.zeros(shape, jnp.float32)
+            for name, shape in shapes.items()}
+
+  @property
+  def compile_time_s(self) -> float:
+    return sum(self.steps.compile_time_s.values()) + self._extra_compile_s
+
+  def step_costs(self, key: Tuple[int, bool], state) -> Dict[str, float]:
+    """XLA's FLOPs and temporary bytes of a compiled step, and the share of
+    its FLOPs in the local units (their forward pass and Hebbian GEMMs)."""
+    costs = self.steps.costs(key)
+    k, hebbian = key
+    if key not in self._local_flops:
+      local = 0.0
+      if k > 0:
+        image = jax.ShapeDtypeStruct(
+            (self.batch_size, *self.dataset.image_shape), jnp.float32)
+        # Lowering, not compiling: XLA's HLO cost model of the local part.
+        lowered = self._local_forward.lower(
+            partition.split(state.params, k)[0],
+            partition.split(state.batch_stats, k)[0], image, k, hebbian)
+        cost = lowered.cost_analysis()
+        if cost is None:
+          # Some backends (JAX 0.11 on GPUs) count compiled programs only.
+          t0 = time.perf_counter()
+          cost = lowered.compile().cost_analysis()
+          self._extra_compile_s += time.perf_counter() - t0
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        local = float(cost['flops'])
+      self._local_flops[key] = local
+    return {'step_flops': costs['flops'],
+            'step_temp_bytes': costs['temp_bytes'],
+            'local_flop_fraction': self._local_flops[key]
+                                   / max(costs['flops'], 1.0)}
+
+  def run_epoch(self, state, epoch: int, selector: selection.Selector,
+                progress: metrics_lib.Progress, on_nonfinite: Callable
+                ) -> Tuple[Any, EpochResult]:
+    """Runs epoch `epoch` (0-based) from `state`; returns the new state.
+
+    Args:
+      state: the train state (donated).
+      epoch: 0-based epoch.
+      selector: decides k at the start and after each selection period.
+      progress: the epoch's progress display.
+      on_nonfinite: `(losses, first_step, params_finite) -> UserError` for
+        a failed finite check.
+    """
+    cfg = self.config
+    steps_per_epoch = self.steps_per_epoch
+    compile_before = self.compile_time_s
+    t0 = time.perf_counter()
+    feed = self.dataset.train_feed(epoch, self.batch_size, self.replicated,
+                                   self.batch_sharding)
+    first_step = epoch * steps_per_epoch
+    operand = {'device': feed.device, 'host': None,
+               'first_step': data_lib.pipeline.replicate(
+                   np.int32(first_step), self.replicated)}
+    acc = self._zeros()
+    k = selector.transition(epoch)
+    segments = [(0, k)]
+    counts = collections.Counter()
+    decisions: List[str] = []
+    every = selector.every_steps
+    check_every = cfg.log.check_finite_every
+    hebbian_every = cfg.local.hebbian_every
+    # A selection period is the epoch, or `every_steps` steps of it. The
+    # step donates its input state: keep a copy to measure updates.
+    period_start, period_params = 0, _copy(state.params)
+    host = None
+    for i in range(steps_per_epoch):
+      if feed.host is not None:
+        operand['host'] = next(feed.host)
+      key = (k, k > 0 and i % hebbian_every == 0)
+      (state, acc), _ = self.steps((state, acc), operand, *key)
+      counts[key] += 1
+      last = i + 1 == steps_per_epoch
+      if (i + 1) % check_every == 0 or last:
+        # The deliberate fetch: the losses so far and one finite flag.
+        losses, finite = jax.device_get((acc['loss'], _all_finite(
+            state.params)))
+        losses = losses[:i + 1]
+        if not (finite and np.all(np.isfinite(losses))):
+          raise on_nonfinite(losses, first_step, bool(finite))
+        progress.update(i, float(losses[-1]))
+      else:
+        progress.update(i)
+      if last or (every and (i + 1) % every == 0):
+        host = jax.device_get(acc)
+        period = {n: v[period_start:i + 1] for n, v in host.items()}
+        change = jax.device_get(_relative_change(state.params, period_params))
+        stats = period_stats(period, change, k, steps_per_epoch)
+        decisions.append(selector.observe(
+            epoch + (i + 1) / steps_per_epoch, stats))
+        if not last:
+          k = selector.transition(epoch)
+          if k != segments[-1][1]:
+            segments.append((i + 1, k))
+          period_start = i + 1
+          period_params = _copy(state.params)
+    progress.close()
+    for key in counts:  # XLA counts of new programs: compile time, if any
+      self.step_costs(key, state)
+    epoch_compile = self.compile_time_s - compile_before
+    return state, EpochResult(
+        metrics=host, segments=segments, program_counts=dict(counts),
+        decisions=decisions, last_stats=stats, compile_time_s=epoch_compile,
+        train_time_s=time.perf_counter() - t0 - epoch_compile)
+
+  def weighted_costs(self, result: EpochResult, state) -> Dict[str, float]:
+    """XLA's counts of the steps an epoch ran, weighted by how often each
+    compiled step (k, with or without the Hebbian GEMM) ran."""
+    total = sum(result.program_counts.values())
+    out = collections.defaultdict(float)
+    for key, count in result.program_counts.items():
+      for name, value in self.step_costs(key, state).items():
+        out[name] += value * count / total
+    return dict(out)
