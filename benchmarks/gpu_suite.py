@@ -190,6 +190,7 @@ def main(argv):
       else:
         raise app.UsageError(f'unknown part {part!r}')
       results.setdefault('part_time_s', {})[part] = time.perf_counter() - t0
+      results['tensorflow_imported'] = 'tensorflow' in sys.modules
       metrics_lib.write_json(os.path.join(out_dir, 'suite.json'), results)
       print(f'--- {part} done in {time.perf_counter() - t0:.1f}s '
             f'({time.perf_counter() - t_start:.1f}s in all)', flush=True)

@@ -88,15 +88,19 @@ def hebbian_interceptor(local_cfg: ml_collections.ConfigDict):
     x, act_src = local_rules.subsample_batch(args[0], y,
                                              local_cfg.hebbian_fraction)
     activity = local_rules.post_synaptic_activity(act_src, local_cfg.activity)
-    linear = module.clone(parent=None, use_bias=False)
+    # The contraction runs in float32 whatever the layer's compute dtype:
+    # its inputs (bf16 activations, float32 activity) convert exactly, and
+    # the weight-shaped sum is accumulated and returned in float32 instead
+    # of being rounded to bf16 before the float32 kernel update. (JAX's
+    # transpose of a bf16 conv would return the kernel's compute dtype.)
+    linear = module.clone(parent=None, use_bias=False, dtype=jnp.float32)
 
     def layer_of_kernel(k):
       return linear.apply({'params': {'kernel': k}}, x)
 
     with _no_reentry():
-      out_dtype = jax.eval_shape(layer_of_kernel, kernel).dtype
       transpose = jax.linear_transpose(layer_of_kernel, kernel)
-      contract = lambda a: transpose(a.astype(out_dtype))[0]
+      contract = lambda a: transpose(a.astype(jnp.float32))[0]
       grouped = getattr(module, 'feature_group_count', 1) > 1
       direction = local_rules.hebbian_direction(
           local_cfg.rule, kernel, contract, activity, grouped=grouped)

@@ -77,6 +77,18 @@ def test_dense_rule_matches_numpy(rule):
                              atol=2e-5)
 
 
+def test_bfloat16_layer_accumulates_its_hebbian_sum_in_float32():
+  """A bf16 layer's contraction is the float32 sum of its bf16 inputs: no
+  rounding of the result to bf16 (which would be ~4e-3 relative)."""
+  x = jax.random.normal(jax.random.key(3), (4, 6, 6, 8)).astype(jnp.bfloat16)
+  module = nn.Conv(16, (3, 3), use_bias=False, dtype=jnp.bfloat16)
+  w, y, got = _hebbian(module, x, _local_cfg('hebb', 'bn'))
+  assert got.dtype == np.float32
+  a = _np_activity(y, 'bn')  # from the layer's own bf16 output
+  want = _np_conv_corr(np.asarray(x, np.float64), a, 3, 3)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_hebbian_fraction_uses_every_mth_example():
   x = jax.random.normal(jax.random.key(3), (8, 4, 4, 2))
   cfg = _local_cfg('hebb', 'conv', fraction=0.25)
