@@ -2,6 +2,8 @@
 
   python compare.py --config=configs/quickstart.py --workdir=/tmp/cmp \
       --modes=sgd,static,dynamic,freeze --seeds=3
+  python compare.py --config=configs/quickstart.py --workdir=/tmp/cmp \
+      --modes=sgd,static,static_frozen,sgd_same_time --seeds=3
   python compare.py --workdir=/tmp/cmp --report_only   # redraw the report
 Config overrides pass through as in train.py (--config.num_epochs=5). Runs go
 to WORKDIR/<mode>/seed_<n>; the table is WORKDIR/comparison.md (and .json),
@@ -20,7 +22,20 @@ _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Directory for the runs and the report.', required=True)
 _MODES = flags.DEFINE_list(
     'modes', ['sgd', 'static', 'dynamic', 'freeze'],
-    'Comma-separated modes: sgd, static, dynamic, freeze, autofreeze.')
+    'Comma-separated modes: sgd, static, dynamic, freeze, autofreeze, '
+    'static_frozen (freezing on the static schedule), sgd_same_time (SGD '
+    'given the training time of --match_mode).')
+_MATCH_MODE = flags.DEFINE_string(
+    'match_mode', 'static', 'The mode whose training cost sgd_same_time '
+    'gets.')
+_MATCH_COST = flags.DEFINE_enum(
+    'match_cost', 'time', ['time', 'flops'], 'How sgd_same_time matches '
+    'it: robust training time (median time per kind of epoch) or XLA FLOPs.')
+_TARGET = flags.DEFINE_float(
+    'target', None, 'Accuracy for time-to-accuracy (default: sgd\'s mean '
+    'final accuracy minus --target_drop).')
+_TARGET_DROP = flags.DEFINE_float(
+    'target_drop', 0.005, 'See --target (0.005 = half a point).')
 _SEEDS = flags.DEFINE_integer(
     'seeds', 3, 'Number of seeds, from config.seed on; the same seeds for '
     'every mode, so runs are paired.')
@@ -33,12 +48,17 @@ def main(config):
   from localsgd_jax import report  # pylint: disable=g-import-not-at-top
   if _REPORT_ONLY.value:
     # The runs' own command line stays in the report, not this redraw's.
-    report.write_report(_WORKDIR.value)
+    entries = report.write_report(_WORKDIR.value, target=_TARGET.value,
+                                  target_drop=_TARGET_DROP.value)
   else:
     command = shlex.join(['python'] + sys.argv)
-    report.run_comparison(config, _WORKDIR.value, _MODES.value, _SEEDS.value,
-                          command=command)
-  print(f'Report: {os.path.join(_WORKDIR.value, "comparison.md")}')
+    entries = report.run_comparison(
+        config, _WORKDIR.value, _MODES.value, _SEEDS.value, command=command,
+        match_mode=_MATCH_MODE.value, match_cost=_MATCH_COST.value,
+        target=_TARGET.value, target_drop=_TARGET_DROP.value)
+  print(report.headline_table(entries))
+  print(f'Report (details and plots): '
+        f'{os.path.join(_WORKDIR.value, "comparison.md")}')
 
 
 if __name__ == '__main__':

@@ -10,6 +10,7 @@ seeds under one config, each run in `workdir/<mode>/seed_<s>`, and then
 import collections
 import datetime
 import json
+import math
 import os
 import re
 from typing import Any, Dict, List, Optional, Sequence
@@ -44,7 +45,18 @@ MODES: Dict[str, Dict[str, Any]] = {
     # leave the backward pass at the same epochs with learning rate 0, so
     # any difference from 'static' is the local rule's doing.
     'static_frozen': {'selection.mode': 'static', 'local.rule': 'frozen'},
+    # Plain SGD given the training time of another mode (`match_mode`): the
+    # same schedule shape compressed into fewer epochs, which
+    # `run_comparison` sets from the finished runs' costs. The baseline a
+    # skeptic asks for first.
+    'sgd_same_time': {'selection.mode': 'sgd'},
 }
+SAME_TIME = 'sgd_same_time'
+MATCH_COSTS = ('time', 'flops')
+# Two-sided 95% quantiles of Student's t by degrees of freedom (n - 1).
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447,
+        7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086,
+        30: 2.042}
 BASELINE = 'sgd'
 PLOTS = {
     'accuracy_vs_epoch': 'accuracy_vs_epoch.png',
@@ -111,13 +123,17 @@ def run_dir(workdir: str, mode: str, seed: int) -> str:
 
 def run_comparison(config: ml_collections.ConfigDict, workdir: str,
                    modes: Sequence[str], seeds: int,
-                   command: Optional[str] = None) -> List[Dict[str, Any]]:
+                   command: Optional[str] = None, match_mode: str = 'static',
+                   match_cost: str = 'time', target: Optional[float] = None,
+                   target_drop: float = 0.005) -> List[Dict[str, Any]]:
   """Trains every mode with seeds config.seed .. config.seed + seeds - 1.
 
   Seeds are the outer loop, so if the comparison stops early the finished
   runs still form complete pairs across modes. Each run resumes from its own
   checkpoint, so running the same comparison again continues where it
-  stopped (and skips finished runs).
+  stopped (and skips finished runs). `sgd_same_time` runs last: its epoch
+  count is `config.num_epochs` scaled by the training cost of `match_mode`
+  over sgd's, measured on the finished runs.
 
   Args:
     config: the config every mode starts from.
@@ -125,6 +141,10 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str,
     modes: names from MODES.
     seeds: how many seeds (the same ones for every mode, so runs are paired).
     command: the command line, recorded in the report.
+    match_mode: the mode whose training cost `sgd_same_time` gets.
+    match_cost: 'time' (robust training time: the median time of each kind
+      of epoch) or 'flops' (XLA's compiled FLOPs of the steps run).
+    target, target_drop: the time-to-accuracy target (see `write_report`).
 
   Returns:
     One entry per mode, as in `comparison.json` (see `write_report`).
@@ -132,18 +152,76 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str,
   modes = parse_modes(modes)
   if seeds < 1:
     raise UserError(f'--seeds={seeds}: need at least 1 seed')
+  if match_cost not in MATCH_COSTS:
+    raise UserError(f'--match_cost={match_cost!r}: choose one of '
+                    f'{", ".join(MATCH_COSTS)}')
+  same_time = SAME_TIME in modes
+  if same_time and (BASELINE not in modes or match_mode not in modes
+                    or match_mode in (BASELINE, SAME_TIME)):
+    raise UserError(f'{SAME_TIME} gets the training time of --match_mode='
+                    f'{match_mode!r}: list both {BASELINE} and that mode in '
+                    f'--modes (e.g. --modes=sgd,static,{SAME_TIME})')
   seed_list = [config.seed + i for i in range(seeds)]
+  first = [m for m in modes if m != SAME_TIME]
   plan = [(seed, mode, mode_config(config, mode, seed))
-          for seed in seed_list for mode in modes]
-  for _, mode, cfg in plan[:len(modes)]:
+          for seed in seed_list for mode in first]
+  for _, mode, cfg in plan[:len(first)]:
     _check_supported(cfg, mode)
+  if same_time:
+    plan += [(seed, SAME_TIME, None) for seed in seed_list]
   for i, (seed, mode, cfg) in enumerate(plan):
+    if cfg is None:
+      cfg = mode_config(config, SAME_TIME, seed)
+      cfg.num_epochs = _same_time_epochs(workdir, config.num_epochs,
+                                         match_mode, match_cost)
     path = run_dir(workdir, mode, seed)
     print(f'=== [{i + 1}/{len(plan)}] mode={mode} seed={seed} -> {path}',
           flush=True)
     train_lib.train_and_evaluate(cfg, path)
   return write_report(workdir, command=command,
-                      device=jax.devices()[0].device_kind)
+                      device=jax.devices()[0].device_kind, target=target,
+                      target_drop=target_drop)
+
+
+def _same_time_epochs(workdir: str, num_epochs: int, match_mode: str,
+                      match_cost: str) -> int:
+  """SGD epochs whose cost matches `match_mode`'s runs; recorded in
+  `workdir/sgd_same_time/match.json` (and reused, so reruns agree)."""
+  record_path = os.path.join(workdir, SAME_TIME, 'match.json')
+  if os.path.exists(record_path):
+    return _read_json(record_path)['num_epochs']
+  runs = _load_runs(workdir, [BASELINE, match_mode])
+  if BASELINE not in runs or match_mode not in runs:
+    raise UserError(f'{SAME_TIME} needs finished {BASELINE} and '
+                    f'{match_mode} runs in {workdir}')
+  costs = {}
+  for mode in (BASELINE, match_mode):
+    if match_cost == 'flops':
+      costs[mode] = _mean([_run_flops(r) for r in runs[mode].values()])
+    else:
+      median = _median_epoch_times(runs, 'epoch_time_s')
+      costs[mode] = _mean([sum(median[_epoch_kind(r, row)]
+                               for row in r['rows'])
+                           for r in runs[mode].values()])
+  ratio = costs[match_mode] / costs[BASELINE]
+  epochs = max(1, int(round(num_epochs * ratio)))
+  os.makedirs(os.path.dirname(record_path), exist_ok=True)
+  metrics_lib.write_json(record_path, {
+      'match_mode': match_mode, 'match_cost': match_cost,
+      'cost_ratio': ratio, 'baseline_epochs': num_epochs,
+      'num_epochs': epochs})
+  print(f'{SAME_TIME}: {match_mode} cost {ratio:.3f}x of {BASELINE} '
+        f'({match_cost}) -> {epochs} of {num_epochs} epochs', flush=True)
+  return epochs
+
+
+def _run_flops(run: Dict[str, Any]) -> float:
+  """XLA's FLOPs of all the steps a run took."""
+  total, last_step = 0.0, 0
+  for row in run['rows']:
+    total += row.get('step_flops', 0.0) * (row['step'] - last_step)
+    last_step = row['step']
+  return total
 
 
 # ----------------------------------------------------------------- reading
@@ -200,6 +278,24 @@ def _find_runs(workdir: str):
       unfinished)
 
 
+def _load_runs(workdir: str, modes: Optional[Sequence[str]] = None
+               ) -> Dict[str, Dict[int, Dict[str, Any]]]:
+  """{mode: {seed: run}} of the finished runs (of `modes`, if given)."""
+  found, _ = _find_runs(workdir)
+  runs_by_mode = {}
+  for mode, by_seed in found.items():
+    if modes is not None and mode not in modes:
+      continue
+    runs_by_mode[mode] = {}
+    for seed, path in by_seed.items():
+      run = {'summary': _read_json(os.path.join(path, 'summary.json')),
+             'rows': _read_rows(os.path.join(path, 'metrics.jsonl'))}
+      run['epoch_number'] = [r['epoch'] for r in run['rows']]  # from 1
+      run['cumulative_time_s'] = _cumulative_time(run['rows'])
+      runs_by_mode[mode][seed] = run
+  return runs_by_mode
+
+
 def _cumulative_time(rows: List[Dict[str, Any]]) -> List[float]:
   # Wall time a user waits for each epoch's test accuracy: training,
   # compilation and evaluation alike.
@@ -216,9 +312,9 @@ def _mean(values: Sequence[float]) -> Optional[float]:
 
 def _std(values: Sequence[float]) -> Optional[float]:
   # Sample std over seeds; a single run has no spread to estimate.
-  if not len(values):
+  if len(values) < 2:
     return None
-  return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+  return float(np.std(values, ddof=1))
 
 
 def _field(runs, field: str) -> List[float]:
@@ -248,13 +344,52 @@ def _epoch_kind(run: Dict[str, Any], row: Dict[str, Any]) -> tuple:
       'rule', 'hebbian_every', 'hebbian_fraction'))
 
 
-def aggregate(runs_by_mode: Dict[str, Dict[int, Dict[str, Any]]]
+def _median_epoch_times(runs_by_mode, field: str) -> Dict[tuple, float]:
+  """Median of `field` (summed fields if a tuple) per kind of epoch, pooled
+  over every run of the comparison."""
+  fields = (field,) if isinstance(field, str) else field
+  pooled = collections.defaultdict(list)
+  for by_seed in runs_by_mode.values():
+    for run in by_seed.values():
+      for r in run['rows']:
+        pooled[_epoch_kind(run, r)].append(
+            sum(r.get(f, 0.0) for f in fields))
+  return {kind: float(np.median(t)) for kind, t in pooled.items()}
+
+
+def _time_to_target(run: Dict[str, Any], median_train: Dict[tuple, float],
+                    target: float) -> Optional[float]:
+  """Robust training time until the run's eval accuracy first reaches
+  `target`, or None if it never does."""
+  elapsed = 0.0
+  for r in run['rows']:
+    elapsed += median_train[_epoch_kind(run, r)]
+    if r.get('eval_accuracy') is not None and r['eval_accuracy'] >= target:
+      return elapsed
+  return None
+
+
+def _ci95(values: Sequence[float]) -> Optional[float]:
+  """Half-width of the 95% confidence interval of the mean (Student's t)."""
+  n = len(values)
+  if n < 2:
+    return None
+  dof = max(d for d in _T95 if d <= n - 1)
+  t = _T95[dof] if n - 1 <= 30 else 1.96
+  return t * float(np.std(values, ddof=1)) / math.sqrt(n)
+
+
+def aggregate(runs_by_mode: Dict[str, Dict[int, Dict[str, Any]]],
+              target: Optional[float] = None, target_drop: float = 0.005
               ) -> List[Dict[str, Any]]:
   """Per-mode statistics from loaded runs.
 
   Args:
     runs_by_mode: {mode: {seed: {'summary': summary.json, 'rows':
       metrics.jsonl rows}}}.
+    target: the accuracy for time-to-accuracy; None: sgd's mean final
+      accuracy minus `target_drop`.
+    target_drop: see `target`.
 
   Returns:
     One entry per mode, in the order of `runs_by_mode` (see `write_report`).
@@ -271,18 +406,19 @@ def aggregate(runs_by_mode: Dict[str, Dict[int, Dict[str, Any]]]
   # seen on a 2-core VM). The robust time gives every epoch the median
   # training + eval time of all the comparison's epochs of its kind, plus
   # the run's own compile time.
-  pooled = collections.defaultdict(list)
-  for by_seed in runs_by_mode.values():
-    for run in by_seed.values():
-      for r in run['rows']:
-        pooled[_epoch_kind(run, r)].append(
-            r.get('epoch_time_s', 0.0) + r.get('eval_time_s', 0.0))
-  median = {kind: float(np.median(t)) for kind, t in pooled.items()}
+  median = _median_epoch_times(runs_by_mode, ('epoch_time_s', 'eval_time_s'))
+  median_train = _median_epoch_times(runs_by_mode, 'epoch_time_s')
 
   def robust_time(run):
     return run['summary'].get('compile_time_s', 0.0) + sum(
         median[_epoch_kind(run, r)] for r in run['rows'])
 
+  if target is None and base:
+    target = _mean([final_acc(r) for r in base.values()]) - target_drop
+  tta_base = None
+  if target is not None and base:
+    times = [_time_to_target(r, median_train, target) for r in base.values()]
+    tta_base = _mean(times) if None not in times else None
   base_time = _mean([r['summary']['total_time_s'] for r in base.values()])
   base_train = _mean([train_time(r) for r in base.values()])
   base_robust = _mean([robust_time(r) for r in base.values()])
@@ -326,9 +462,33 @@ def aggregate(runs_by_mode: Dict[str, Dict[int, Dict[str, Any]]]
         'local_flop_fraction_mean': _mean(_field(runs, 'local_flop_fraction')),
         'peak_temp_bytes': max(temp) if temp else None,
         'mean_transition': _mean(_field(runs, 'transition')),
+        'target_accuracy': target,
+        **_tta_fields(runs, median_train, target, tta_base),
+        'accuracy_diff_vs_sgd_ci95': _ci95(diffs) if base else None,
     }
     entries.append(entry)
   return entries
+
+
+def _tta_fields(runs, median_train, target, tta_base) -> Dict[str, Any]:
+  """Time-to-accuracy of a mode's runs and its iso-accuracy speedup."""
+  if target is None:
+    return {'time_to_target_s': None, 'time_to_target_s_mean': None,
+            'time_to_target_s_std': None, 'target_reached': None,
+            'iso_accuracy_speedup': None}
+  times = [_time_to_target(r, median_train, target) for r in runs]
+  reached = [t for t in times if t is not None]
+  all_reached = len(reached) == len(times)
+  mean = _mean(reached) if all_reached else None
+  return {
+      'time_to_target_s': times,
+      'time_to_target_s_mean': mean,
+      'time_to_target_s_std': _std(reached) if all_reached else None,
+      'target_reached': f'{len(reached)}/{len(times)}',
+      # Only when every seed got there: a mean over the lucky seeds would
+      # flatter the mode.
+      'iso_accuracy_speedup': _ratio(tta_base, mean),
+  }
 
 
 # ----------------------------------------------------------------- writing
@@ -404,60 +564,105 @@ def _fmt(value: Optional[float], spec: str, suffix: str = '') -> str:
   return 'n/a' if value is None else f'{value:{spec}}{suffix}'
 
 
-def _pm(mean: Optional[float], std: Optional[float], spec: str) -> str:
+def _pm(mean: Optional[float], std: Optional[float], spec: str,
+        scale: float = 1.0) -> str:
   if mean is None:
     return 'n/a'
-  return f'{mean:{spec}} ± {std:.4f}'
+  spread = 'n/a' if std is None else f'{std * scale:.2f}'
+  return f'{mean * scale:{spec}} ± {spread}'
+
+
+def _diff_cell(e: Dict[str, Any]) -> str:
+  """Paired Δ accuracy vs sgd in points, with its 95% interval."""
+  mean, ci = e['accuracy_diff_vs_sgd_mean'], e['accuracy_diff_vs_sgd_ci95']
+  if mean is None or e['mode'] == BASELINE:
+    return '' if e['mode'] == BASELINE else 'n/a'
+  if ci is None:
+    return f'{100 * mean:+.2f} (n=1)'
+  return (f'{100 * mean:+.2f} [{100 * (mean - ci):+.2f}, '
+          f'{100 * (mean + ci):+.2f}]')
+
+
+def _table(header: List[str], rows: List[List[str]]) -> List[str]:
+  return (['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+          + ['| ' + ' | '.join(r) + ' |' for r in rows])
+
+
+def headline_table(entries: List[Dict[str, Any]]) -> str:
+  """The comparison's main table (also printed by compare.py)."""
+  rows = []
+  for e in entries:
+    epochs = str(e['num_epochs'])
+    rows.append([
+        e['mode'], f'{e["num_runs"]}', epochs,
+        _pm(e['eval_accuracy_mean'], e['eval_accuracy_std'], '.2f', 100),
+        _diff_cell(e),
+        _pm(e['time_to_target_s_mean'], e['time_to_target_s_std'], '.1f')
+        if e['time_to_target_s_mean'] is not None else
+        f'not reached ({e["target_reached"]})' if e['target_reached']
+        else 'n/a',
+        _fmt(e['iso_accuracy_speedup'], '.2f', 'x'),
+        _fmt(e['robust_speedup_vs_sgd'], '.2f', 'x'),
+    ])
+  return '\n'.join(_table(
+      ['mode', 'seeds', 'epochs', 'accuracy % (mean ± std)',
+       'Δ vs sgd, points (paired, 95% CI)', 'time to target (s)',
+       'iso-accuracy speedup', 'run speedup'], rows))
 
 
 def _markdown(meta: Dict[str, Any], entries: List[Dict[str, Any]]) -> str:
-  header = ['mode', 'runs', 'eval acc (mean ± std)', 'Δ acc vs sgd (paired)',
-            'best acc', 'wall time (s)', 'speedup', 'train time (s)',
-            'train speedup', 'robust speedup', 'local FLOP frac', 'peak temp',
-            'mean k']
+  target = next((e['target_accuracy'] for e in entries
+                 if e.get('target_accuracy') is not None), None)
   lines = [
       '# LoCal+SGD comparison', '',
       f'- command: `{meta["command"] or "n/a"}`',
       f'- date: {meta["date"]}',
       f'- device: {meta["device"]}',
-      f'- git commit: {meta["git_commit"]}', '',
-      '| ' + ' | '.join(header) + ' |',
-      '|' + '---|' * len(header),
+      f'- git commit: {meta["git_commit"]}',
+      f'- target accuracy: {_fmt(target, ".4f")}', '',
+      headline_table(entries), '',
+      '**Iso-accuracy speedup** (the headline): sgd\'s training time to '
+      'first reach the target accuracy (sgd\'s mean final accuracy minus '
+      '0.5 points unless --target says otherwise) over the mode\'s, with '
+      'training time rebuilt from the median time of each kind of epoch '
+      '(compile and eval excluded); n/a unless every seed reached it. '
+      'Accuracy is the final epoch\'s on the runs\' eval split; Δ pairs '
+      'runs by seed (same init and data order). Run speedup: sgd\'s whole '
+      'run over the mode\'s, epochs rebuilt the same way (eval included), '
+      'plus compile time.'
   ]
+  match = next((e['match'] for e in entries if e.get('match')), None)
+  if match:
+    lines += ['', f'`{SAME_TIME}` ran {match["num_epochs"]} of '
+              f'{match["baseline_epochs"]} epochs: the {match["match_cost"]} '
+              f'of `{match["match_mode"]}` was {match["cost_ratio"]:.3f}x '
+              'sgd\'s.']
+  details = []
   for e in entries:
     peak = e['peak_temp_bytes']
-    cells = [
-        e['mode'], str(e['num_runs']),
-        _pm(e['eval_accuracy_mean'], e['eval_accuracy_std'], '.4f'),
-        _pm(e['accuracy_diff_vs_sgd_mean'], e['accuracy_diff_vs_sgd_std'],
-            '+.4f'),
-        _fmt(e['best_eval_accuracy_mean'], '.4f'),
+    details.append([
+        e['mode'], _fmt(e['best_eval_accuracy_mean'], '.4f'),
         _fmt(e['total_time_s_mean'], '.1f'),
         _fmt(e['speedup_vs_sgd'], '.2f', 'x'),
         _fmt(e['train_time_s_mean'], '.1f'),
         _fmt(e['train_speedup_vs_sgd'], '.2f', 'x'),
-        _fmt(e['robust_speedup_vs_sgd'], '.2f', 'x'),
+        _fmt(e['compile_time_s_mean'], '.1f'),
         _fmt(e['local_flop_fraction_mean'], '.3f'),
         _fmt(None if peak is None else peak / 2**20, '.1f', ' MiB'),
         _fmt(e['mean_transition'], '.2f',
              f' / {e["num_units"]}' if e['num_units'] else ''),
-    ]
-    lines.append('| ' + ' | '.join(cells) + ' |')
+    ])
+  lines += ['', '## Details', ''] + _table(
+      ['mode', 'best acc', 'wall time (s)', 'wall speedup', 'train time (s)',
+       'train speedup', 'compile (s)', 'local FLOP frac', 'peak temp',
+       'mean k'], details)
   lines += [
       '',
-      'Eval accuracy (on the eval split of the runs\' data: val/ or test/) is the final epoch\'s. The Δ vs sgd pairs runs by seed '
-      '(same init and data order) and averages the per-seed differences. '
-      'Wall time is the whole run, compilation and evaluation included; '
-      'train time sums the epochs\' training steps only (short runs are '
-      'dominated by compilation, one per distinct k, and the first run of a '
-      'process also pays start-up costs). Speedups are sgd\'s mean time over '
-      'the mode\'s. The robust speedup rebuilds each run\'s time from the '
-      'median training + eval time of all epochs of the same kind (k and '
-      'local rule) across the comparison, plus its compile time: it is '
-      'what the speedup would be without the machine\'s transient '
-      'slowdowns. Local FLOP fraction and mean k average '
+      'Wall time is the whole run as measured, compilation and evaluation '
+      'included (noisy on shared machines); train time sums the epochs\' '
+      'training steps as measured. Local FLOP fraction and mean k average '
       'over epochs and seeds; peak temp is the largest XLA temporary memory '
-      'of a step. Std is over seeds (ddof=1).',
+      'of a step. Std is over seeds (ddof=1), n/a for one seed.',
   ]
   if meta['unfinished_runs']:
     lines += ['', 'Not counted (no summary.json yet: crashed or still '
@@ -469,7 +674,8 @@ def _markdown(meta: Dict[str, Any], entries: List[Dict[str, Any]]) -> str:
 
 
 def write_report(workdir: str, command: Optional[str] = None,
-                 device: Optional[str] = None) -> List[Dict[str, Any]]:
+                 device: Optional[str] = None, target: Optional[float] = None,
+                 target_drop: float = 0.005) -> List[Dict[str, Any]]:
   """Reads the runs under `workdir` and writes the comparison files.
 
   Writes `comparison.json` ({'command', 'date', 'device', 'git_commit',
@@ -488,6 +694,9 @@ def write_report(workdir: str, command: Optional[str] = None,
     command: the command line; None keeps the one of an earlier report.
     device: the accelerator the runs used; None keeps the one of an earlier
       report (a redraw may happen on another machine), else this machine's.
+    target: the accuracy for time-to-accuracy; None: sgd's mean final
+      accuracy minus `target_drop`.
+    target_drop: see `target` (0.005 = half a point).
 
   Returns:
     The entries.
@@ -503,17 +712,12 @@ def write_report(workdir: str, command: Optional[str] = None,
     raise UserError(
         f'{workdir} holds no finished run (expected <mode>/seed_<n>/'
         'summary.json); run compare.py without --report_only first')
-  runs_by_mode = {}
-  for mode, by_seed in found.items():
-    runs_by_mode[mode] = {}
-    for seed, path in by_seed.items():
-      run = {'summary': _read_json(os.path.join(path, 'summary.json')),
-             'rows': _read_rows(os.path.join(path, 'metrics.jsonl'))}
-      # Epochs count from 1 in the plots, as in the training log.
-      run['epoch_number'] = [r['epoch'] for r in run['rows']]  # from 1
-      run['cumulative_time_s'] = _cumulative_time(run['rows'])
-      runs_by_mode[mode][seed] = run
-  entries = aggregate(runs_by_mode)
+  runs_by_mode = _load_runs(workdir)
+  entries = aggregate(runs_by_mode, target=target, target_drop=target_drop)
+  match_path = os.path.join(workdir, SAME_TIME, 'match.json')
+  for e in entries:
+    if e['mode'] == SAME_TIME and os.path.exists(match_path):
+      e['match'] = _read_json(match_path)
 
   json_path = os.path.join(workdir, 'comparison.json')
   previous = _read_json(json_path) if os.path.exists(json_path) else {}

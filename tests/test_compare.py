@@ -114,7 +114,8 @@ def test_aggregation_numbers_are_exact(synthetic):
   assert on_disk['git_commit'] == 'unknown'  # the runs recorded none
   _assert_pngs(synthetic)
   md = open(os.path.join(synthetic, 'comparison.md')).read()
-  assert '| freeze | 3 | 0.8767 ± ' in md and '| 1.38x |' in md
+  assert '| freeze | 3 | 2 | 87.67 ± 10.60 | ' in md
+  assert '| freeze | 0.8867 | 8.0 | 1.38x |' in md  # details: wall speedup
   assert '`python compare.py x`' in md and 'freeze/seed_3' in md
 
   # A redraw keeps the recorded command line and device.
@@ -128,7 +129,59 @@ def test_no_baseline_gives_none(tmp_path):
              [{'transition': 1, **_times(1.0)}])
   (entry,) = report.write_report(str(tmp_path))
   assert entry['accuracy_diff_vs_sgd_mean'] is None
-  assert entry['speedup_vs_sgd'] is None and entry['eval_accuracy_std'] == 0
+  assert entry['speedup_vs_sgd'] is None
+  assert entry['eval_accuracy_std'] is None  # one seed: no spread
+  assert entry['iso_accuracy_speedup'] is None
+  md = open(os.path.join(tmp_path, 'comparison.md')).read()
+  assert '| freeze | 1 | 1 | 70.00 ± n/a |' in md
+
+
+def test_time_to_accuracy_and_iso_accuracy_speedup(tmp_path):
+  """Exact numbers: per-epoch accuracies reach the target at known epochs."""
+  workdir = str(tmp_path)
+
+  def write(mode, seed, accs, k_local):
+    rows = [{'transition': 0 if e < 2 else k_local, 'eval_accuracy': a,
+             'step': 10 * (e + 1), 'step_flops': 1.0,
+             **_times(4.0 if e < 2 or not k_local else 2.0)}
+            for e, a in enumerate(accs)]
+    _write_run(workdir, mode, seed, accs[-1], 10.0, rows)
+    # _write_run gives every row the final accuracy: put the curve back.
+    path = os.path.join(workdir, mode, f'seed_{seed}', 'metrics.jsonl')
+    with open(path, 'w') as f:
+      for e, row in enumerate(rows):
+        f.write(json.dumps({'epoch': e + 1, **row}) + '\n')
+
+  # sgd ends at 0.80 on both seeds: target 0.795, reached at epoch 4 (16 s).
+  for seed in (0, 1):
+    write('sgd', seed, [0.5, 0.7, 0.78, 0.80], 0)
+  # static: epochs 3-4 are local (2 s each); reaches 0.795 at epoch 3 on
+  # seed 0 (8 + 2 = 10 s), at epoch 4 on seed 1 (12 s).
+  write('static', 0, [0.5, 0.7, 0.796, 0.79], 3)
+  write('static', 1, [0.5, 0.7, 0.78, 0.80], 3)
+  # freeze never reaches it on seed 1.
+  write('freeze', 0, [0.5, 0.7, 0.80, 0.80], 3)
+  write('freeze', 1, [0.5, 0.7, 0.78, 0.79], 3)
+  by_mode = {e['mode']: e for e in report.write_report(workdir)}
+  assert by_mode['sgd']['target_accuracy'] == pytest.approx(0.795)
+  assert by_mode['sgd']['time_to_target_s'] == [16.0, 16.0]
+  static = by_mode['static']
+  assert static['time_to_target_s'] == [10.0, 12.0]
+  assert static['time_to_target_s_mean'] == 11.0
+  assert static['iso_accuracy_speedup'] == pytest.approx(16.0 / 11.0)
+  freeze = by_mode['freeze']
+  assert freeze['time_to_target_s'] == [10.0, None]
+  assert freeze['target_reached'] == '1/2'
+  assert freeze['iso_accuracy_speedup'] is None
+  # Paired Δ: (-0.01, 0.0): mean -0.005, 95% CI half-width 12.706 x std/√2.
+  assert static['accuracy_diff_vs_sgd_ci95'] == pytest.approx(
+      12.706 * np.std([-0.01, 0.0], ddof=1) / np.sqrt(2))
+  md = open(os.path.join(workdir, 'comparison.md')).read()
+  assert '| 11.0 ± 1.41 | 1.45x |' in md
+  assert 'not reached (1/2)' in md
+  # An explicit target.
+  by_mode = {e['mode']: e for e in report.write_report(workdir, target=0.7)}
+  assert by_mode['static']['time_to_target_s'] == [8.0, 8.0]
 
 
 def test_unknown_mode_lists_valid_ones(tmp_path):
@@ -197,6 +250,35 @@ def test_comparison_of_real_runs(compared):
     assert f'| {mode} | 2 | ' in md
   for name in report.PLOTS.values():
     assert f']({name})' in md
+
+
+def test_sgd_same_time_gets_the_matched_modes_cost(tmp_path):
+  config = quickstart.get_config()
+  config.data.image_size = 16
+  config.num_epochs = 4
+  config.selection.warmup_epochs = 2
+  config.log.progress = False
+  config.log.tensorboard = False
+  workdir = str(tmp_path)
+  with pytest.raises(UserError, match='list both sgd and that mode'):
+    report.run_comparison(config, workdir, ['sgd', 'sgd_same_time'], 1)
+  entries = report.run_comparison(
+      config, workdir, ['sgd', 'static', 'sgd_same_time'], 1,
+      match_mode='static', match_cost='flops')
+  with open(os.path.join(workdir, 'sgd_same_time', 'match.json')) as f:
+    match = json.load(f)
+  flops = {}
+  for mode in ('sgd', 'static'):
+    rows = [json.loads(line) for line in open(os.path.join(
+        report.run_dir(workdir, mode, 0), 'metrics.jsonl'))]
+    steps = rows[0]['step']
+    flops[mode] = sum(r['step_flops'] * steps for r in rows)
+  assert match['cost_ratio'] == pytest.approx(flops['static'] / flops['sgd'])
+  assert 0.5 < match['cost_ratio'] < 1
+  assert match['num_epochs'] == round(4 * match['cost_ratio'])
+  same = {e['mode']: e for e in entries}['sgd_same_time']
+  assert same['num_epochs'] == match['num_epochs'] and same['match'] == match
+  assert same['mean_transition'] == 0
 
 
 def _compare_cli(*args):
