@@ -91,8 +91,11 @@ def get_config() -> ml_collections.ConfigDict:
                                      # last epoch.
   config.selection.table = ''     # static: explicit 'epoch:k,epoch:k' table.
   # dynamic / gradnorm (see localsgd_jax/selection.py):
+  config.selection.statistic = 'consistency'  # dynamic: consistency (net
+                                  # change / path of the period's updates) or
+                                  # update_per_lr (see selection.py).
   config.selection.settle_fraction = 0.5  # dynamic: a unit has settled when
-                                  # its update/lr is <= this x its peak.
+                                  # its statistic is <= this x its peak.
   config.selection.gradnorm_threshold = 0.1  # gradnorm: settled when its grad
                                   # norm changed <= 10% over the last epoch.
   config.selection.max_advance = 2  # Units the boundary may move at once.

@@ -37,10 +37,11 @@ from localsgd_jax import selection
 from localsgd_jax import train_step as train_step_lib
 from localsgd_jax.errors import UserError
 
-# Per-step buffers of the metrics the train step returns ('grad_norms' is
-# (steps, units), the others (steps,)).
+# Per-step buffers of the metrics the train step returns ('grad_norms' and
+# 'update_norms' are (steps, units), the others (steps,)).
 _ACC_FIELDS = ('loss', 'correct', 'count', 'learning_rate', 'local_lr',
-               'ws_factor', 'grad_norms')
+               'ws_factor', 'grad_norms', 'update_norms')
+_PER_UNIT = ('grad_norms', 'update_norms')
 
 
 def make_loop_step(train_step: Callable, dataset: data_lib.Dataset,
@@ -72,43 +73,57 @@ def _all_finite(params) -> jax.Array:
 
 
 @jax.jit
-def _relative_change(new_params, old_params):
-  """Per unit: ||W_new - W_old|| / ||W_old|| over all its parameters."""
-  return {n: optax.tree.norm(jax.tree.map(jnp.subtract, new_params[n],
-                                            old_params[n]))
-             / jnp.maximum(optax.tree.norm(old_params[n]), 1e-12)
+def _net_change(new_params, old_params):
+  """Per unit: ||W_new - W_old|| and ||W_old|| over all its parameters."""
+  return {n: (optax.tree.norm(jax.tree.map(jnp.subtract, new_params[n],
+                                             old_params[n])),
+              optax.tree.norm(old_params[n]))
           for n in old_params}
 
 
 _copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
 
 
-def period_stats(host: Dict[str, np.ndarray], change: Dict[str, float],
-                 k: int, steps_per_epoch: int) -> Dict[str, Any]:
+def period_stats(host: Dict[str, np.ndarray],
+                 change: Dict[str, Tuple[float, float]], k: int,
+                 steps_per_epoch: int) -> Dict[str, Any]:
   """What the selector sees of one period.
 
   Args:
     host: the period's rows of the per-step metric buffers.
-    change: per unit, the relative weight change over the period.
+    change: per unit, (||W_end - W_start||, ||W_start||) over the period.
     k: the period's transition index.
     steps_per_epoch: steps of a whole epoch.
 
   Returns:
-    Per unit (None for local ones): the update statistic (relative weight
-    change over the period per unit of mean learning rate, scaled to a whole
-    epoch's steps so that periods of any length compare) and the mean
-    gradient norm; and the period's mean loss.
+    Per unit (None for local ones):
+      'update_ratios': the relative weight change over the period per unit
+        of mean learning rate, scaled to a whole epoch's steps so that
+        periods of any length compare;
+      'consistency': the net weight change over the period divided by the
+        path its steps travelled (sum of the per-step update norms), in
+        [0, 1]: 1 while every step pushes the same way, towards 0 once the
+        steps cancel out. A ratio of two lengths that both scale with the
+        learning rate, so a decaying schedule leaves it alone;
+      'grad_norms': the mean gradient norm;
+    and the period's mean loss.
   """
   steps = len(host['loss'])
   mean_lr = float(np.mean(host['learning_rate']))
   scale = steps_per_epoch / steps / max(mean_lr, 1e-12)
   grad_norms = np.mean(host['grad_norms'], axis=0)
+  paths = np.sum(host['update_norms'], axis=0)
+  units = range(len(grad_norms))
+  net = [change[models.base.unit_name(u)] for u in units]
   return {
       'transition': k,
       'train_loss': float(np.mean(host['loss'])),
       'update_ratios': [
-          float(change[models.base.unit_name(u)]) * scale if u >= k else None
-          for u in range(len(grad_norms))],
+          float(d / max(w, 1e-12)) * scale if u >= k else None
+          for u, (d, w) in zip(units, net)],
+      'consistency': [
+          float(min(1.0, d / paths[u])) if u >= k and paths[u] > 0 else None
+          for u, (d, _) in zip(units, net)],
       'grad_norms': [float(g) if u >= k else None
                      for u, g in enumerate(grad_norms)],
   }
@@ -150,7 +165,8 @@ class TrainLoop:
 
   def _make_zeros(self):
     shapes = {name: (self.steps_per_epoch,) for name in _ACC_FIELDS}
-    shapes['grad_norms'] = (self.steps_per_epoch, self.num_units)
+    for name in _PER_UNIT:
+      shapes[name] = (self.steps_per_epoch, self.num_units)
     return {name: jnp.zeros(shape, jnp.float32)
             for name, shape in shapes.items()}
 
@@ -241,7 +257,7 @@ class TrainLoop:
       if last or (every and (i + 1) % every == 0):
         host = jax.device_get(acc)
         period = {n: v[period_start:i + 1] for n, v in host.items()}
-        change = jax.device_get(_relative_change(state.params, period_params))
+        change = jax.device_get(_net_change(state.params, period_params))
         stats = period_stats(period, change, k, steps_per_epoch)
         decisions.append(selector.observe(
             epoch + (i + 1) / steps_per_epoch, stats))

@@ -11,11 +11,18 @@ Modes:
   static:   a scheduler function of the epoch (warm-up, then a ramp to k_max)
             or an explicit table.
   dynamic:  from the weight updates of the transition unit. After each
-            period the trainer reports, per unit, the relative weight change
-            over the period divided by the mean learning rate (so a decaying
-            schedule alone does not look like convergence), scaled to a whole
-            epoch's steps. A unit has *settled* when that statistic has
-            fallen to `settle_fraction` of its own peak.
+            period the trainer reports, per unit, `statistic`:
+            'consistency' (the default): the net weight change over the
+            period over the path its steps travelled (the sum of the
+            per-step update norms), in [0, 1]. Both lengths scale with the
+            learning rate, so a decaying schedule neither fakes nor hides
+            convergence: it falls as the steps start to cancel out.
+            'update_per_lr': the relative weight change over the period
+            divided by the mean learning rate, scaled to a whole epoch's
+            steps (measured to rise again as a cosine learning rate goes to
+            0, so late in training units never settle).
+            A unit has *settled* when its statistic has fallen to
+            `settle_fraction` of its own peak.
             The boundary advances over consecutive settled units starting at
             the transition unit, at most `max_advance` per decision; guards:
             no move during `warmup_epochs` or within `min_hold_epochs` of the
@@ -34,6 +41,7 @@ from typing import Any, Dict, List, Optional
 from localsgd_jax.errors import UserError
 
 MODES = ('sgd', 'static', 'dynamic', 'gradnorm')
+STATISTICS = {'consistency': 'consistency', 'update_per_lr': 'update_ratios'}
 RAMPS = ('linear', 'cosine', 'cubic', 'step')
 
 
@@ -102,6 +110,10 @@ class Selector:
           f'config.selection.k_max={cfg.k_max} is out of range: the model '
           f'has {num_units} units, so k_max must be in [0, {num_units - 1}] '
           '(the head always trains by SGD), or -1 for all but the head')
+    if cfg.get('statistic', 'update_per_lr') not in STATISTICS:
+      raise UserError(f'unknown config.selection.statistic='
+                      f'{cfg.statistic!r}; choose one of '
+                      f'{", ".join(STATISTICS)}')
     if cfg.every_steps < 0:
       raise UserError(f'config.selection.every_steps={cfg.every_steps} must '
                       'be >= 0 (0: decide between epochs only)')
@@ -194,7 +206,8 @@ class Selector:
     return out
 
   def _update_settled(self, unit: int) -> bool:
-    series = self._series('update_ratios', unit)
+    series = self._series(STATISTICS[self.cfg.get('statistic',
+                                                  'update_per_lr')], unit)
     return bool(series) and series[-1] <= self.cfg.settle_fraction * max(
         series)
 

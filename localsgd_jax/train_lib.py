@@ -167,6 +167,7 @@ def _epoch_row(epoch: int, state, result: loop_lib.EpochResult,
       'ws_factor': float(np.mean(m['ws_factor'])),
       # The last period's update statistic of its transition unit.
       'transition_update': result.last_stats['update_ratios'][k_last],
+      'transition_consistency': result.last_stats['consistency'][k_last],
       **costs,
       'epoch_time_s': result.train_time_s,
       'eval_time_s': eval_time,

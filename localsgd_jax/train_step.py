@@ -206,10 +206,11 @@ def make_train_step(model: base.Network, tx: optax.GradientTransformation,
     new_sgd_bs = partition.split(dict(new_sgd_bs), k)[1]
 
     lr = lr_schedule(state.step)
-    new_sgd_p, new_opt = {}, dict(state.opt_state)
+    new_sgd_p, new_opt, update_norms = {}, dict(state.opt_state), {}
     for name, g in grads.items():
       upd, new_opt[name] = tx.update(g, state.opt_state[name], sgd_p[name])
       new_sgd_p[name] = jax.tree.map(lambda p, u: p - lr * u, sgd_p[name], upd)
+      update_norms[name] = lr * optax.tree.norm(upd)
 
     loss_ema = jnp.where(jnp.isnan(state.loss_ema), loss,
                          state.loss_ema * local_cfg.loss_ema_decay
@@ -239,7 +240,12 @@ def make_train_step(model: base.Network, tx: optax.GradientTransformation,
                # selection reads them.
                'grad_norms': jnp.stack([
                    optax.tree.norm(grads[n]) if n in grads
-                   else jnp.zeros((), jnp.float32) for n in unit_names])}
+                   else jnp.zeros((), jnp.float32) for n in unit_names]),
+               # Per-unit size of this step's SGD update (0 for local
+               # units): the dynamic mode's consistency statistic sums them.
+               'update_norms': jnp.stack([
+                   update_norms.get(n, jnp.zeros((), jnp.float32))
+                   for n in unit_names])}
     return new_state, metrics
 
   return train_step

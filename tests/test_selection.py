@@ -172,3 +172,37 @@ def test_decisions_within_an_epoch_hold_for_min_hold_epochs():
   assert got == [(0, 'advance'), (1, 'hold'), (1, 'advance'), (2, 'hold'),
                  (2, 'advance')]
   assert s.transition(1) == 3 and s.last_move_epoch == 1.25
+
+
+def test_consistency_statistic_drives_dynamic_mode():
+  """With statistic='consistency' the selector reads 'consistency' (not the
+  per-lr update ratio, which here keeps rising as a decaying lr would make
+  it) and advances once it fell to half its peak."""
+  s = selection.Selector(_cfg(mode='dynamic', statistic='consistency',
+                              warmup_epochs=0, min_hold_epochs=0.0,
+                              max_advance=1), num_units=4, num_epochs=10)
+  reasons = []
+  for epoch, c in enumerate([0.8, 0.6, 0.35], start=1):
+    reasons.append(s.observe(epoch, {
+        'train_loss': 1.0, 'consistency': [c, 0.9, 0.9, 0.9],
+        'update_ratios': [float(epoch)] * 4}))
+  assert reasons == ['hold', 'hold', 'advance'] and s.k == 1
+  with pytest.raises(UserError, match='consistency, update_per_lr'):
+    selection.Selector(_cfg(mode='dynamic', statistic='mystery'), 4, 10)
+
+
+def test_period_consistency_is_net_change_over_path():
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from localsgd_jax import loop  # pylint: disable=g-import-not-at-top
+  host = {'loss': np.ones(4), 'learning_rate': np.full(4, 0.1),
+          'grad_norms': np.ones((4, 3)),
+          # unit 1: 4 steps of 0.5 -> path 2; unit 2: never updated (local)
+          'update_norms': np.array([[1.0, 0.5, 0.0]] * 4)}
+  change = {'units_0': (0.5, 10.0), 'units_1': (2.0, 4.0),
+            'units_2': (0.0, 1.0)}
+  stats = loop.period_stats(host, change, k=0, steps_per_epoch=8)
+  assert stats['consistency'] == [0.125, 1.0, None]
+  # update per unit of lr, scaled from 4 steps to an epoch of 8: x 20.
+  assert stats['update_ratios'] == pytest.approx([1.0, 10.0, 0.0])
+  stats = loop.period_stats(host, change, k=1, steps_per_epoch=8)
+  assert stats['consistency'][0] is None
