@@ -10,15 +10,18 @@
 #
 # Every mode but sgd trains plain SGD for its first WARMUP epochs, bit-identical
 # to the sgd run of the same seed (same init, data order and steps). So those
-# runs start from the sgd run's checkpoint after WARMUP epochs instead of
-# recomputing them (dynamic one epoch earlier: its first decision is made at
-# the end of epoch WARMUP, by its own rule): the trainer resumes there as
-# after a crash, and its recorded time includes the sgd run's time for the
-# epochs it did not train. The result is the one compare.py alone would give,
-# in about half the CPU time. With
-# SGD_WORKDIR (an earlier run of this script with the same EPOCHS and SEEDS),
-# its sgd runs are copied instead of trained again, so trying another
-# WARMUP or K_MAX costs only the local epochs.
+# runs are forks of that sgd run after WARMUP epochs instead of recomputing
+# them (dynamic one epoch earlier: its first decision is made at the end of
+# epoch WARMUP, by its own rule): --config.init_from=WORKDIR/sgd/seed_{seed}:E
+# starts each from the checkpoint of its seed's sgd run, takes that run's
+# metrics rows for those epochs, and records the parent, the epoch and what
+# differs from the parent in run.json and summary.json (README, "Outputs").
+# Its recorded time includes the sgd run's time for the epochs it did not
+# train. The result is the one compare.py alone would give, in about half
+# the CPU time. With SGD_WORKDIR (an earlier run of this script with the
+# same EPOCHS and SEEDS), its sgd runs are copied instead of trained again,
+# so trying another WARMUP or K_MAX costs only the local epochs. Running the
+# script again skips every finished run.
 set -euo pipefail
 DATA=${1:?usage: $0 DATA_DIR WORKDIR [SGD_WORKDIR]}
 OUT=${2:?usage: $0 DATA_DIR WORKDIR [SGD_WORKDIR]}
@@ -31,18 +34,16 @@ args=(--config=configs/cifar10_resnet.py --config.data.dir="$DATA"
       --config.checkpoint.every_epochs=1 --config.checkpoint.keep="$EPOCHS"
       --seeds="$SEEDS" --workdir="$OUT" "${@:4}")
 if [[ -n "${3:-}" && ! -e "$OUT/sgd" ]]; then
+  # Whole finished runs: their config.json says what they are, and
+  # compare.py skips them (plain-SGD runs ignore the selection fields).
   mkdir -p "$OUT" && cp -r "$3/sgd" "$OUT/"
 fi
 python compare.py "${args[@]}" --modes=sgd
-for ((seed = 0; seed < SEEDS; seed++)); do
-  for mode in $MODES; do
-    run="$OUT/$mode/seed_$seed"
-    from=$WARMUP
-    [[ $mode == dynamic ]] && from=$((WARMUP - 1))
-    [[ -e "$run" || $from -lt 1 ]] && continue
-    mkdir -p "$run/checkpoints"
-    cp -r "$OUT/sgd/seed_$seed/checkpoints/$from" "$run/checkpoints/"
-    cp "$OUT/sgd/seed_$seed/metrics.jsonl" "$run/"
-  done
+for mode in $MODES; do
+  from=$WARMUP
+  [[ $mode == dynamic ]] && from=$((WARMUP - 1))
+  fork=()
+  ((from >= 1)) && fork=(--config.init_from="$OUT/sgd/seed_{seed}:$from")
+  # Each call also rewrites the report of every run in $OUT.
+  python compare.py "${args[@]}" --modes="$mode" ${fork[@]+"${fork[@]}"}
 done
-python compare.py "${args[@]}" --modes="sgd,${MODES// /,}"

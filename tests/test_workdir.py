@@ -1,0 +1,469 @@
+"""A workdir holds one run: config checks on resume, forks, the run lock,
+metrics rows by epoch, and one-line errors for unusable workdirs.
+
+Runs use the digits quickstart cut to 10 training images per class (two
+steps an epoch), so each takes a second or two.
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import quickstart
+from localsgd_jax import metrics as metrics_lib
+from localsgd_jax import train_lib
+from localsgd_jax import workdir as workdir_lib
+from localsgd_jax.errors import UserError
+
+TIME_FIELDS = {'epoch_time_s', 'eval_time_s', 'compile_time_s',
+               'images_per_s'}
+
+
+def _config(**overrides):
+  config = quickstart.get_config()
+  config.data.image_size = 16
+  config.data.train_per_class = 10
+  config.batch_size = 48
+  config.num_epochs = 2
+  config.selection.mode = 'sgd'
+  config.log.progress = False
+  config.log.tensorboard = False
+  config.log.check_finite_every = 1
+  for key, value in overrides.items():
+    node = config
+    *path, leaf = key.split('.')
+    for p in path:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def _rows(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def _json(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def _strip(rows):
+  return [{k: v for k, v in r.items() if k not in TIME_FIELDS} for r in rows]
+
+
+@pytest.fixture(scope='module')
+def finished(tmp_path_factory):
+  """A finished 2-epoch run (keep every checkpoint); copy it to change it."""
+  workdir = str(tmp_path_factory.mktemp('runs') / 'finished')
+  train_lib.train_and_evaluate(_config(**{'checkpoint.keep': 5}), workdir)
+  return workdir
+
+
+@pytest.fixture
+def run_copy(finished, tmp_path):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(finished, workdir)
+  return workdir
+
+
+def _one_line(err):
+  message = str(err.value)
+  assert '\n' not in message
+  return message
+
+
+# ------------------------------------------------- the config on resume
+
+
+def test_same_config_and_neutral_changes_resume(run_copy, capsys):
+  before = _rows(run_copy)
+  summary = train_lib.train_and_evaluate(_config(**{
+      'checkpoint.keep': 5, 'eval_batch_size': 100, 'eval_every_epochs': 2,
+      'log.check_finite_every': 3, 'checkpoint.every_epochs': 2,
+      'compile_cache_dir': ''}), run_copy)
+  assert 'Resuming from the checkpoint after epoch 2' in capsys.readouterr().out
+  assert _rows(run_copy) == before  # nothing trained again
+  assert summary['final_eval_accuracy'] == before[-1]['eval_accuracy']
+
+
+@pytest.mark.parametrize('overrides,listed', [
+    ({'batch_size': 32}, 'batch_size 48 -> 32'),
+    ({'selection.mode': 'static', 'seed': 3},
+     "seed 0 -> 3, selection.mode 'sgd' -> 'static'"),
+    ({'optim.learning_rate': 0.2}, 'optim.learning_rate 0.05 -> 0.2'),
+    ({'dtype': 'bfloat16'}, "dtype 'float32' -> 'bfloat16'"),
+])
+def test_changed_config_is_refused_with_the_ways_on(run_copy, overrides,
+                                                   listed):
+  config_before = _json(os.path.join(run_copy, 'config.json'))
+  rows_before = _rows(run_copy)
+  with pytest.raises(UserError) as err:
+    train_lib.train_and_evaluate(_config(**overrides), run_copy)
+  message = _one_line(err)
+  assert f'holds a run of another config: {listed}.' in message
+  assert 'new --workdir' in message
+  fields = ','.join(sorted(k for k in overrides))
+  assert f'--config.resume_allow={fields}' in message
+  # Nothing was touched.
+  assert _json(os.path.join(run_copy, 'config.json')) == config_before
+  assert _rows(run_copy) == rows_before
+  assert not os.path.exists(os.path.join(run_copy, 'run.lock'))
+
+
+@pytest.mark.parametrize('overrides,fixed', [
+    ({'model.name': 'resnet20'}, 'model.name'),
+    ({'data.train_per_class': 12}, 'data.train_per_class'),
+    ({'optim.name': 'adamw'}, 'optim.name'),
+])
+def test_a_change_that_cannot_continue_needs_a_new_workdir(
+    run_copy, overrides, fixed):
+  # Even when resume_allow names it.
+  overrides = dict(overrides, resume_allow=fixed)
+  with pytest.raises(UserError) as err:
+    train_lib.train_and_evaluate(_config(**overrides), run_copy)
+  message = _one_line(err)
+  cannot = message.split(' cannot change within a run')[0].rsplit('. ', 1)
+  assert fixed in cannot[-1].split(', ')
+  assert 'new --workdir' in message and 'resume_allow' not in message
+
+
+def test_more_epochs_need_resume_allow_and_are_recorded(run_copy, capsys):
+  with pytest.raises(UserError) as err:
+    train_lib.train_and_evaluate(_config(num_epochs=3), run_copy)
+  message = _one_line(err)
+  assert 'num_epochs 2 -> 3' in message
+  # The schedule is stated: cosine over 3 epochs is higher after epoch 2.
+  assert 'the learning rate after epoch 2 goes from' in message
+  assert os.path.exists(os.path.join(run_copy, 'summary.json'))
+
+  summary = train_lib.train_and_evaluate(
+      _config(num_epochs=3, resume_allow='num_epochs,selection.warmup_epochs',
+              **{'checkpoint.keep': 5}), run_copy)
+  assert 'with num_epochs 2 -> 3' in capsys.readouterr().out
+  assert [r['epoch'] for r in _rows(run_copy)] == [1, 2, 3]
+  change = {'after_epoch': 2, 'changes': {'num_epochs': [2, 3]}}
+  record = _json(os.path.join(run_copy, 'run.json'))
+  got = record['resumed_with_changes'][0]
+  assert {k: got[k] for k in change} == change
+  assert summary['resumed_with_changes'][0]['changes'] == change['changes']
+  assert _json(os.path.join(run_copy, 'config.json'))['num_epochs'] == 3
+  # Now the saved config says 3 epochs: the same command resumes as is.
+  train_lib.train_and_evaluate(_config(num_epochs=3), run_copy)
+
+
+def test_fewer_epochs_than_the_checkpoint_are_refused(run_copy):
+  with pytest.raises(UserError) as err:
+    train_lib.train_and_evaluate(
+        _config(num_epochs=1, resume_allow='num_epochs'), run_copy)
+  message = _one_line(err)
+  assert 'checkpoint after epoch 2, past config.num_epochs=1' in message
+  assert f'--config.init_from={run_copy}:1' in message
+
+
+def test_extended_run_is_unfinished_until_it_ends(run_copy, monkeypatch):
+  # A run extended and stopped must not count as finished from the old
+  # summary.json.
+  from localsgd_jax import loop as loop_lib  # pylint: disable=g-import-not-at-top
+
+  def stop(*args, **kwargs):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(loop_lib.TrainLoop, 'run_epoch', stop)
+  with pytest.raises(KeyboardInterrupt):
+    train_lib.train_and_evaluate(
+        _config(num_epochs=3, resume_allow='num_epochs'), run_copy)
+  assert not os.path.exists(os.path.join(run_copy, 'summary.json'))
+  assert not os.path.exists(os.path.join(run_copy, 'run.lock'))
+  assert not workdir_lib.finished_run(run_copy, _config(num_epochs=3))
+
+
+def test_workdir_without_saved_config_resumes_with_a_warning(run_copy,
+                                                            capsys):
+  os.remove(os.path.join(run_copy, 'config.json'))
+  os.remove(os.path.join(run_copy, 'run.json'))
+  train_lib.train_and_evaluate(_config(num_epochs=3), run_copy)
+  err = capsys.readouterr().err
+  assert 'has no config.json' in err and 'resuming without checking' in err
+  assert [r['epoch'] for r in _rows(run_copy)] == [1, 2, 3]
+  assert os.path.exists(os.path.join(run_copy, 'config.json'))
+
+
+def test_config_changes_ignore_neutral_and_new_default_fields():
+  saved = workdir_lib.as_dict(_config())
+  new = workdir_lib.as_dict(_config(**{
+      'eval_batch_size': 7, 'log.progress': True, 'checkpoint.keep': 9,
+      'data.cache_dir': '/elsewhere', 'resume_allow': 'seed'}))
+  assert workdir_lib.config_changes(saved, new) == []
+  # Between plain-SGD runs the selection and local-rule fields do nothing.
+  new['selection']['warmup_epochs'] = 5
+  new['local']['rule'] = 'gha'
+  assert workdir_lib.config_changes(saved, new) == []
+  new['selection']['mode'] = 'static'
+  assert [c.field for c in workdir_lib.config_changes(saved, new)] == [
+      'local.rule', 'selection.mode', 'selection.warmup_epochs']
+  new = workdir_lib.as_dict(_config())
+  del saved['init_from']  # a run from before the field existed
+  assert workdir_lib.config_changes(saved, new) == []
+  new['init_from'] = 'x:1'
+  assert [c.field for c in workdir_lib.config_changes(saved, new)] == [
+      'init_from']
+
+
+# ------------------------------------------------------ data location
+
+
+def _write_folder(root, seed=0):
+  rng = np.random.default_rng(seed)
+  for split, per_class in (('train', 6), ('val', 2)):
+    for label in ('cat', 'dog'):
+      folder = root / split / label
+      folder.mkdir(parents=True)
+      for i in range(per_class):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+            folder / f'{i}.png')
+
+
+def test_moved_data_folder_with_the_same_files_resumes(tmp_path):
+  data_a, data_b = tmp_path / 'a', tmp_path / 'b'
+  _write_folder(data_a)
+  shutil.copytree(data_a, data_b)
+  workdir = str(tmp_path / 'run')
+
+  def config(folder, **kw):
+    return _config(**{'data.name': 'image_folder', 'data.dir': str(folder),
+                      'data.cache_dir': str(tmp_path / 'cache'),
+                      'data.train_per_class': 0, 'batch_size': 4,
+                      'num_epochs': 1, **kw})
+  train_lib.train_and_evaluate(config(data_a), workdir)
+  train_lib.train_and_evaluate(config(data_b), workdir)  # same files: passes
+  # Other pixels in the new folder: the data changed.
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(
+      data_b / 'train' / 'cat' / '0.png')
+  with pytest.raises(UserError) as err:
+    train_lib.train_and_evaluate(config(data_b), workdir)
+  message = _one_line(err)
+  assert 'another config: data contents (content differ).' in message
+  assert 'cannot change within a run' in message
+  # The workdir now records folder b: back in a (the run's data) passes.
+  train_lib.train_and_evaluate(config(data_a), workdir)
+
+
+# ---------------------------------------------------------------- forks
+
+
+def test_fork_continues_the_parent_and_is_recorded(finished, tmp_path,
+                                                   capsys):
+  fork = str(tmp_path / 'fork')
+  summary = train_lib.train_and_evaluate(
+      _config(init_from=f'{finished}:1'), fork)
+  out = capsys.readouterr().out
+  assert f'Forking {finished} after epoch 1' in out
+  record = _json(os.path.join(fork, 'run.json'))['fork']
+  assert record['parent'] == os.path.abspath(finished)
+  assert record['epoch'] == 1 and record['differs_from_parent'] == {}
+  assert summary['fork']['epoch'] == 1
+  # Epoch 1 is the parent's row; epoch 2, trained here from the parent's
+  # checkpoint with the parent's config, is the parent's epoch 2 again.
+  assert _strip(_rows(fork)) == _strip(_rows(finished))
+  assert _rows(fork)[0] == _rows(finished)[0]
+  # Its own checkpoints from now on: rerunning resumes the fork itself.
+  train_lib.train_and_evaluate(_config(init_from=f'{finished}:1'), fork)
+  assert 'Resuming from the checkpoint after epoch 2' in (
+      capsys.readouterr().out)
+
+
+def test_fork_records_what_differs_from_the_parent(finished, tmp_path):
+  fork = str(tmp_path / 'fork_static')
+  train_lib.train_and_evaluate(_config(**{
+      'init_from': finished + ':1', 'selection.mode': 'static',
+      'selection.table': '0:0,1:2'}), fork)
+  record = _json(os.path.join(fork, 'run.json'))['fork']
+  assert record['differs_from_parent'] == {
+      'selection.mode': ['sgd', 'static'], 'selection.table': ['', '0:0,1:2']}
+  assert [r['transition'] for r in _rows(fork)] == [0, 2]
+
+
+@pytest.mark.parametrize('init_from,match', [
+    ('{workdir}:1', "names this run's own workdir"),
+    ('{tmp}/nowhere:1', 'is not the workdir of a run'),
+    ('{finished}:7', r'no checkpoint after epoch 7 \(it has the ones after '
+     r'epochs 1, 2\)'),
+])
+def test_fork_errors(finished, tmp_path, init_from, match):
+  workdir = str(tmp_path / 'fork')
+  init_from = init_from.format(workdir=workdir, tmp=tmp_path,
+                               finished=finished)
+  with pytest.raises(UserError, match=match) as err:
+    train_lib.train_and_evaluate(_config(init_from=init_from), workdir)
+  _one_line(err)
+
+
+def test_fork_keeps_model_and_data(finished, tmp_path):
+  with pytest.raises(UserError, match=r"cannot fork .*model.name 'tiny' -> "
+                     r"'resnet20'"):
+    train_lib.train_and_evaluate(
+        _config(**{'init_from': finished, 'model.name': 'resnet20'}),
+        str(tmp_path / 'fork'))
+  assert not os.path.exists(tmp_path / 'fork')
+
+
+def test_init_from_syntax():
+  assert workdir_lib.parse_init_from('runs/sgd/seed_{seed}:6', 2) == (
+      'runs/sgd/seed_2', 6)
+  assert workdir_lib.parse_init_from('runs/x', 0) == ('runs/x', None)
+  assert workdir_lib.parse_init_from('', 0) is None
+  with pytest.raises(UserError, match='only {seed} can be filled in'):
+    workdir_lib.parse_init_from('runs/{mode}:3', 0)
+  with pytest.raises(UserError, match='no config field.*did you mean '
+                     'num_epochs'):
+    train_lib.validate_config(_config(resume_allow='num_epoch'))
+
+
+# ------------------------------------------------------------- the lock
+
+
+def _sleeper():
+  return subprocess.Popen([sys.executable, '-c', 'import time; '
+                           'time.sleep(60)'])
+
+
+def _write_lock(workdir, **info):
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'run.lock'), 'w') as f:
+    json.dump({'host': socket.gethostname(), 'started': 'then', **info}, f)
+
+
+def test_a_second_run_on_a_workdir_is_refused(run_copy):
+  other = _sleeper()  # a live process holds the lock
+  try:
+    _write_lock(run_copy, pid=other.pid)
+    rows = _rows(run_copy)
+    with pytest.raises(UserError) as err:
+      train_lib.train_and_evaluate(_config(), run_copy)
+    message = _one_line(err)
+    assert f'is in use by another run (host {socket.gethostname()}, PID ' \
+        f'{other.pid}' in message
+    assert 'delete' in message and 'run.lock' in message
+    assert _rows(run_copy) == rows
+    assert _json(os.path.join(run_copy, 'run.lock'))['pid'] == other.pid
+  finally:
+    other.kill()
+    other.wait()
+
+
+def test_lock_of_a_dead_process_is_reported_and_replaced(run_copy, capsys):
+  gone = subprocess.Popen([sys.executable, '-c', 'pass'])
+  gone.wait()
+  _write_lock(run_copy, pid=gone.pid)
+  train_lib.train_and_evaluate(_config(), run_copy)
+  assert f'process {gone.pid} on this host has exited' in (
+      capsys.readouterr().err)
+  assert not os.path.exists(os.path.join(run_copy, 'run.lock'))
+
+
+def test_lock_from_another_host_goes_stale_by_age(tmp_path, capsys):
+  workdir = str(tmp_path)
+  _write_lock(workdir, host='elsewhere', pid=1)
+  with pytest.raises(UserError, match='in use by another run'):
+    workdir_lib.RunLock(workdir).acquire()
+  old = time.time() - 2 * workdir_lib.STALE_AFTER_S
+  os.utime(os.path.join(workdir, 'run.lock'), (old, old))
+  lock = workdir_lib.RunLock(workdir)
+  lock.acquire()
+  assert 'not touched for 30 min' in capsys.readouterr().err
+  held = _json(lock.path)
+  assert held['pid'] == os.getpid() and held['host'] == socket.gethostname()
+  assert held['started']
+  lock.release()
+  assert not os.path.exists(lock.path)
+
+
+def test_lock_heartbeat_keeps_it_fresh(tmp_path):
+  lock = workdir_lib.RunLock(str(tmp_path), heartbeat_s=0.05)
+  lock.acquire()
+  old = time.time() - 1000
+  os.utime(lock.path, (old, old))
+  time.sleep(0.3)
+  assert time.time() - os.stat(lock.path).st_mtime < 10
+  lock.release()
+
+
+def test_lock_is_released_after_an_error(tmp_path):
+  workdir = str(tmp_path / 'nan')
+  with pytest.raises(UserError, match='became'):
+    train_lib.train_and_evaluate(_config(**{
+        'optim.learning_rate': 1e30, 'optim.warmup_epochs': 0,
+        'optim.schedule': 'constant'}), workdir)
+  assert not os.path.exists(os.path.join(workdir, 'run.lock'))
+
+
+# ------------------------------------------------- metrics rows by epoch
+
+
+def test_metrics_rows_are_keyed_by_epoch(tmp_path, capsys):
+  path = str(tmp_path / 'metrics.jsonl')
+  with open(path, 'w') as f:
+    for epoch, tag in [(1, 'a'), (2, 'a'), (1, 'b'), (3, 'b'), (2, 'b')]:
+      f.write(json.dumps({'epoch': epoch, 'tag': tag}) + '\n')
+    f.write('{"epoch": 4, "ta')  # torn last line
+  rows = metrics_lib.read_rows(path)
+  assert [(r['epoch'], r['tag']) for r in rows] == [(1, 'b'), (2, 'b'),
+                                                   (3, 'b')]
+  assert 'dropped the torn last line (line 6)' in capsys.readouterr().err
+  writer = metrics_lib.MetricsWriter(str(tmp_path), tensorboard=False)
+  writer.truncate(2)
+  assert [r['epoch'] for r in _rows(tmp_path)] == [1, 2]
+  with open(path, 'a') as f:
+    f.write('not json\n{"epoch": 3}\n')
+  with pytest.raises(UserError, match='line 3 is not a metrics row'):
+    metrics_lib.read_rows(path)
+
+
+def test_resume_drops_a_torn_metrics_line(run_copy, capsys):
+  with open(os.path.join(run_copy, 'metrics.jsonl'), 'a') as f:
+    f.write('{"epoch": 3, "train_lo')
+  summary = train_lib.train_and_evaluate(_config(), run_copy)
+  assert 'dropped the torn last line' in capsys.readouterr().err
+  rows = _rows(run_copy)
+  assert [r['epoch'] for r in rows] == [1, 2]
+  assert summary['final_eval_accuracy'] == rows[-1]['eval_accuracy']
+
+
+# ------------------------------------------------------ unusable workdirs
+
+
+def test_workdir_that_is_a_file_or_under_one(tmp_path):
+  target = tmp_path / 'file'
+  target.write_text('x')
+  for workdir, match in ((target, 'is a file, not a directory'),
+                         (target / 'run', 'would sit under .* which is a '
+                          'file')):
+    with pytest.raises(UserError, match=match) as err:
+      train_lib.train_and_evaluate(_config(), str(workdir))
+    _one_line(err)
+
+
+def test_read_only_workdir(tmp_path, monkeypatch):
+  # Tests run as root, which chmod cannot stop: fake the answer.
+  monkeypatch.setattr(workdir_lib.os, 'access', lambda *args: False)
+  with pytest.raises(UserError, match='cannot write to create the workdir '
+                     'in .*read-only or no permission') as err:
+    train_lib.train_and_evaluate(_config(), str(tmp_path / 'run'))
+  _one_line(err)
+  assert not os.path.exists(tmp_path / 'run')
+
+
+def test_bad_config_creates_no_workdir(tmp_path):
+  workdir = tmp_path / 'run'
+  for overrides in ({'selection.ramp': 'bogus'}, {'model.name': 'resnet7'},
+                    {'data.name': 'mnist'}, {'selection.k_max': 9}):
+    with pytest.raises(UserError):
+      train_lib.train_and_evaluate(_config(**overrides), str(workdir))
+    assert not workdir.exists(), overrides
