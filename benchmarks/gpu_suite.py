@@ -35,13 +35,13 @@ from absl import flags
 from absl import logging
 import jax
 
-from configs import cifar10_resnet
-from configs import quickstart
 from localsgd_jax import benchmarking
 from localsgd_jax import metrics as metrics_lib
 from localsgd_jax import models
 from localsgd_jax import report
 from localsgd_jax import train_lib
+from localsgd_jax.configs import cifar10_resnet
+from localsgd_jax.configs import quickstart
 
 _OUT = flags.DEFINE_string('out', None, 'Output folder.', required=True)
 _DATA_DIR = flags.DEFINE_string(

@@ -21,14 +21,12 @@ from absl import flags
 import jax
 import numpy as np
 
-from configs import quickstart
+from localsgd_jax.configs import quickstart
 from localsgd_jax import data
 from localsgd_jax import loop as loop_lib
 from localsgd_jax import metrics as metrics_lib
 from localsgd_jax import models
-from localsgd_jax import optim
 from localsgd_jax import selection
-from localsgd_jax import train_step as ts
 
 _FOLDER = flags.DEFINE_string('folder', '', 'An image folder (train/, val/) '
                               'for the input-path comparison.')
@@ -53,21 +51,17 @@ def input_path(dataset, batch_size: int, batches: int) -> float:
 def loop_cost(repeats: int):
   """(loop ms/step, bare program ms/step) for the tiny CNN on 8x8 digits."""
   config = quickstart.get_config()
+  config.selection.mode = 'sgd'  # the plain step (k = 0) in every epoch
   config.data.image_size = 8
   config.batch_size = 8
   config.local.hebbian_every = 1
+  config.num_epochs = 100
   dataset = data.load_dataset(config.data, seed=0)
   model = models.create_model('tiny', 10)
-  tx = optim.direction(config.optim)
   steps = dataset.steps_per_epoch(config.batch_size)
-  lr = optim.learning_rate_schedule(config.optim, steps, 100)
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ('data',))
-  loop = loop_lib.TrainLoop(ts.make_train_step(model, tx, lr, config),
-                            ts.make_local_forward(model, config.local),
-                            dataset, config, len(model.units), mesh)
-  state = ts.create_train_state(model, tx, jax.random.key(0),
-                                dataset.image_shape)
-  state = data.pipeline.replicate(state, loop.replicated)
+  loop = loop_lib.TrainLoop(model, dataset, config, mesh)
+  state = loop.init_state(0)
   selector = selection.Selector(config.selection, len(model.units), 100)
   loop_times = []
   for epoch in range(repeats + 1):

@@ -5,7 +5,7 @@
 
 Not yet run to completion on this project's CPU-only machines.
 """
-from configs import cifar10_resnet
+from localsgd_jax.configs import cifar10_resnet
 
 
 def get_config():

@@ -9,6 +9,15 @@ The config is locked: a misspelt field is an error.
 import ml_collections
 
 
+def at_least(minimum: int, value):
+  """max(minimum, value) for an int or a lazy FieldReference expression.
+
+  ml_collections has no lazy max; e.g. `at_least(1, ref * 3 // 5)` keeps
+  one SGD warm-up epoch when a 1-epoch run is asked for on the command line.
+  """
+  return (value + minimum + abs(value - minimum)) // 2
+
+
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0                 # Parameter init, data order, augmentation.
@@ -20,6 +29,15 @@ def get_config() -> ml_collections.ConfigDict:
   # JAX's persistent compilation cache, shared by every run on this machine
   # (a comparison compiles each program once); '' turns it off.
   config.compile_cache_dir = '~/.cache/localsgd_jax/xla'
+  # A workdir holds one run (README, "Outputs"): rerunning resumes it, and a
+  # config that would change its result is refused, unless these fields
+  # (comma-separated, e.g. 'num_epochs') are named here on purpose; the
+  # change is recorded in WORKDIR/run.json.
+  config.resume_allow = ''
+  # Fork: start a new workdir from another run's checkpoint, 'WORKDIR:EPOCH'
+  # (or 'WORKDIR' for its latest); '{seed}' in WORKDIR becomes the seed.
+  # The parent and the epoch are recorded in run.json and summary.json.
+  config.init_from = ''
 
   config.model = ml_collections.ConfigDict()
   config.model.name = 'tiny'      # See localsgd_jax.models.MODELS.
@@ -113,6 +131,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.log = ml_collections.ConfigDict()
   config.log.progress = True      # Progress bar on a terminal.
-  config.log.tensorboard = True
+  config.log.tensorboard = True   # Event files in WORKDIR/tb.
+  config.log.loss_every_steps = 10  # TensorBoard train/loss: every N steps.
   config.log.check_finite_every = 50  # Steps between NaN/inf loss checks.
   return config

@@ -9,7 +9,7 @@ smoothing 0.1.
 
 Not run on this project's CPU-only machines (needs GPUs; see README).
 """
-from configs import imagenet_resnet50
+from localsgd_jax.configs import imagenet_resnet50
 
 
 def get_config():

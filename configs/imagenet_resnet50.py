@@ -10,7 +10,7 @@ tfds needs the ImageNet archives in its manual directory:
 
 Not run on this project's CPU-only machines (needs GPUs; see README).
 """
-from configs import default
+from localsgd_jax.configs import default
 
 
 def get_config():

@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import default
 from localsgd_jax import models
+from localsgd_jax.configs import default
 from localsgd_jax import optim
 from localsgd_jax import train_lib
 from localsgd_jax import train_step as ts

@@ -14,10 +14,28 @@ from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
+from localsgd_jax import flag_errors
+
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = config_flags.DEFINE_config_file(
-    'config', os.path.join(_ROOT, 'configs', 'quickstart.py'),
-    'Path to a config file (get_config()).', lock_config=True)
+# localsgd_jax/configs is configs/ (a symlink in a checkout, the files in an
+# installed package).
+_DEFAULT_CONFIG = os.path.join(_ROOT, 'localsgd_jax', 'configs',
+                               'quickstart.py')
+# Shown by --help next to the flags of train.py / compare.py themselves.
+KEY_FLAGS = ('config', 'coordinator_address', 'num_processes', 'process_id')
+try:
+  CONFIG = config_flags.DEFINE_config_file(
+      'config', _DEFAULT_CONFIG,
+      'A config file: configs/NAME.py, a Python file with get_config() '
+      '(default: configs/quickstart.py, the offline digits quickstart). '
+      'Override any of its fields as --config.FIELD=VALUE, e.g. '
+      '--config.num_epochs=5 --config.selection.mode=sgd; configs/default.py '
+      'lists every field.', lock_config=True)
+  _DEFINE_ERROR = None
+except Exception as e:  # pylint: disable=broad-except
+  # Without --config on the command line, ml_collections applies the
+  # --config.x=y overrides right here, at import: run() reports the error.
+  CONFIG, _DEFINE_ERROR = None, e
 _COORDINATOR = flags.DEFINE_string(
     'coordinator_address', '',
     'Multi-process runs: HOST:PORT of process 0 (empty: single process, or '
@@ -49,4 +67,28 @@ def run(body: Callable[[ml_collections.ConfigDict], None]) -> None:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(2)
 
-  app.run(main)
+  if _DEFINE_ERROR is not None:
+    _fail(flag_errors.describe(sys.argv, _DEFINE_ERROR, _DEFAULT_CONFIG))
+  # absl's --help lists the main module's key flags only (the script is
+  # registered under sys.argv[0]): add the shared ones.
+  for name in KEY_FLAGS:
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+  app.run(main, flags_parser=_parse_flags)
+
+
+def _fail(message: str) -> None:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _parse_flags(argv: List[str]) -> List[str]:
+  """absl's flag parsing, a failure reported as one `error:` line."""
+  try:
+    rest = flags.FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    _fail(flag_errors.describe(argv, e, _DEFAULT_CONFIG))
+  problem = flag_errors.load_problem(
+      CONFIG.value, flags.FLAGS['config'].serialize().split('=', 1)[-1])
+  if problem:
+    _fail(problem)
+  return rest

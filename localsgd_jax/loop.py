@@ -18,8 +18,6 @@
 """
 import collections
 import dataclasses
-import math
-import os
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -32,10 +30,10 @@ import optax
 from localsgd_jax import data as data_lib
 from localsgd_jax import metrics as metrics_lib
 from localsgd_jax import models
+from localsgd_jax import optim
 from localsgd_jax import partition
 from localsgd_jax import selection
 from localsgd_jax import train_step as train_step_lib
-from localsgd_jax.errors import UserError
 
 # Per-step buffers of the metrics the train step returns ('grad_norms' and
 # 'update_norms' are (steps, units), the others (steps,)).
@@ -129,6 +127,18 @@ def period_stats(host: Dict[str, np.ndarray],
   }
 
 
+def compile_message(k: int, hebbian: bool, hebbian_every: int) -> str:
+  """The line announcing a compile of the step for (k, hebbian)."""
+  if k == 0:
+    what = 'plain SGD'
+  elif hebbian:
+    what = f'units 0..{k - 1} local, with their Hebbian update'
+  else:
+    what = (f'units 0..{k - 1} local, forward only: the steps between '
+            f'Hebbian updates (every {hebbian_every})')
+  return f'Compiling the step for k={k} ({what}) ...'
+
+
 @dataclasses.dataclass
 class EpochResult:
   """What one epoch of steps produced, on the host."""
@@ -142,26 +152,49 @@ class EpochResult:
 
 
 class TrainLoop:
-  """Runs epochs of the compiled step for a dataset on a mesh."""
+  """Runs epochs of the compiled LoCal+SGD step of `config` on a mesh.
 
-  def __init__(self, train_step: Callable, local_forward: Callable,
-               dataset: data_lib.Dataset, config: ml_collections.ConfigDict,
-               num_units: int, mesh: jax.sharding.Mesh):
+  Owns what a run's steps are made of: the optimizer direction (`tx`), the
+  learning-rate schedule, the train step per (k, hebbian) compiled once
+  (`steps`), and the initial state (`init_state`).
+  """
+
+  def __init__(self, model: models.base.Network, dataset: data_lib.Dataset,
+               config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+    self.model = model
     self.dataset = dataset
     self.config = config
-    self.num_units = num_units
+    self.num_units = len(model.units)
     self.batch_size = config.batch_size
     self.steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
     self.replicated = jax.sharding.NamedSharding(
         mesh, jax.sharding.PartitionSpec())
     self.batch_sharding = jax.sharding.NamedSharding(
         mesh, jax.sharding.PartitionSpec('data'))
-    self.steps = train_step_lib.StepCache(
-        make_loop_step(train_step, dataset, self.batch_sharding))
-    self._local_forward = jax.jit(local_forward, static_argnums=(3, 4))
+    self.tx = optim.direction(config.optim)
+    lr_schedule = optim.learning_rate_schedule(
+        config.optim, self.steps_per_epoch, config.num_epochs)
+    self.steps = train_step_lib.StepCache(make_loop_step(
+        train_step_lib.make_train_step(model, self.tx, lr_schedule, config),
+        dataset, self.batch_sharding))
+    self._local_forward = jax.jit(
+        train_step_lib.make_local_forward(model, config.local),
+        static_argnums=(3, 4))
     self._local_flops: Dict[Tuple[int, bool], float] = {}
     self._extra_compile_s = 0.0
     self._zeros = jax.jit(self._make_zeros, out_shardings=self.replicated)
+
+  def init_state(self, seed: int) -> train_step_lib.TrainState:
+    """The initial train state of `seed`, replicated over the mesh.
+
+    Every process computes the same state from the seed and places its
+    copy (with several processes `device_put` would all-gather each leaf to
+    check that they agree: costly for big models, and the NaN loss EMA
+    never compares equal).
+    """
+    state = train_step_lib.create_train_state(
+        self.model, self.tx, jax.random.key(seed), self.dataset.image_shape)
+    return data_lib.pipeline.replicate(state, self.replicated)
 
   def _make_zeros(self):
     shapes = {name: (self.steps_per_epoch,) for name in _ACC_FIELDS}
@@ -241,6 +274,8 @@ class TrainLoop:
       if feed.host is not None:
         operand['host'] = next(feed.host)
       key = (k, k > 0 and i % hebbian_every == 0)
+      if key not in self.steps.compiled:
+        progress.note(compile_message(*key, hebbian_every))
       (state, acc), _ = self.steps((state, acc), operand, *key)
       counts[key] += 1
       last = i + 1 == steps_per_epoch

@@ -1,9 +1,9 @@
 """Run outputs: metrics.jsonl, summary.json, TensorBoard events, progress.
 
 `metrics.jsonl` holds one JSON object per finished epoch (`epoch` counts
-completed epochs from 1, as the console does); on resume the lines
-of epochs after the restored checkpoint are dropped, so the file always
-describes one consistent run.
+completed epochs from 1, as the console does); on resume the file is
+rewritten with one row per epoch up to the restored checkpoint, so it always
+describes one consistent run, and readers take rows by epoch.
 """
 import json
 import os
@@ -13,6 +13,8 @@ from typing import Any, Dict, List, Optional
 
 import tqdm
 
+from localsgd_jax.errors import UserError
+
 
 def _jsonable(value: Any) -> Any:
   if hasattr(value, 'item'):
@@ -20,8 +22,44 @@ def _jsonable(value: Any) -> Any:
   return value
 
 
+_TB_SKIP = ('epoch', 'step', 'num_units')
+# metrics.jsonl field -> TensorBoard tag; fields not named here go by
+# `tensorboard_tag`'s rules.
+_TB_TAGS = {
+    'train_loss': 'train/epoch_loss',     # mean over the epoch's steps
+    'train_accuracy': 'train/accuracy',
+    'eval_accuracy': 'eval/accuracy',
+    'eval_loss': 'eval/loss',
+    'transition': 'selection/k',          # k at the epoch's start
+    'images_per_s': 'time/images_per_s',
+}
+
+
+def tensorboard_tag(key: str) -> str:
+  """The grouped TensorBoard tag of a metrics.jsonl field.
+
+  train/ (losses, accuracy, learning rates), eval/, selection/ (k and the
+  statistics it is chosen from), cost/ (XLA's counts of the step), time/.
+  """
+  if key in _TB_TAGS:
+    return _TB_TAGS[key]
+  if key.endswith('_time_s'):
+    return 'time/' + key[:-len('_time_s')] + '_s'
+  if key.startswith('step_') or key.endswith('_flop_fraction'):
+    return 'cost/' + key
+  if key.startswith('transition_'):
+    return 'selection/' + key
+  if key.startswith('eval_'):
+    return 'eval/' + key[len('eval_'):]
+  return 'train/' + key
+
+
 class MetricsWriter:
-  """Writes per-epoch metrics to metrics.jsonl and TensorBoard."""
+  """Writes per-epoch metrics to metrics.jsonl and TensorBoard.
+
+  TensorBoard tags are grouped (see `tensorboard_tag`); `train/loss` holds
+  the loss every N steps (`write_losses`), the TEXT tab the config.
+  """
 
   def __init__(self, workdir: str, tensorboard: bool = True):
     self.workdir = workdir
@@ -32,14 +70,19 @@ class MetricsWriter:
       self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, 'tb'))
 
   def read(self) -> List[Dict[str, Any]]:
-    if not os.path.exists(self.path):
-      return []
-    with open(self.path) as f:
-      return [json.loads(line) for line in f if line.strip()]
+    """The rows, one per epoch, by epoch (see `read_rows`)."""
+    return read_rows(self.path)
 
-  def truncate(self, num_epochs: int) -> List[Dict[str, Any]]:
-    """Keeps the records of epochs 1..num_epochs; returns them."""
-    rows = [r for r in self.read() if r['epoch'] <= num_epochs]
+  def truncate(self, num_epochs: int,
+               rows: Optional[List[Dict[str, Any]]] = None
+               ) -> List[Dict[str, Any]]:
+    """Keeps the records of epochs 1..num_epochs; returns them.
+
+    The file is rewritten with one row per epoch, in epoch order (from
+    `rows`, e.g. a fork's parent's, instead of the file's own if given).
+    """
+    rows = [r for r in (self.read() if rows is None else rows)
+            if r['epoch'] <= num_epochs]
     tmp = self.path + '.tmp'
     with open(tmp, 'w') as f:
       f.writelines(json.dumps(r) + '\n' for r in rows)
@@ -55,13 +98,68 @@ class MetricsWriter:
     if self._tb is not None:
       for key, value in row.items():
         if (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and key not in ('epoch', 'step')):
-          self._tb.add_scalar(key, value, row['step'])
+            and key not in _TB_SKIP):
+          self._tb.add_scalar(tensorboard_tag(key), value, row['step'])
       self._tb.flush()
+
+  def write_losses(self, first_step: int, losses, every: int) -> None:
+    """TensorBoard `train/loss`: the loss of every `every`-th global step.
+
+    `losses[i]` is the loss of the epoch's step i; its point is at global
+    step `first_step + i + 1` (steps done, as in metrics.jsonl).
+    """
+    if self._tb is None:
+      return
+    for i, loss in enumerate(losses):
+      step = first_step + i + 1
+      if step % every == 0:
+        self._tb.add_scalar('train/loss', float(loss), step)
+
+  def write_config(self, config_json: str, step: int) -> None:
+    """The resolved config as TensorBoard text (the TEXT tab)."""
+    if self._tb is None:
+      return
+    # Indented by 4: Markdown shows it as code, keeping the JSON layout.
+    text = '\n'.join('    ' + line for line in config_json.splitlines())
+    self._tb.add_text('config', text, step)
+    self._tb.flush()
 
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+
+
+def read_rows(path: str) -> List[Dict[str, Any]]:
+  """The rows of a metrics.jsonl, one per epoch, sorted by epoch.
+
+  A torn last line (a run killed while writing it) is dropped with a
+  warning; where an epoch appears twice (files written before resumes
+  truncated them), its last row counts.
+
+  Raises:
+    UserError: a line before the last is not a JSON object with an epoch.
+  """
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    lines = f.read().split('\n')
+  by_epoch = {}
+  numbered = [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
+  for i, (n, line) in enumerate(numbered):
+    try:
+      row = json.loads(line)
+      epoch = row['epoch']
+    except (ValueError, KeyError, TypeError) as e:
+      if i == len(numbered) - 1:
+        print(f'warning: dropped the torn last line (line {n}) of {path}; '
+              'the run stopped while writing it.', file=sys.stderr,
+              flush=True)
+        break
+      raise UserError(f'{path} line {n} is not a metrics row ({e}); delete '
+                      'that line (its epoch is then missing from the '
+                      'metrics) and run again.') from None
+    by_epoch[epoch] = row
+  return [by_epoch[e] for e in sorted(by_epoch)]
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -98,6 +196,13 @@ class Progress:
             f'loss {loss:.4f} ({time.perf_counter() - self._t0:.1f}s)',
             flush=True)
       self._next_line = step_in_epoch + 1 + max(1, self.steps // 4)
+
+  def note(self, message: str) -> None:
+    """A line between the progress updates (e.g. 'compiling ...')."""
+    if self._bar is not None:
+      self._bar.write(message)
+    else:
+      print(message, flush=True)
 
   def close(self) -> None:
     if self._bar is not None:

@@ -22,6 +22,7 @@ import numpy as np
 from localsgd_jax import metrics as metrics_lib
 from localsgd_jax import selection
 from localsgd_jax import train_lib
+from localsgd_jax import workdir as workdir_lib
 from localsgd_jax.errors import UserError
 
 # A mode is a set of config overrides (dotted keys) applied on top of the
@@ -167,14 +168,25 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str,
           for seed in seed_list for mode in first]
   for _, mode, cfg in plan[:len(first)]:
     _check_supported(cfg, mode)
+  # Before any training: a run trained under another config is refused
+  # (never relabelled: workdir.check_resume's one-line error), and a
+  # finished run of this very config is skipped, not reloaded and rewritten.
+  finished = {run_dir(workdir, mode, seed) for seed, mode, cfg in plan
+              if workdir_lib.finished_run(run_dir(workdir, mode, seed), cfg)}
   if same_time:
     plan += [(seed, SAME_TIME, None) for seed in seed_list]
   for i, (seed, mode, cfg) in enumerate(plan):
+    path = run_dir(workdir, mode, seed)
     if cfg is None:
       cfg = mode_config(config, SAME_TIME, seed)
       cfg.num_epochs = _same_time_epochs(workdir, config.num_epochs,
                                          match_mode, match_cost)
-    path = run_dir(workdir, mode, seed)
+      if workdir_lib.finished_run(path, cfg):
+        finished.add(path)
+    if path in finished:
+      print(f'=== [{i + 1}/{len(plan)}] mode={mode} seed={seed}: finished '
+            f'with this config in {path}, skipped', flush=True)
+      continue
     print(f'=== [{i + 1}/{len(plan)}] mode={mode} seed={seed} -> {path}',
           flush=True)
     train_lib.train_and_evaluate(cfg, path)

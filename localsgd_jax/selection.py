@@ -153,6 +153,28 @@ class Selector:
                            warmup_epochs=self.cfg.warmup_epochs,
                            ramp_epochs=ramp_epochs, ramp=self.cfg.ramp)
 
+  def local_from_init(self) -> Optional[str]:
+    """Why units may learn locally before one whole epoch of SGD, or None.
+
+    Local units keep the filters they have when they go local; from random
+    initialization that is rarely wanted (the configs start with at least
+    one SGD epoch), so train_lib warns when a config asks for it.
+    """
+    if self.k_max == 0 or self.cfg.mode == 'sgd':
+      return None
+    if self.adaptive:
+      if self.every_steps and self.cfg.warmup_epochs < 1:
+        return (f'config.selection.warmup_epochs={self.cfg.warmup_epochs} '
+                f'with every_steps={self.every_steps}: k may move within '
+                'the first epoch')
+      return None
+    k = self.transition(0)
+    if k == 0:
+      return None
+    what = ('config.selection.table starts with k > 0' if self.table else
+            f'config.selection.warmup_epochs={self.cfg.warmup_epochs}')
+    return f'{what}: units [0, {k}) learn locally from the first step'
+
   def observe(self, epochs_done: float, stats: Dict[str, Any]) -> str:
     """Records a finished period's statistics and decides the next k.
 

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 import time
 from typing import Any, Dict
 
@@ -26,6 +27,7 @@ from localsgd_jax import models
 from localsgd_jax import optim
 from localsgd_jax import selection
 from localsgd_jax import train_step as train_step_lib
+from localsgd_jax import workdir as workdir_lib
 from localsgd_jax.errors import UserError
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -38,6 +40,54 @@ def _check(ok: bool, field: str, value: Any, expected: str) -> None:
     raise UserError(f'config.{field}={value!r} is out of range: expected '
                     f'{expected}. Fix it in the config file or with '
                     f'--config.{field}=...')
+
+
+def _validate_more(config: ml_collections.ConfigDict) -> None:
+  """The seed, optimizer, selection and workdir fields (validate_config).
+
+  All before the first step: e.g. an unknown selection.ramp would otherwise
+  surface only when the SGD warm-up epochs are over.
+  """
+  _check(config.seed >= 0, 'seed', config.seed, 'an integer >= 0')
+  o = config.optim
+  _check(o.name in optim.OPTIMIZERS, 'optim.name', o.name,
+         'one of ' + ', '.join(optim.OPTIMIZERS))
+  _check(o.schedule in optim.SCHEDULES, 'optim.schedule', o.schedule,
+         'one of ' + ', '.join(optim.SCHEDULES))
+  _check(all(0 <= b <= 1 for b in o.step_boundaries),
+         'optim.step_boundaries', o.step_boundaries,
+         'fractions of training in [0, 1]')
+  _check(o.step_decay > 0, 'optim.step_decay', o.step_decay, '> 0')
+  _check(0 <= o.b1 < 1 and 0 <= o.b2 < 1, 'optim.b1/b2', (o.b1, o.b2),
+         'in [0, 1)')
+  _check(config.local.ws_power >= 0, 'local.ws_power',
+         config.local.ws_power, '>= 0')
+  s = config.selection
+  _check(s.mode in selection.MODES, 'selection.mode', s.mode,
+         'one of ' + ', '.join(selection.MODES))
+  _check(s.ramp in selection.RAMPS, 'selection.ramp', s.ramp,
+         'one of ' + ', '.join(selection.RAMPS))
+  _check(s.k_max >= -1, 'selection.k_max', s.k_max,
+         '>= 0, or -1 for all units but the head')
+  _check(s.warmup_epochs >= 0, 'selection.warmup_epochs', s.warmup_epochs,
+         '>= 0')
+  _check(s.ramp_epochs == -1 or s.ramp_epochs >= 1, 'selection.ramp_epochs',
+         s.ramp_epochs, '>= 1, or -1 for until the last epoch')
+  for epoch, k in selection.parse_table(s.table):
+    _check(epoch >= 0 and k >= 0, 'selection.table', s.table,
+           '"epoch:k" pairs with epoch >= 0 and k >= 0')
+  _check(0 < s.settle_fraction <= 1, 'selection.settle_fraction',
+         s.settle_fraction, 'in (0, 1]')
+  _check(s.gradnorm_threshold >= 0, 'selection.gradnorm_threshold',
+         s.gradnorm_threshold, '>= 0')
+  _check(s.max_advance >= 1, 'selection.max_advance', s.max_advance, '>= 1')
+  _check(s.min_hold_epochs >= 0, 'selection.min_hold_epochs',
+         s.min_hold_epochs, '>= 0')
+  _check(s.every_steps >= 0, 'selection.every_steps', s.every_steps,
+         '>= 0 (0: decide between epochs only)')
+  _check(s.retreat_tolerance >= 0, 'selection.retreat_tolerance',
+         s.retreat_tolerance, '>= 0')
+  workdir_lib.validate(config)  # init_from, resume_allow
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -71,6 +121,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
          loc.weak_supervision, 'one of ' + ', '.join(WEAK_SUPERVISION))
   _check(0 <= loc.loss_ema_decay < 1, 'local.loss_ema_decay',
          loc.loss_ema_decay, 'in [0, 1)')
+  _validate_more(config)
   _check(config.checkpoint.every_epochs >= 1, 'checkpoint.every_epochs',
          config.checkpoint.every_epochs, '>= 1')
   _check(config.checkpoint.keep >= 1, 'checkpoint.keep',
@@ -80,6 +131,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
          'evaluated)')
   _check(config.log.check_finite_every >= 1, 'log.check_finite_every',
          config.log.check_finite_every, '>= 1')
+  _check(config.log.get('loss_every_steps', 10) >= 1,
+         'log.loss_every_steps', config.log.get('loss_every_steps'), '>= 1')
 
 
 def git_commit() -> str:
@@ -139,7 +192,8 @@ def _non_finite_error(losses: np.ndarray, first_step: int, epoch: int,
   return UserError(
       f'{what} (epoch {epoch + 1}); training stopped and {kept}. Lower '
       'config.optim.learning_rate or config.local.learning_rate (or use '
-      'float32), then run the same command again to resume.')
+      'float32) and start over in a new --workdir, or resume this run with '
+      'the change: add --config.resume_allow=<the field you changed>.')
 
 
 def _epoch_row(epoch: int, state, result: loop_lib.EpochResult,
@@ -186,20 +240,130 @@ def _print_epoch(row: Dict[str, Any], result: loop_lib.EpochResult,
         f'train_loss {row["train_loss"]:.4f}  '
         f'train_acc {row["train_accuracy"]:.4f}  {evaluation}'
         f'{row["epoch_time_s"]:.1f}s (+{row["compile_time_s"]:.1f}s compile)  '
-        f'{row["images_per_s"]:.0f} img/s  ({row["selection"]})', flush=True)
+        f'{row["images_per_s"]:.0f} img/s  next k: {row["selection"]}',
+        flush=True)
+
+
+def _say(message: str) -> None:
+  """A start-up or summary line, from process 0 only."""
+  if jax.process_index() == 0:
+    print(message, flush=True)
+
+
+def _data_source(data_cfg: ml_collections.ConfigDict) -> str:
+  name, folder = data_cfg.name, data_cfg.get('dir', '')
+  if name == 'digits':
+    return "digits (scikit-learn's bundled copy)"
+  if folder:
+    return f'{name} from {folder}'
+  if name in ('cifar10', 'cifar100', 'imagenet2012'):
+    return f'{name} through tensorflow-datasets'
+  return name
+
+
+def _describe_data(dataset, seconds: float) -> str:
+  shape = 'x'.join(str(s) for s in dataset.image_shape)
+  eval_split = getattr(dataset, 'eval_split', 'test')
+  return (f'Data: {dataset.num_train} training images, {dataset.num_test} '
+          f'{eval_split} images ({shape}, {dataset.num_classes} classes) in '
+          f'{seconds:.1f}s')
+
+
+def _ranges(ks) -> str:
+  """[0, 0, 2, 2, 2] -> 'k=0 in epochs 1-2, k=2 in epochs 3-5'."""
+  parts, start = [], 0
+  for e in range(1, len(ks) + 1):
+    if e == len(ks) or ks[e] != ks[start]:
+      epochs = (f'epoch {start + 1}' if e == start + 1 else
+                f'epochs {start + 1}-{e}')
+      parts.append(f'k={ks[start]} in {epochs}')
+      start = e
+  return ', '.join(parts)
+
+
+def describe_selection(config: ml_collections.ConfigDict,
+                       selector: selection.Selector) -> str:
+  """What k will do, in one line: 'k' units [0, k) learn locally."""
+  sel = config.selection
+  if sel.mode == 'sgd':
+    return 'Selection: sgd: k=0 (plain SGD) in every epoch'
+  if selector.adaptive:
+    when = (f'every {selector.every_steps} steps' if selector.every_steps
+            else 'after each epoch')
+    return (f'Selection: {sel.mode}: k starts at 0 and is decided {when} '
+            f'from the training statistics (at most {selector.k_max}; SGD '
+            f'warm-up {sel.warmup_epochs} epochs)')
+  ks = [selector.transition(e) for e in range(config.num_epochs)]
+  return (f'Selection: {sel.mode}: {_ranges(ks)} (units 0..k-1 learn '
+          f'locally)')
+
+
+def _announce_run(config: ml_collections.ConfigDict, model, state,
+                  selector: selection.Selector, steps_per_epoch: int,
+                  num_devices: int, start_epoch: int) -> None:
+  """The model and schedule lines; the finished-run and local-from-init
+  notes."""
+  params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+  platform = jax.devices()[0].platform
+  _say(f'Model: {config.model.name}, {len(model.units)} units, '
+       f'{params / 1e6:.2f}M parameters; batch {config.batch_size} on '
+       f'{num_devices} {platform} device{"s" if num_devices > 1 else ""}, '
+       f'{steps_per_epoch} steps per epoch')
+  _say(describe_selection(config, selector))
+  if start_epoch >= config.num_epochs:
+    _say(f'Nothing to train: all {config.num_epochs} epochs are done; a new '
+         '--workdir starts a new run.')
+  elif start_epoch == 0:
+    reason = selector.local_from_init()
+    if reason and jax.process_index() == 0:
+      print(f'warning: local learning from random initialization: {reason}; '
+            'the shipped configs train by SGD first (an SGD warm-up: '
+            '--config.selection.warmup_epochs=1, or a table starting 0:0).',
+            file=sys.stderr, flush=True)
+
+
+def print_summary(summary: Dict[str, Any], rows, workdir: str,
+                  tensorboard: bool) -> None:
+  """The end of a run: accuracy on the named split, time, the files."""
+  split = summary['eval_split']
+  evaluated = [r for r in rows if 'eval_accuracy' in r]
+  lines = [f'Done: {summary["num_epochs"]} epochs, '
+           f'{summary["total_time_s"]:.1f}s of training and evaluation '
+           f'({summary["compile_time_s"]:.1f}s of it compiling)']
+  if evaluated:
+    best = max(evaluated, key=lambda r: r['eval_accuracy'])
+    lines.append(f'  {split} accuracy: final '
+                 f'{summary["final_eval_accuracy"]:.4f}, best '
+                 f'{best["eval_accuracy"]:.4f} (after epoch {best["epoch"]})')
+  files = [name + ('/' if os.path.isdir(os.path.join(workdir, name)) else '')
+           for name in sorted(os.listdir(workdir))
+           if not name.endswith(('.tmp', '.lock'))]
+  lines.append(f'  files in {workdir}: {", ".join(files)}')
+  if tensorboard:
+    lines.append(f'  TensorBoard: tensorboard --logdir {workdir}')
+  for line in lines:
+    _say(line)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> Dict[str, Any]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint.
 
+  The workdir holds one run (`workdir.py`): it is locked while training, a
+  config that would change its result is refused (`config.resume_allow`
+  lets named changes through, recorded), and `config.init_from` forks a
+  new workdir from another run's checkpoint.
+
   Returns:
     The summary also written to `workdir/summary.json`.
   """
   validate_config(config)
+  workdir_lib.check_path(workdir)  # one-line errors; creates nothing yet
   enable_compilation_cache(config.compile_cache_dir)
-  os.makedirs(workdir, exist_ok=True)
+  _say(f'Loading data: {_data_source(config.data)} ...')
+  t_data = time.perf_counter()
   dataset = data.load_dataset(config.data, seed=config.seed)
+  _say(_describe_data(dataset, time.perf_counter() - t_data))
   model = models.create_model(config.model.name, dataset.num_classes,
                               cifar_stem=config.model.cifar_stem,
                               dtype=DTYPES[config.dtype])
@@ -212,53 +376,74 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     raise UserError(f'config.batch_size={config.batch_size} must be a '
                     f'multiple of the {len(devices)} devices.')
   mesh = Mesh(devices, ('data',))
-  replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P('data'))
   # Eval batches are sharded too: round up to a multiple of the device count
   # (the padding is masked out), so e.g. 500 works on 8 GPUs.
   eval_batch_size = -(-config.eval_batch_size // len(devices)) * len(devices)
 
-  tx = optim.direction(config.optim)
-  lr_schedule = optim.learning_rate_schedule(
-      config.optim, steps_per_epoch, config.num_epochs)
-  state = train_step_lib.create_train_state(
-      model, tx, jax.random.key(config.seed), dataset.image_shape)
-  # Every process computes the same state from the seed. With one process
-  # this is device_put; with several, device_put would all-gather each leaf
-  # to check that the processes agree (costly for big models, and the NaN
-  # loss EMA never compares equal).
-  state = data.pipeline.replicate(state, replicated)
+  loop = loop_lib.TrainLoop(model, dataset, config, mesh)
+  state = loop.init_state(config.seed)
   selector = selection.Selector(config.selection, num_units, config.num_epochs)
-  checkpointer = checkpointing.Checkpointer(
-      workdir, config.checkpoint.every_epochs, config.checkpoint.keep)
   # Only process 0 writes the run's files; every process takes part in the
   # Orbax saves, which Orbax coordinates.
   primary = jax.process_index() == 0
+  # The config and the data are checked: only now is the workdir created,
+  # locked, and compared with the run it may hold (workdir.py).
+  run = workdir_lib.open_run(
+      workdir, config, fingerprint=workdir_lib.data_fingerprint(dataset),
+      steps_per_epoch=steps_per_epoch, primary=primary)
+  try:
+    return _train(config, workdir, run, dataset=dataset, model=model,
+                  loop=loop, state=state, selector=selector,
+                  num_units=num_units, steps_per_epoch=steps_per_epoch,
+                  mesh=mesh, batch_sharding=batch_sharding,
+                  eval_batch_size=eval_batch_size, devices=devices,
+                  primary=primary)
+  finally:
+    run.close()  # the workdir's lock
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str,
+           run: workdir_lib.Run, *, dataset, model,
+           loop: loop_lib.TrainLoop, state,
+           selector: selection.Selector, num_units: int,
+           steps_per_epoch: int, mesh: Mesh, batch_sharding: NamedSharding,
+           eval_batch_size: int, devices: np.ndarray,
+           primary: bool) -> Dict[str, Any]:
+  """The epochs of `train_and_evaluate`, in the workdir `run` locked."""
+  checkpointer = checkpointing.Checkpointer(
+      workdir, config.checkpoint.every_epochs, config.checkpoint.keep,
+      primary=primary)
   writer = metrics_lib.MetricsWriter(workdir,
                                      config.log.tensorboard and primary)
 
   start_epoch, elapsed, total_compile = 0, 0.0, 0.0
-  restored = checkpointer.restore_latest(state)
+  # The workdir's own latest good checkpoint; else, for a fork
+  # (config.init_from), the parent's checkpoint and its metrics rows.
+  restored, parent_rows = checkpointer.restore_latest(state), None
+  if restored is None and run.forks:
+    restored, parent_rows = run.restore_fork(state)
   if restored is not None:
     start_epoch, state, host = restored
     selector.load_state_dict(host['selector'])
     elapsed, total_compile = host['elapsed_s'], host['compile_time_s']
-    print(f'Resuming from the checkpoint after epoch {start_epoch} in '
-          f'{workdir}', flush=True)
-  rows = (writer.truncate(start_epoch) if primary else
-          [r for r in writer.read() if r['epoch'] <= start_epoch])
+    if parent_rows is None:
+      print(f'Resuming from the checkpoint after epoch {start_epoch} in '
+            f'{workdir}', flush=True)
+  run.started(start_epoch)  # config.json and run.json
+  _announce_run(config, model, state, selector, steps_per_epoch,
+                len(devices), start_epoch)
+  rows = (writer.truncate(start_epoch, parent_rows) if primary else
+          [r for r in (writer.read() if parent_rows is None else parent_rows)
+           if r['epoch'] <= start_epoch])
   if primary:
-    metrics_lib.write_json(os.path.join(workdir, 'config.json'),
-                           json.loads(config.to_json_best_effort()))
+    writer.write_config(config.to_json_best_effort(indent=2),
+                        start_epoch * steps_per_epoch)
   commit = git_commit()
   if primary:
     with open(os.path.join(workdir, 'git_commit.txt'), 'w') as f:
       f.write(commit + '\n')
 
-  loop = loop_lib.TrainLoop(
-      train_step_lib.make_train_step(model, tx, lr_schedule, config),
-      train_step_lib.make_local_forward(model, config.local), dataset,
-      config, num_units, mesh)
   eval_step = jax.jit(train_step_lib.make_eval_step(model))
 
   try:
@@ -282,6 +467,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                        steps_per_epoch, config.batch_size)
       if primary:
         writer.write(row)
+        writer.write_losses(epoch * steps_per_epoch, result.metrics['loss'],
+                            config.log.get('loss_every_steps', 10))
       rows.append(row)
       elapsed += time.perf_counter() - t0
       total_compile += result.compile_time_s
@@ -295,7 +482,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     checkpointer.close()
     writer.close()
 
-  accs = [r['eval_accuracy'] for r in rows if 'eval_accuracy' in r]
+  # By epoch: the final result is the last epoch's, whatever the file order.
+  accs = [r['eval_accuracy'] for r in sorted(rows, key=lambda r: r['epoch'])
+          if 'eval_accuracy' in r]
   summary = {
       'final_eval_accuracy': accs[-1] if accs else None,
       'best_eval_accuracy': max(accs) if accs else None,
@@ -307,7 +496,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       'num_devices': len(devices),
       'git_commit': commit,
       'config': json.loads(config.to_json_best_effort()),
+      **run.summary_fields(),  # the fork and the changes allowed on resume
   }
   if primary:
     metrics_lib.write_json(os.path.join(workdir, 'summary.json'), summary)
+  print_summary(summary, rows, workdir, config.log.tensorboard)
   return summary

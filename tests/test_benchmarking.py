@@ -4,9 +4,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow  # a subprocess compiling the step for every k
 def test_step_bench_cli(tmp_path):
   out = tmp_path / 'tiny.json'
   proc = subprocess.run(

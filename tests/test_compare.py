@@ -214,6 +214,7 @@ def compared(tmp_path_factory):
   return workdir, entries
 
 
+@pytest.mark.slow  # 4 training runs (the fixture)
 def test_comparison_of_real_runs(compared):
   workdir, entries = compared
   by_mode = {e['mode']: e for e in _load(workdir)['entries']}
@@ -251,6 +252,7 @@ def test_comparison_of_real_runs(compared):
     assert f']({name})' in md
 
 
+@pytest.mark.slow  # 3 training runs
 def test_sgd_same_time_gets_the_matched_modes_cost(tmp_path):
   config = quickstart.get_config()
   config.data.image_size = 16
@@ -286,6 +288,7 @@ def _compare_cli(*args):
                         timeout=120)
 
 
+@pytest.mark.slow  # the fixture's runs, then a subprocess
 def test_report_only_cli_redraws(compared):
   workdir, entries = compared
   for name in (*report.PLOTS.values(), 'comparison.md'):
@@ -305,3 +308,81 @@ def test_report_only_on_empty_dir_is_a_clear_error(tmp_path):
   assert 'holds no finished run' in out.stderr
   assert 'without --report_only first' in out.stderr
   assert 'Traceback' not in out.stderr
+
+
+# ------------------------------------- reruns: skipped, refused, validated
+
+
+def _small_config(**overrides):
+  config = quickstart.get_config()
+  config.data.image_size = 16
+  config.data.train_per_class = 10
+  config.batch_size = 48
+  config.num_epochs = 1
+  config.log.progress = False
+  config.log.tensorboard = False
+  for key, value in overrides.items():
+    *path, leaf = key.split('.')
+    node = config
+    for p in path:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def test_rerun_skips_finished_runs_and_refuses_changed_ones(tmp_path,
+                                                            monkeypatch):
+  workdir = str(tmp_path)
+  report.run_comparison(_small_config(), workdir, ['sgd'], 1)
+  summary = os.path.join(report.run_dir(workdir, 'sgd', 0), 'summary.json')
+  stamp = os.stat(summary).st_mtime_ns
+  trained = []
+  real = report.train_lib.train_and_evaluate
+  monkeypatch.setattr(report.train_lib, 'train_and_evaluate',
+                      lambda cfg, path: trained.append(path) or real(cfg,
+                                                                     path))
+  # The same comparison again: the finished run is neither reloaded nor
+  # rewritten.
+  report.run_comparison(_small_config(), workdir, ['sgd'], 1)
+  assert trained == [] and os.stat(summary).st_mtime_ns == stamp
+  # Another epoch count: refused before any run trains (the new freeze
+  # run included), never relabelled.
+  with pytest.raises(UserError) as err:
+    report.run_comparison(_small_config(num_epochs=2), workdir,
+                          ['freeze', 'sgd'], 1)
+  message = str(err.value)
+  assert '\n' not in message
+  assert 'holds a run of another config: num_epochs 1 -> 2' in message
+  assert trained == [] and os.stat(summary).st_mtime_ns == stamp
+  assert not os.path.exists(os.path.join(workdir, 'freeze'))
+
+
+def test_bad_selection_field_is_refused_before_sgd_trains(tmp_path):
+  config = _small_config(**{'selection.ramp': 'bogus'})
+  with pytest.raises(UserError, match=r"config.selection.ramp='bogus' is "
+                     'out of range'):
+    report.run_comparison(config, str(tmp_path), ['sgd', 'static'], 1)
+  assert not os.listdir(tmp_path)
+
+
+def test_forks_share_the_sgd_warm_up(tmp_path):
+  # What benchmarks/cifar_subset_comparison.sh does: the static runs start
+  # from their seed's sgd run after its warm-up epoch, recorded as forks.
+  workdir = str(tmp_path)
+  config = _small_config(num_epochs=2, **{'selection.warmup_epochs': 1})
+  report.run_comparison(config, workdir, ['sgd'], 2)
+  config.init_from = os.path.join(workdir, 'sgd', 'seed_{seed}') + ':1'
+  report.run_comparison(config, workdir, ['static'], 2)
+  for seed in (0, 1):
+    sgd = report.run_dir(workdir, 'sgd', seed)
+    static = report.run_dir(workdir, 'static', seed)
+    with open(os.path.join(static, 'summary.json')) as f:
+      fork = json.load(f)['fork']
+    assert fork['parent'] == os.path.abspath(sgd) and fork['epoch'] == 1
+    assert fork['differs_from_parent']['selection.mode'] == ['sgd', 'static']
+    rows = [json.loads(line) for line in open(os.path.join(
+        static, 'metrics.jsonl'))]
+    first = json.loads(open(os.path.join(sgd, 'metrics.jsonl')).readline())
+    assert rows[0] == first and [r['transition'] for r in rows] == [0, 2]
+  # Rerun: every run is finished with its config and skipped.
+  report.run_comparison(config, workdir, ['static'], 2)

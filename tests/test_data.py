@@ -344,6 +344,72 @@ def test_tfds_cifar10_in_memory(tfds_module):
   assert [m.sum() for m in masks] == [8, 4]
 
 
+def _write_cifar10_binary(folder, per_file=3):
+  """CIFAR-10's binary release (what tfds downloads): records of a label
+  byte and 3x32x32 channel-major pixels. Returns {split: (images, labels)}."""
+  rng = np.random.default_rng(0)
+  inner = folder / 'cifar-10-batches-bin'
+  inner.mkdir(parents=True)
+  (inner / 'batches.meta.txt').write_text('\n'.join(
+      ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog',
+       'horse', 'ship', 'truck']) + '\n')
+  arrays = {}
+  for split, names in (('train', [f'data_batch_{i}.bin' for i in range(1, 6)]),
+                       ('test', ['test_batch.bin'])):
+    images, labels = [], []
+    for name in names:
+      label = rng.integers(0, 10, per_file, dtype=np.uint8)
+      chw = rng.integers(0, 256, (per_file, 3, 32, 32), dtype=np.uint8)
+      np.concatenate([label[:, None], chw.reshape(per_file, -1)], 1).tofile(
+          inner / name)
+      images.append(chw.transpose(0, 2, 3, 1))
+      labels.append(label)
+    arrays[split] = (np.concatenate(images), np.concatenate(labels))
+  return arrays
+
+
+def test_tfds_prepares_cifar10_offline(tmp_path, tfds_module, monkeypatch):
+  """tfds' real download_and_prepare, with the download replaced by a local
+  archive folder: every module it imports must be installed (e.g.
+  importlib_resources), nothing hides behind 'offline'."""
+  written = _write_cifar10_binary(tmp_path / 'download')
+  monkeypatch.setattr(tfds_module.download.DownloadManager,
+                      'download_and_extract',
+                      lambda self, url: str(tmp_path / 'download'))
+  x_train, y_train, x_test, y_test = sources._load_tfds_in_memory(
+      'cifar10', str(tmp_path / 'tfds'))
+  assert (tmp_path / 'tfds' / 'cifar10').is_dir()  # prepared there
+  # tfds keeps the examples in its own (hashed) order: compare as sets.
+  for (images, labels), (want_images, want_labels) in (
+      ((x_train, y_train), written['train']),
+      ((x_test, y_test), written['test'])):
+    assert images.shape == want_images.shape and images.dtype == np.uint8
+    key = lambda x, y: sorted(zip(y.tolist(), [i.tobytes() for i in x]))
+    assert key(images, labels) == key(want_images, want_labels)
+
+
+def test_tfds_missing_module_is_named(tmp_path, tfds_module, monkeypatch):
+  def prepare(self, **kwargs):
+    del self, kwargs
+    raise ModuleNotFoundError("No module named 'importlib_resources'",
+                              name='importlib_resources')
+  monkeypatch.setattr(tfds_module.core.DatasetBuilder,
+                      'download_and_prepare', prepare)
+  with pytest.raises(UserError) as err:
+    data.load_dataset(_cfg(name='cifar10', tfds_data_dir=str(tmp_path)),
+                      seed=0)
+  message = str(err.value)
+  assert "No module named 'importlib_resources'" in message
+  assert 'pip install importlib_resources' in message
+  assert 'offline' not in message
+
+
+def test_missing_tensorflow_names_the_extra(monkeypatch):
+  monkeypatch.setitem(sys.modules, 'tensorflow', None)  # import fails
+  with pytest.raises(UserError, match=r'pip install -e "\.\[tf\]"'):
+    data.load_dataset(_cfg(name='cifar10'), seed=0)
+
+
 def _write_image_folder(root):
   """train/{cat,dog,owl} with 3 images each, test/ with 2 per class."""
   rng = np.random.default_rng(0)
@@ -642,6 +708,23 @@ def test_folder_class_mismatch_lists_both_sides(tmp_path):
   message = str(err.value)
   assert 'missing in val/: owl;' in message
   assert 'missing in train/: yak, zebu' in message
+
+
+def test_streamed_folder_checks_its_classes_too(tmp_path):
+  # The tf.data path would train on the union of the class folders and
+  # count an empty one as a class: both are the same errors as in memory,
+  # raised before TensorFlow is imported.
+  root = tmp_path / 'data'
+  _write_folder(root, {'train': 2}, classes=('cat', 'dog'))
+  _write_folder(root, {'val': 1}, classes=('cat', 'frog'))
+  with pytest.raises(UserError, match=r'missing in val/: dog; missing in '
+                     r'train/: frog') as err:
+    data.load_dataset(_folder_cfg(root, tmp_path, storage='stream'), seed=0)
+  assert '\n' not in str(err.value)
+  (root / 'val' / 'frog').rename(root / 'val' / 'dog')
+  (root / 'train' / 'emu').mkdir()
+  with pytest.raises(UserError, match=r'train/emu.*holds no'):
+    data.load_dataset(_folder_cfg(root, tmp_path, storage='stream'), seed=0)
 
 
 def test_folder_auto_storage_small_is_in_memory(tmp_path):

@@ -4,8 +4,10 @@ import os
 import subprocess
 
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow  # the suite end to end, in a subprocess
 
 
 def _image_folder(root, per_class):

@@ -175,6 +175,7 @@ def _metrics(workdir):
     return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow  # three training subprocesses
 def test_two_processes_train_like_one(tmp_path):
   multi = str(tmp_path / 'two_processes')
   single = str(tmp_path / 'one_process')

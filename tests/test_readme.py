@@ -67,24 +67,54 @@ def test_ci_runs_the_readme_test_command():
                           r'\.txt', line) for line in ci)
 
 
+@pytest.mark.slow  # the training command, in a subprocess
 def test_quickstart_train_command_runs(tmp_path):
-  """The README's `python train.py`, cut to one epoch on 16x16 digits."""
+  """The README's `python train.py`, cut to two epochs on 16x16 digits: SGD,
+  then LoCal+SGD (k = 2); run again, it has nothing to train."""
   command = SETUP_COMMANDS[0].split(' && ')[1]
   argv = shlex.split(command)
   assert argv[0] == 'python'
   workdir = tmp_path / 'quickstart'
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   env.pop('XLA_FLAGS', None)  # One host device, as a user has.
-  proc = subprocess.run(
+  run = lambda: subprocess.run(
       [sys.executable, *argv[1:], f'--workdir={workdir}',
-       '--config.num_epochs=1', '--config.data.image_size=16',
+       '--config.num_epochs=2', '--config.data.image_size=16',
        '--config.log.progress=false'],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  proc = run()
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
   with open(workdir / 'summary.json') as f:
     summary = json.load(f)
-  assert summary['num_epochs'] == 1
+  assert summary['num_epochs'] == 2
   assert summary['config']['data']['name'] == 'digits'  # the offline default
   assert summary['final_eval_accuracy'] > 0.2  # learnt (chance is 0.1)
   with open(workdir / 'metrics.jsonl') as f:
-    assert len(f.read().splitlines()) == 1
+    rows = [json.loads(line) for line in f]
+  assert [r['transition'] for r in rows] == [0, 2]  # the method, k moving
+  assert 'warning' not in proc.stderr  # an SGD epoch before the local one
+  out = proc.stdout
+  for stage in ('Loading data: digits', 'Compiling the step for k=0',
+                'Compiling the step for k=2', 'epoch 2/2  k=2/4',
+                'Done: 2 epochs', 'test accuracy: final',
+                f'files in {workdir}: '):
+    assert stage in out, (stage, out)
+  again = run()
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert 'Nothing to train: all 2 epochs are done' in again.stdout
+  assert (f'test accuracy: final {summary["final_eval_accuracy"]:.4f}'
+          in again.stdout)
+
+
+@pytest.mark.parametrize('script,flags', [
+    ('train.py', ('--config', '--workdir', '--coordinator_address')),
+    ('compare.py', ('--config', '--workdir', '--modes', '--seeds')),
+])
+def test_help_lists_the_config_and_main_flags(script, flags):
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, script),
+                         '--help'], capture_output=True, text=True,
+                        cwd=ROOT, timeout=120)
+  assert 'Traceback' not in proc.stderr, proc.stderr[-2000:]  # absl: exit 1
+  for flag in flags:
+    assert f'  {flag}:' in proc.stdout, (flag, proc.stdout)
+  assert '--config.FIELD=VALUE' in proc.stdout

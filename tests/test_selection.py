@@ -206,3 +206,19 @@ def test_period_consistency_is_net_change_over_path():
   assert stats['update_ratios'] == pytest.approx([1.0, 10.0, 0.0])
   stats = loop.period_stats(host, change, k=1, steps_per_epoch=8)
   assert stats['consistency'][0] is None
+
+
+@pytest.mark.parametrize('kw,local', [
+    ({}, False),                                  # 1 SGD epoch first
+    ({'warmup_epochs': 0, 'ramp': 'step'}, True),
+    ({'warmup_epochs': 0, 'ramp': 'linear', 'ramp_epochs': 10}, False),
+    ({'table': '0:2'}, True),
+    ({'table': '0:0,1:2'}, False),
+    ({'mode': 'sgd', 'warmup_epochs': 0}, False),
+    ({'mode': 'dynamic', 'warmup_epochs': 0}, False),  # decides after epoch 1
+    ({'mode': 'dynamic', 'warmup_epochs': 0, 'every_steps': 5}, True),
+])
+def test_local_from_init_is_reported(kw, local):
+  s = selection.Selector(_cfg(**kw), num_units=4, num_epochs=5)
+  reason = s.local_from_init()
+  assert bool(reason) == local, reason

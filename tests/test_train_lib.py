@@ -22,6 +22,7 @@ TIME_FIELDS = {'epoch_time_s', 'eval_time_s', 'compile_time_s',
 
 def _config(**overrides):
   config = quickstart.get_config()
+  config.selection.mode = 'sgd'  # the quickstart's static k: where asked
   config.data.image_size = 16
   config.num_epochs = 3
   config.log.progress = False
@@ -118,22 +119,15 @@ def test_steady_state_steps_transfer_nothing_implicitly(tmp_path):
   """Per step the loop uploads and fetches nothing but the deliberate
   finite checks (explicit `device_get`s), so the device never waits on it."""
   from localsgd_jax import data, loop as loop_lib, metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-  from localsgd_jax import models, optim, selection  # pylint: disable=g-import-not-at-top
-  from localsgd_jax import train_step as ts  # pylint: disable=g-import-not-at-top
+  from localsgd_jax import models, selection  # pylint: disable=g-import-not-at-top
   config = _config(**{'selection.mode': 'static', 'selection.table': '0:0,1:2',
                       'local.hebbian_every': 2})
   dataset = data.load_dataset(config.data, seed=0)
   model = models.create_model('tiny', 10)
-  tx = optim.direction(config.optim)
   steps = dataset.steps_per_epoch(config.batch_size)
-  lr = optim.learning_rate_schedule(config.optim, steps, 3)
   mesh = jax.sharding.Mesh(np.array(jax.devices()), ('data',))
-  loop = loop_lib.TrainLoop(ts.make_train_step(model, tx, lr, config),
-                            ts.make_local_forward(model, config.local),
-                            dataset, config, len(model.units), mesh)
-  state = ts.create_train_state(model, tx, jax.random.key(0),
-                                dataset.image_shape)
-  state = data.pipeline.replicate(state, loop.replicated)
+  loop = loop_lib.TrainLoop(model, dataset, config, mesh)
+  state = loop.init_state(0)
   selector = selection.Selector(config.selection, len(model.units), 3)
 
   def run(epoch):
@@ -162,6 +156,30 @@ def test_nan_parameters_stop_the_run(tmp_path):
   assert not (tmp_path / 'checkpoints' / '1').exists()
 
 
+def test_nan_parameters_keep_the_last_good_checkpoint(tmp_path):
+  # Epoch 1 is SGD and checkpointed; in epoch 2 the first Hebbian step
+  # makes the local kernels inf while that step's loss (computed before the
+  # update) is finite. The check after that step stops the run: the bad
+  # state reaches neither a checkpoint nor metrics.jsonl.
+  config = _config(**{'num_epochs': 2, 'selection.mode': 'static',
+                      'selection.table': '0:0,1:2',
+                      'local.learning_rate': 1e38, 'local.normalize': False,
+                      'local.weak_supervision': 'none',
+                      'log.check_finite_every': 1})
+  with pytest.raises(UserError, match=r'a parameter became NaN or inf by '
+                     r'step \d+ \(the loss was still finite\) \(epoch 2\); '
+                     r'.*checkpoint \(after epoch 1\) is kept'):
+    train_lib.train_and_evaluate(config, str(tmp_path))
+  assert os.listdir(tmp_path / 'checkpoints') == ['1']
+  assert [r['epoch'] for r in _rows(tmp_path)] == [1]
+  assert np.isfinite(_rows(tmp_path)[0]['train_loss'])
+  params, batch_stats = _final_params(tmp_path)
+  assert all(np.all(np.isfinite(leaf)) for leaf in
+             jax.tree.leaves((params, batch_stats)))
+  assert not (tmp_path / 'run.lock').exists()
+
+
+@pytest.mark.slow  # two runs, the first compiling into a fresh cache
 def test_compilation_cache_serves_a_second_run(tmp_path):
   cache = tmp_path / 'xla'
   config = _config(**{'num_epochs': 1, 'compile_cache_dir': str(cache)})
@@ -239,6 +257,7 @@ def _final_params(workdir):
   return state['params'], state['batch_stats']
 
 
+@pytest.mark.slow  # three training subprocesses
 def test_sigkill_then_resume_is_bit_identical(tmp_path):
   flags = ('--config.selection.mode=static', '--config.local.rule=gha')
   ref, crashed = tmp_path / 'ref', tmp_path / 'crashed'

@@ -156,6 +156,7 @@ def test_local_unit_costs_forward_plus_one_gemm():
   assert hebb <= sgd * 1.02
 
 
+@pytest.mark.slow  # compiles the step for every k (5-10 s each)
 @pytest.mark.parametrize('rule', ['oja', 'frozen'])
 def test_flops_and_temp_memory_fall_as_k_grows(rule):
   # (gha adds a C_out x C_out product per layer: on the tiny model moving its

@@ -17,11 +17,13 @@ Every in-memory source can be cut down to a CPU-sized proxy of itself:
 images instead of the test split. Each dataset names what it evaluates on in
 `dataset.eval_split` ('test', 'val', 'validation' or 'holdout').
 
-TensorFlow is imported only on the tfds and streaming paths: the digits,
-CIFAR-directory and in-memory image-folder paths start fast and never
-initialize TF.
+TensorFlow is imported only on the tfds and streaming paths, which need the
+`tf` extra (`pip install -e ".[tf]"`: TensorFlow and tensorflow-datasets);
+the digits, CIFAR-directory and in-memory image-folder paths start fast,
+never initialize TF and run on the default install.
 """
 
+import hashlib
 import os
 import pickle
 import re
@@ -419,15 +421,37 @@ def _import_tf() -> Tuple[Any, Any]:
 
   Returns:
     (tensorflow module, tensorflow_datasets module).
+
+  Raises:
+    UserError: TensorFlow or tensorflow-datasets is not installed (the
+      default install leaves both out: they are the `tf` extra).
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise UserError(_missing_tf_message(e)) from e
   try:
     tf.config.set_visible_devices([], 'GPU')
   except RuntimeError:
     # TF was already initialized (by the caller); its device list is fixed.
     pass
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise UserError(_missing_tf_message(e)) from e
   return tf, tfds
+
+
+TF_EXTRA = 'pip install -e ".[tf]"'
+
+
+def _missing_tf_message(e: ImportError) -> str:
+  return (f'this data path reads through TensorFlow / tensorflow-datasets, '
+          f'which the default install leaves out ({type(e).__name__}: {e}). '
+          f'Install them with {TF_EXTRA} (or pip install -r '
+          f'requirements-dev.txt); or read CIFAR from its python files '
+          f'(config.data.dir) or an image folder held in memory, which need '
+          f'neither.')
 
 
 def _prepared_builder(name: str, tfds_data_dir: str, help_text: str,
@@ -441,13 +465,24 @@ def _prepared_builder(name: str, tfds_data_dir: str, help_text: str,
       download_config = tfds.download.DownloadConfig(
           manual_dir=manual_dir or None)
       builder.download_and_prepare(download_config=download_config)
-  except Exception as e:  # pylint: disable=broad-except
-    # tfds fails in many ways offline (network, missing optional modules,
-    # missing manual files); all of them leave the user with the same fix.
-    where = data_dir or '~/tensorflow_datasets (the tfds default)'
+  except ImportError as e:
+    # A module tfds imports lazily (e.g. importlib_resources) is missing:
+    # an install problem, not a network one.
     raise UserError(
-        f'tensorflow-datasets could not load or prepare {name!r} in {where} '
-        f'({type(e).__name__}: {str(e)[:300]}). {help_text}') from e
+        f'tensorflow-datasets could not prepare {name!r}: it needs a module '
+        f'that is not installed ({type(e).__name__}: {e}). Install it '
+        f'(pip install {getattr(e, "name", None) or "<module>"}) or '
+        f'reinstall with {TF_EXTRA}.') from e
+  except Exception as e:  # pylint: disable=broad-except
+    # tfds fails in many ways (no network, missing manual files, a corrupt
+    # download): show what it said, then the ways around it.
+    where = data_dir or '~/tensorflow_datasets (the tfds default)'
+    message = ' '.join(str(e).split())
+    if len(message) > 500:
+      message = message[:500] + '...'
+    raise UserError(
+        f'tensorflow-datasets could not load or prepare {name!r} in {where}: '
+        f'{type(e).__name__}: {message}. {help_text}') from e
   return builder
 
 
@@ -456,10 +491,11 @@ def _load_tfds_in_memory(name: str, tfds_data_dir: str
                                     np.ndarray]:
   """Loads a small tfds image dataset whole, as numpy arrays."""
   _, tfds = _import_tf()
-  help_text = (f'Set config.data.dir to a local folder holding the extracted '
-               f'CIFAR python files ({_CIFAR_LAYOUT[name][0]}/, from '
-               f'{_CIFAR_URL}), or run once with internet access (or '
-               f'`tfds build {name}`) to prepare it.')
+  help_text = (f'If the download failed (offline?), run once with internet '
+               f'access to prepare it, or set config.data.dir to a local '
+               f'folder holding the extracted CIFAR python files '
+               f'({_CIFAR_LAYOUT[name][0]}/, from {_CIFAR_URL}), which needs '
+               f'no TensorFlow.')
   builder = _prepared_builder(name, tfds_data_dir, help_text)
   arrays = []
   for split in ('train', 'test'):
@@ -548,12 +584,14 @@ def _load_image_folder(opts: _Options, seed: int) -> pipeline.Dataset:
     raise UserError(f'No test/, val/ or validation/ folder in {opts.dir!r}. '
                     + _FOLDER_LAYOUT + ' Or evaluate on held-out training '
                     'images: set config.data.holdout_per_class.')
-  if opts.storage == 'stream':
-    return _stream_image_folder(opts, seed, test_split)
+  # Both storages: empty class folders and class sets that differ between
+  # the splits are errors (tf.data's ImageFolder would take the union).
   splits = [image_folder.scan_split(opts.dir, 'train')]
   if use_eval:
     splits.append(image_folder.scan_split(opts.dir, test_split))
     image_folder.check_same_classes(splits[0], splits[1])
+  if opts.storage == 'stream':
+    return _stream_image_folder(opts, seed, test_split, splits)
   if opts.storage == 'auto':
     shape = image_folder.read_image_shape(splits[0].path(0))
     count = sum(len(split.files) for split in splits)
@@ -563,7 +601,7 @@ def _load_image_folder(opts: _Options, seed: int) -> pipeline.Dataset:
           opts, f'{opts.dir!r} would take {size_gb:.1f} GB, over '
           f'config.data.max_memory_gb={opts.max_memory_gb}, so it streams',
           'raise max_memory_gb, use --config.data.storage=memory, or ')
-      return _stream_image_folder(opts, seed, test_split)
+      return _stream_image_folder(opts, seed, test_split, splits)
   images = image_folder.load_splits(splits, opts.cache_dir or '')
   arrays = (images[0], splits[0].labels) + (
       (images[1], splits[1].labels) if use_eval else (None, None))
@@ -572,9 +610,14 @@ def _load_image_folder(opts: _Options, seed: int) -> pipeline.Dataset:
                     flip=True, eval_split=test_split, class_names=names)
 
 
-def _stream_image_folder(opts: _Options, seed: int,
-                         test_split: str) -> pipeline.StreamingDataset:
-  """An image folder read by tf.data every epoch (ImageNet-sized folders)."""
+def _stream_image_folder(opts: _Options, seed: int, test_split: str,
+                         folders: Sequence[image_folder.FolderSplit]
+                         ) -> pipeline.StreamingDataset:
+  """An image folder read by tf.data every epoch (ImageNet-sized folders).
+
+  `folders` (train, eval) were scanned and checked by the caller; their
+  file lists name the data in `dataset.files_digest`.
+  """
   _, tfds = _import_tf()
   builder = tfds.ImageFolder(opts.dir)
   splits = builder.info.splits
@@ -596,4 +639,8 @@ def _stream_image_folder(opts: _Options, seed: int,
       augment=opts.augment, flip=True, shuffle_buffer=opts.shuffle_buffer)
   dataset.class_names = tuple(names)
   dataset.eval_split = test_split
+  digest = hashlib.blake2b(digest_size=16)
+  for folder in folders:
+    digest.update('\n'.join(folder.files).encode('utf-8', 'surrogateescape'))
+  dataset.files_digest = digest.hexdigest()
   return dataset
