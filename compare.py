@@ -8,7 +8,7 @@
 Config overrides pass through as in train.py (--config.num_epochs=5). Runs go
 to WORKDIR/<mode>/seed_<n>; the table is WORKDIR/comparison.md (and .json),
 next to the plots. Running the same command again resumes unfinished runs.
-Modes: see localsgd_jax.report.MODES. Multi-process flags as in train.py.
+Modes: see localsgd_jax.modes.MODES. Multi-process flags as in train.py.
 """
 import os
 import shlex
@@ -45,14 +45,19 @@ _REPORT_ONLY = flags.DEFINE_bool(
 
 
 def main(config):
-  from localsgd_jax import report  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from localsgd_jax import comparison
+  from localsgd_jax import report
   if _REPORT_ONLY.value:
     # The runs' own command line stays in the report, not this redraw's.
-    entries = report.write_report(_WORKDIR.value, target=_TARGET.value,
-                                  target_drop=_TARGET_DROP.value)
+    entries = report.write_report(
+        _WORKDIR.value, target=_TARGET.value, target_drop=_TARGET_DROP.value,
+        this_device=jax.devices()[0].device_kind,
+        writer=jax.process_index() == 0)
   else:
     command = shlex.join(['python'] + sys.argv)
-    entries = report.run_comparison(
+    entries = comparison.run_comparison(
         config, _WORKDIR.value, _MODES.value, _SEEDS.value, command=command,
         match_mode=_MATCH_MODE.value, match_cost=_MATCH_COST.value,
         target=_TARGET.value, target_drop=_TARGET_DROP.value)

@@ -36,6 +36,7 @@ from absl import logging
 import jax
 
 from localsgd_jax import benchmarking
+from localsgd_jax import comparison
 from localsgd_jax import metrics as metrics_lib
 from localsgd_jax import models
 from localsgd_jax import report
@@ -133,10 +134,10 @@ def full_runs(data_dir: str, runs_dir: str, epochs: int, small: bool,
     config.optim.learning_rate = 0.4  # 0.1 at batch 128, scaled linearly
     config.eval_batch_size = 1000
   for mode in MODES:
-    cfg = report.mode_config(config, mode, config.seed)
+    cfg = comparison.mode_config(config, mode, config.seed)
     print(f'=== full run: {mode}', flush=True)
     summary = train_lib.train_and_evaluate(
-        cfg, report.run_dir(runs_dir, mode, cfg.seed))
+        cfg, comparison.run_dir(runs_dir, mode, cfg.seed))
     record(mode, {k: summary[k] for k in (
         'final_eval_accuracy', 'best_eval_accuracy', 'eval_split',
         'total_time_s', 'compile_time_s')})

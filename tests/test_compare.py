@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from configs import quickstart
+from localsgd_jax import comparison
 from localsgd_jax import report
 from localsgd_jax.errors import UserError
 
@@ -186,13 +187,13 @@ def test_time_to_accuracy_and_iso_accuracy_speedup(tmp_path):
 def test_unknown_mode_lists_valid_ones(tmp_path):
   with pytest.raises(UserError, match=r"'bogus'.*valid modes: sgd, static, "
                      r'dynamic, freeze, autofreeze'):
-    report.run_comparison(quickstart.get_config(), str(tmp_path),
-                          ['sgd', 'bogus'], 1)
+    comparison.run_comparison(quickstart.get_config(), str(tmp_path),
+                              ['sgd', 'bogus'], 1)
   assert not os.listdir(tmp_path)  # rejected before any training
 
 
 def test_modes_apply_their_overrides():
-  cfg = report.mode_config(quickstart.get_config(), 'freeze', seed=7)
+  cfg = comparison.mode_config(quickstart.get_config(), 'freeze', seed=7)
   assert (cfg.selection.mode, cfg.selection.ramp, cfg.local.rule,
           cfg.seed) == ('static', 'cubic', 'frozen', 7)
 
@@ -209,8 +210,8 @@ def compared(tmp_path_factory):
   config.num_epochs = 2
   config.log.progress = False
   config.log.tensorboard = False
-  entries = report.run_comparison(config, workdir, ['sgd', 'freeze'], 2,
-                                  command='python compare.py --seeds=2')
+  entries = comparison.run_comparison(config, workdir, ['sgd', 'freeze'], 2,
+                                      command='python compare.py --seeds=2')
   return workdir, entries
 
 
@@ -232,7 +233,7 @@ def test_comparison_of_real_runs(compared):
   summaries = {}
   for mode in ('sgd', 'freeze'):
     for seed in (0, 1):
-      with open(os.path.join(report.run_dir(workdir, mode, seed),
+      with open(os.path.join(comparison.run_dir(workdir, mode, seed),
                              'summary.json')) as f:
         summaries[mode, seed] = json.load(f)
       assert summaries[mode, seed]['config']['seed'] == seed
@@ -262,8 +263,8 @@ def test_sgd_same_time_gets_the_matched_modes_cost(tmp_path):
   config.log.tensorboard = False
   workdir = str(tmp_path)
   with pytest.raises(UserError, match='list both sgd and that mode'):
-    report.run_comparison(config, workdir, ['sgd', 'sgd_same_time'], 1)
-  entries = report.run_comparison(
+    comparison.run_comparison(config, workdir, ['sgd', 'sgd_same_time'], 1)
+  entries = comparison.run_comparison(
       config, workdir, ['sgd', 'static', 'sgd_same_time'], 1,
       match_mode='static', match_cost='flops')
   with open(os.path.join(workdir, 'sgd_same_time', 'match.json')) as f:
@@ -271,7 +272,7 @@ def test_sgd_same_time_gets_the_matched_modes_cost(tmp_path):
   flops = {}
   for mode in ('sgd', 'static'):
     rows = [json.loads(line) for line in open(os.path.join(
-        report.run_dir(workdir, mode, 0), 'metrics.jsonl'))]
+        comparison.run_dir(workdir, mode, 0), 'metrics.jsonl'))]
     steps = rows[0]['step']
     flops[mode] = sum(r['step_flops'] * steps for r in rows)
   assert match['cost_ratio'] == pytest.approx(flops['static'] / flops['sgd'])
@@ -333,23 +334,24 @@ def _small_config(**overrides):
 def test_rerun_skips_finished_runs_and_refuses_changed_ones(tmp_path,
                                                             monkeypatch):
   workdir = str(tmp_path)
-  report.run_comparison(_small_config(), workdir, ['sgd'], 1)
-  summary = os.path.join(report.run_dir(workdir, 'sgd', 0), 'summary.json')
+  comparison.run_comparison(_small_config(), workdir, ['sgd'], 1)
+  summary = os.path.join(comparison.run_dir(workdir, 'sgd', 0),
+                         'summary.json')
   stamp = os.stat(summary).st_mtime_ns
   trained = []
-  real = report.train_lib.train_and_evaluate
-  monkeypatch.setattr(report.train_lib, 'train_and_evaluate',
+  real = comparison.train_lib.train_and_evaluate
+  monkeypatch.setattr(comparison.train_lib, 'train_and_evaluate',
                       lambda cfg, path: trained.append(path) or real(cfg,
                                                                      path))
   # The same comparison again: the finished run is neither reloaded nor
   # rewritten.
-  report.run_comparison(_small_config(), workdir, ['sgd'], 1)
+  comparison.run_comparison(_small_config(), workdir, ['sgd'], 1)
   assert trained == [] and os.stat(summary).st_mtime_ns == stamp
   # Another epoch count: refused before any run trains (the new freeze
   # run included), never relabelled.
   with pytest.raises(UserError) as err:
-    report.run_comparison(_small_config(num_epochs=2), workdir,
-                          ['freeze', 'sgd'], 1)
+    comparison.run_comparison(_small_config(num_epochs=2), workdir,
+                              ['freeze', 'sgd'], 1)
   message = str(err.value)
   assert '\n' not in message
   assert 'holds a run of another config: num_epochs 1 -> 2' in message
@@ -361,7 +363,7 @@ def test_bad_selection_field_is_refused_before_sgd_trains(tmp_path):
   config = _small_config(**{'selection.ramp': 'bogus'})
   with pytest.raises(UserError, match=r"config.selection.ramp='bogus' is "
                      'out of range'):
-    report.run_comparison(config, str(tmp_path), ['sgd', 'static'], 1)
+    comparison.run_comparison(config, str(tmp_path), ['sgd', 'static'], 1)
   assert not os.listdir(tmp_path)
 
 
@@ -370,12 +372,12 @@ def test_forks_share_the_sgd_warm_up(tmp_path):
   # from their seed's sgd run after its warm-up epoch, recorded as forks.
   workdir = str(tmp_path)
   config = _small_config(num_epochs=2, **{'selection.warmup_epochs': 1})
-  report.run_comparison(config, workdir, ['sgd'], 2)
+  comparison.run_comparison(config, workdir, ['sgd'], 2)
   config.init_from = os.path.join(workdir, 'sgd', 'seed_{seed}') + ':1'
-  report.run_comparison(config, workdir, ['static'], 2)
+  comparison.run_comparison(config, workdir, ['static'], 2)
   for seed in (0, 1):
-    sgd = report.run_dir(workdir, 'sgd', seed)
-    static = report.run_dir(workdir, 'static', seed)
+    sgd = comparison.run_dir(workdir, 'sgd', seed)
+    static = comparison.run_dir(workdir, 'static', seed)
     with open(os.path.join(static, 'summary.json')) as f:
       fork = json.load(f)['fork']
     assert fork['parent'] == os.path.abspath(sgd) and fork['epoch'] == 1
@@ -385,4 +387,4 @@ def test_forks_share_the_sgd_warm_up(tmp_path):
     first = json.loads(open(os.path.join(sgd, 'metrics.jsonl')).readline())
     assert rows[0] == first and [r['transition'] for r in rows] == [0, 2]
   # Rerun: every run is finished with its config and skipped.
-  report.run_comparison(config, workdir, ['static'], 2)
+  comparison.run_comparison(config, workdir, ['static'], 2)

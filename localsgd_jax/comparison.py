@@ -1,0 +1,152 @@
+"""The comparison harness: every mode with every seed, then the report.
+
+`run_comparison` trains each mode (LoCal+SGD and its peers, see `modes`)
+with the same seeds under one config, each run in `workdir/<mode>/seed_<s>`,
+skipping runs finished under this config and refusing ones trained under
+another, sets `sgd_same_time`'s epochs from the finished runs' costs, and
+then has `report.write_report` write the table and plots. This module
+trains; `report` only reads.
+"""
+import os
+from typing import Any, Dict, List, Optional, Sequence
+
+import jax
+import ml_collections
+
+from localsgd_jax import aggregate as aggregate_lib
+from localsgd_jax import metrics as metrics_lib
+from localsgd_jax import report
+from localsgd_jax import runs as runs_lib
+from localsgd_jax import selection
+from localsgd_jax import train_lib
+from localsgd_jax import workdir as workdir_lib
+from localsgd_jax.errors import UserError
+# MODES, mode_config and run_dir are also this module's API (compare.py,
+# benchmarks/gpu_suite.py, the notebooks).
+from localsgd_jax.modes import BASELINE, MODES, SAME_TIME  # pylint: disable=unused-import
+from localsgd_jax.modes import mode_config, parse_modes
+from localsgd_jax.runs import run_dir
+
+MATCH_COSTS = ('time', 'flops')
+
+
+def _check_supported(cfg: ml_collections.ConfigDict, mode: str) -> None:
+  # Catches a mode this version cannot train before hours of other runs,
+  # not at the moment its turn comes.
+  train_lib.validate_config(cfg)
+  known = getattr(selection, 'MODES', None)
+  if known is not None and cfg.selection.mode not in known:
+    raise UserError(
+        f'mode {mode!r} needs config.selection.mode={cfg.selection.mode!r}, '
+        f'which this version of localsgd_jax does not have (it has '
+        f'{", ".join(known)}); leave {mode!r} out of --modes')
+
+
+def _check_args(modes: List[str], seeds: int, match_mode: str,
+                match_cost: str) -> None:
+  if seeds < 1:
+    raise UserError(f'--seeds={seeds}: need at least 1 seed')
+  if match_cost not in MATCH_COSTS:
+    raise UserError(f'--match_cost={match_cost!r}: choose one of '
+                    f'{", ".join(MATCH_COSTS)}')
+  if SAME_TIME in modes and (BASELINE not in modes or match_mode not in modes
+                             or match_mode in (BASELINE, SAME_TIME)):
+    raise UserError(f'{SAME_TIME} gets the training time of --match_mode='
+                    f'{match_mode!r}: list both {BASELINE} and that mode in '
+                    f'--modes (e.g. --modes=sgd,static,{SAME_TIME})')
+
+
+def run_comparison(config: ml_collections.ConfigDict, workdir: str,
+                   modes: Sequence[str], seeds: int,
+                   command: Optional[str] = None, match_mode: str = 'static',
+                   match_cost: str = 'time', target: Optional[float] = None,
+                   target_drop: float = 0.005) -> List[Dict[str, Any]]:
+  """Trains every mode with seeds config.seed .. config.seed + seeds - 1.
+
+  Seeds are the outer loop, so if the comparison stops early the finished
+  runs still form complete pairs across modes. Each run resumes from its own
+  checkpoint, so running the same comparison again continues where it
+  stopped (and skips finished runs). `sgd_same_time` runs last: its epoch
+  count is `config.num_epochs` scaled by the training cost of `match_mode`
+  over sgd's, measured on the finished runs.
+
+  Args:
+    config: the config every mode starts from.
+    workdir: runs go to `workdir/<mode>/seed_<s>`, the report to `workdir`.
+    modes: names from MODES.
+    seeds: how many seeds (the same ones for every mode, so runs are paired).
+    command: the command line, recorded in the report.
+    match_mode: the mode whose training cost `sgd_same_time` gets.
+    match_cost: 'time' (robust training time: the median time of each kind
+      of epoch) or 'flops' (XLA's compiled FLOPs of the steps run).
+    target, target_drop: the time-to-accuracy target (see
+      `report.write_report`).
+
+  Returns:
+    One entry per mode, as in `comparison.json` (see `report.write_report`).
+  """
+  modes = parse_modes(modes)
+  _check_args(modes, seeds, match_mode, match_cost)
+  seed_list = [config.seed + i for i in range(seeds)]
+  first = [m for m in modes if m != SAME_TIME]
+  plan = [(seed, mode, mode_config(config, mode, seed))
+          for seed in seed_list for mode in first]
+  for _, mode, cfg in plan[:len(first)]:
+    _check_supported(cfg, mode)
+  # Before any training: a run trained under another config is refused
+  # (never relabelled: workdir.check_resume's one-line error), and a
+  # finished run of this very config is skipped, not reloaded and rewritten.
+  finished = {run_dir(workdir, mode, seed) for seed, mode, cfg in plan
+              if workdir_lib.finished_run(run_dir(workdir, mode, seed), cfg)}
+  if SAME_TIME in modes:
+    plan += [(seed, SAME_TIME, None) for seed in seed_list]
+  for i, (seed, mode, cfg) in enumerate(plan):
+    path = run_dir(workdir, mode, seed)
+    if cfg is None:
+      cfg = mode_config(config, SAME_TIME, seed)
+      cfg.num_epochs = _same_time_epochs(workdir, config.num_epochs,
+                                         match_mode, match_cost)
+      if workdir_lib.finished_run(path, cfg):
+        finished.add(path)
+    if path in finished:
+      print(f'=== [{i + 1}/{len(plan)}] mode={mode} seed={seed}: finished '
+            f'with this config in {path}, skipped', flush=True)
+      continue
+    print(f'=== [{i + 1}/{len(plan)}] mode={mode} seed={seed} -> {path}',
+          flush=True)
+    train_lib.train_and_evaluate(cfg, path)
+  return report.write_report(
+      workdir, command=command, device=jax.devices()[0].device_kind,
+      target=target, target_drop=target_drop,
+      writer=jax.process_index() == 0)
+
+
+def _same_time_epochs(workdir: str, num_epochs: int, match_mode: str,
+                      match_cost: str) -> int:
+  """SGD epochs whose cost matches `match_mode`'s runs; recorded in
+  `workdir/sgd_same_time/match.json` (and reused, so reruns agree)."""
+  record_path = os.path.join(workdir, SAME_TIME, 'match.json')
+  if os.path.exists(record_path):
+    return runs_lib.read_json(record_path)['num_epochs']
+  runs = runs_lib.load_runs(workdir, [BASELINE, match_mode])
+  if BASELINE not in runs or match_mode not in runs:
+    raise UserError(f'{SAME_TIME} needs finished {BASELINE} and '
+                    f'{match_mode} runs in {workdir}')
+  costs = {}
+  for mode in (BASELINE, match_mode):
+    if match_cost == 'flops':
+      costs[mode] = aggregate_lib.mean(
+          [runs_lib.run_flops(r) for r in runs[mode].values()])
+    else:
+      costs[mode] = aggregate_lib.mean(
+          [runs_lib.robust_train_time(runs, r) for r in runs[mode].values()])
+  ratio = costs[match_mode] / costs[BASELINE]
+  epochs = max(1, int(round(num_epochs * ratio)))
+  os.makedirs(os.path.dirname(record_path), exist_ok=True)
+  metrics_lib.write_json(record_path, {
+      'match_mode': match_mode, 'match_cost': match_cost,
+      'cost_ratio': ratio, 'baseline_epochs': num_epochs,
+      'num_epochs': epochs})
+  print(f'{SAME_TIME}: {match_mode} cost {ratio:.3f}x of {BASELINE} '
+        f'({match_cost}) -> {epochs} of {num_epochs} epochs', flush=True)
+  return epochs

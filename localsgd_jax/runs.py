@@ -1,0 +1,131 @@
+"""A comparison's run directories, read back: `workdir/<mode>/seed_<s>/`.
+
+Each run holds `summary.json` (written once, after its last epoch) and
+`metrics.jsonl` (one row per epoch, read by `metrics.read_rows`, the one
+reader of that file). A loaded run is a dict: 'summary', 'rows' (by epoch),
+'epoch_number' and 'cumulative_time_s' (per-epoch x values for plots).
+No JAX here: a report can be redrawn anywhere.
+"""
+import collections
+import json
+import os
+import re
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from localsgd_jax import metrics as metrics_lib
+from localsgd_jax.errors import UserError
+from localsgd_jax.modes import MODES
+
+_SEED_DIR = re.compile(r'^seed_(\d+)$')
+Run = Dict[str, Any]
+RunsByMode = Dict[str, Dict[int, Run]]
+
+
+def run_dir(workdir: str, mode: str, seed: int) -> str:
+  """Where the run of `mode` with `seed` lives."""
+  return os.path.join(workdir, mode, f'seed_{seed}')
+
+
+def read_json(path: str) -> Any:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise UserError(f'{path} is not valid JSON ({e}); delete it and run the '
+                    'comparison again') from None
+
+
+def find_runs(workdir: str):
+  """{mode: {seed: run dir}} for finished runs, and a list of unfinished."""
+  finished, unfinished = {}, []
+  for mode in sorted(os.listdir(workdir)):
+    mode_dir = os.path.join(workdir, mode)
+    if not os.path.isdir(mode_dir):
+      continue
+    for name in os.listdir(mode_dir):
+      match = _SEED_DIR.match(name)
+      path = os.path.join(mode_dir, name)
+      if not match or not os.path.isdir(path):
+        continue
+      # summary.json is written once, after the last epoch: without it the
+      # run crashed or is still going, and its numbers would not compare.
+      if os.path.exists(os.path.join(path, 'summary.json')):
+        finished.setdefault(mode, {})[int(match.group(1))] = path
+      else:
+        unfinished.append(os.path.relpath(path, workdir))
+  # Known modes in MODES order (sgd first), then any others by name.
+  order = [m for m in MODES if m in finished] + sorted(
+      m for m in finished if m not in MODES)
+  return {m: dict(sorted(finished[m].items())) for m in order}, sorted(
+      unfinished)
+
+
+def load_runs(workdir: str, modes: Optional[Sequence[str]] = None
+              ) -> RunsByMode:
+  """{mode: {seed: run}} of the finished runs (of `modes`, if given)."""
+  found, _ = find_runs(workdir)
+  runs_by_mode = {}
+  for mode, by_seed in found.items():
+    if modes is not None and mode not in modes:
+      continue
+    runs_by_mode[mode] = {}
+    for seed, path in by_seed.items():
+      run = {'summary': read_json(os.path.join(path, 'summary.json')),
+             'rows': metrics_lib.read_rows(
+                 os.path.join(path, 'metrics.jsonl'))}
+      run['epoch_number'] = [r['epoch'] for r in run['rows']]  # from 1
+      run['cumulative_time_s'] = _cumulative_time(run['rows'])
+      runs_by_mode[mode][seed] = run
+  return runs_by_mode
+
+
+def _cumulative_time(rows: List[Dict[str, Any]]) -> List[float]:
+  # Wall time a user waits for each epoch's test accuracy: training,
+  # compilation and evaluation alike.
+  return np.cumsum([r.get('epoch_time_s', 0.0) + r.get('compile_time_s', 0.0)
+                    + r.get('eval_time_s', 0.0) for r in rows]).tolist()
+
+
+def epoch_kind(run: Run, row: Dict[str, Any]) -> tuple:
+  """What an epoch's steps compute, for pooling epoch times across runs.
+
+  The k's the epoch used (with the step each started at) and, where any k is
+  above 0, the local-rule settings that decide a local step's cost.
+  """
+  spans = row.get('transitions') or [[0, row['transition']]]
+  kind = tuple((step - spans[0][0], k) for step, k in spans)
+  if all(k == 0 for _, k in kind):
+    return kind
+  local = run['summary'].get('config', {}).get('local', {})
+  return kind + tuple(local.get(key) for key in (
+      'rule', 'hebbian_every', 'hebbian_fraction'))
+
+
+def median_epoch_times(runs_by_mode: RunsByMode, field) -> Dict[tuple, float]:
+  """Median of `field` (summed fields if a tuple) per kind of epoch, pooled
+  over every run of the comparison."""
+  fields = (field,) if isinstance(field, str) else field
+  pooled = collections.defaultdict(list)
+  for by_seed in runs_by_mode.values():
+    for run in by_seed.values():
+      for r in run['rows']:
+        pooled[epoch_kind(run, r)].append(
+            sum(r.get(f, 0.0) for f in fields))
+  return {kind: float(np.median(t)) for kind, t in pooled.items()}
+
+
+def robust_train_time(runs_by_mode: RunsByMode, run: Run) -> float:
+  """A run's training time with each epoch at the median of its kind."""
+  median = median_epoch_times(runs_by_mode, 'epoch_time_s')
+  return sum(median[epoch_kind(run, row)] for row in run['rows'])
+
+
+def run_flops(run: Run) -> float:
+  """XLA's FLOPs of all the steps a run took."""
+  total, last_step = 0.0, 0
+  for row in run['rows']:
+    total += row.get('step_flops', 0.0) * (row['step'] - last_step)
+    last_step = row['step']
+  return total
