@@ -11,6 +11,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
+import numpy as np
 import tqdm
 
 from localsgd_jax.errors import UserError
@@ -160,6 +161,57 @@ def read_rows(path: str) -> List[Dict[str, Any]]:
                       'metrics) and run again.') from None
     by_epoch[epoch] = row
   return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def epoch_row(epoch: int, result, evaluation: Dict[str, Any], eval_time: float,
+              costs: Dict[str, float], num_units: int, steps_per_epoch: int,
+              batch_size: int) -> Dict[str, Any]:
+  """The metrics.jsonl record of one finished epoch (`epoch` 0-based).
+
+  `result` is the epoch's loop.EpochResult (host metrics per step, the k
+  segments, the selection statistics and timings); `evaluation` the eval
+  fields (empty in epochs without evaluation); `costs` XLA's counts of the
+  steps run (loop.TrainLoop.weighted_costs).
+  """
+  m = result.metrics
+  first_step = epoch * steps_per_epoch
+  k_last = result.segments[-1][1]
+  return {
+      'epoch': epoch + 1,  # completed epochs, counted from 1 everywhere
+      'step': first_step + steps_per_epoch,
+      'transition': result.segments[0][1],
+      # [global step, k] for each k the epoch used (more than one only with
+      # config.selection.every_steps).
+      'transitions': [[first_step + start, k]
+                      for start, k in result.segments],
+      'num_units': num_units,
+      'train_loss': float(np.mean(m['loss'])),
+      'train_accuracy': float(np.sum(m['correct']) / np.sum(m['count'])),
+      **evaluation,
+      'learning_rate': float(m['learning_rate'][-1]),
+      'local_lr': float(np.mean(m['local_lr'])),
+      'ws_factor': float(np.mean(m['ws_factor'])),
+      # The last period's update statistic of its transition unit.
+      'transition_update': result.last_stats['update_ratios'][k_last],
+      'transition_consistency': result.last_stats['consistency'][k_last],
+      **costs,
+      'epoch_time_s': result.train_time_s,
+      'eval_time_s': eval_time,
+      'compile_time_s': result.compile_time_s,
+      'images_per_s': steps_per_epoch * batch_size / result.train_time_s,
+      'selection': ', '.join(result.decisions),
+  }
+
+
+def run_summary(rows: List[Dict[str, Any]], **fields) -> Dict[str, Any]:
+  """summary.json: the final and best eval accuracy of `rows`, then `fields`.
+
+  By epoch: the final result is the last epoch's, whatever the file order.
+  """
+  accs = [r['eval_accuracy'] for r in sorted(rows, key=lambda r: r['epoch'])
+          if 'eval_accuracy' in r]
+  return {'final_eval_accuracy': accs[-1] if accs else None,
+          'best_eval_accuracy': max(accs) if accs else None, **fields}
 
 
 def write_json(path: str, obj: Any) -> None:

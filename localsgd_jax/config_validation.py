@@ -1,0 +1,135 @@
+"""Config validation: one function per config section, before the first step.
+
+Every check names its field (`config.<field>=<value> is out of range:
+expected ...`) and how to set it, so a bad value stops a run at start-up
+with one line, not when the SGD warm-up is over (e.g. an unknown
+selection.ramp). Names that need the code they name (a model, a dataset)
+are checked where they are built.
+"""
+from typing import Any
+
+import ml_collections
+
+from localsgd_jax import local_rules
+from localsgd_jax import optim
+from localsgd_jax import selection
+from localsgd_jax import workdir as workdir_lib
+from localsgd_jax.errors import UserError
+
+DTYPE_NAMES = ('float32', 'bfloat16')
+# 'frozen': a local unit with learning rate 0 (FreezeOut, AutoFreeze).
+LOCAL_RULES = local_rules.RULES + ('frozen',)
+WEAK_SUPERVISION = ('none', 'scale', 'sign')
+
+
+def _check(ok: bool, field: str, value: Any, expected: str) -> None:
+  if not ok:
+    raise UserError(f'config.{field}={value!r} is out of range: expected '
+                    f'{expected}. Fix it in the config file or with '
+                    f'--config.{field}=...')
+
+
+def _one_of(field: str, value: Any, choices) -> None:
+  _check(value in choices, field, value, 'one of ' + ', '.join(choices))
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises UserError for out-of-range values (names are checked later)."""
+  validate_run(config)
+  validate_optim(config.optim)
+  validate_local(config.local)
+  validate_selection(config.selection)
+  validate_checkpoint(config.checkpoint)
+  validate_log(config.log)
+  workdir_lib.validate(config)  # init_from, resume_allow
+
+
+def validate_run(config: ml_collections.ConfigDict) -> None:
+  """The top-level fields: epochs, batch sizes, dtype, seed, eval cadence."""
+  _check(config.num_epochs >= 1, 'num_epochs', config.num_epochs, '>= 1')
+  _check(config.batch_size >= 1, 'batch_size', config.batch_size, '>= 1')
+  _check(config.eval_batch_size >= 1, 'eval_batch_size',
+         config.eval_batch_size, '>= 1')
+  _check(config.dtype in DTYPE_NAMES, 'dtype', config.dtype,
+         ' or '.join(DTYPE_NAMES))
+  _check(config.seed >= 0, 'seed', config.seed, 'an integer >= 0')
+  _check(config.eval_every_epochs >= 1, 'eval_every_epochs',
+         config.eval_every_epochs, '>= 1 (the last epoch is always '
+         'evaluated)')
+
+
+def validate_optim(o: ml_collections.ConfigDict) -> None:
+  """config.optim: the SGD part's optimizer and learning-rate schedule."""
+  _check(o.learning_rate > 0, 'optim.learning_rate', o.learning_rate, '> 0')
+  _check(0 <= o.momentum < 1, 'optim.momentum', o.momentum, 'in [0, 1)')
+  _check(o.weight_decay >= 0, 'optim.weight_decay', o.weight_decay, '>= 0')
+  _check(o.warmup_epochs >= 0, 'optim.warmup_epochs', o.warmup_epochs, '>= 0')
+  _check(0 <= o.label_smoothing < 1, 'optim.label_smoothing',
+         o.label_smoothing, 'in [0, 1)')
+  _one_of('optim.name', o.name, optim.OPTIMIZERS)
+  _one_of('optim.schedule', o.schedule, optim.SCHEDULES)
+  _check(all(0 <= b <= 1 for b in o.step_boundaries),
+         'optim.step_boundaries', o.step_boundaries,
+         'fractions of training in [0, 1]')
+  _check(o.step_decay > 0, 'optim.step_decay', o.step_decay, '> 0')
+  _check(0 <= o.b1 < 1 and 0 <= o.b2 < 1, 'optim.b1/b2', (o.b1, o.b2),
+         'in [0, 1)')
+
+
+def validate_local(loc: ml_collections.ConfigDict) -> None:
+  """config.local: the rule of the units trained locally."""
+  _one_of('local.rule', loc.rule, LOCAL_RULES)
+  _one_of('local.activity', loc.activity, local_rules.ACTIVITIES)
+  _check(loc.learning_rate >= 0, 'local.learning_rate', loc.learning_rate,
+         '>= 0')
+  frac = loc.hebbian_fraction
+  _check(0 < frac <= 1 and abs(1 / frac - round(1 / frac)) < 1e-6,
+         'local.hebbian_fraction', frac, '1/m for an integer m >= 1 '
+         '(1.0, 0.5, 0.25, ...)')
+  _check(loc.hebbian_every >= 1, 'local.hebbian_every', loc.hebbian_every,
+         '>= 1')
+  _one_of('local.weak_supervision', loc.weak_supervision, WEAK_SUPERVISION)
+  _check(0 <= loc.loss_ema_decay < 1, 'local.loss_ema_decay',
+         loc.loss_ema_decay, 'in [0, 1)')
+  _check(loc.ws_power >= 0, 'local.ws_power', loc.ws_power, '>= 0')
+
+
+def validate_selection(s: ml_collections.ConfigDict) -> None:
+  """config.selection: how the transition index k is chosen."""
+  _one_of('selection.mode', s.mode, selection.MODES)
+  _one_of('selection.ramp', s.ramp, selection.RAMPS)
+  _check(s.k_max >= -1, 'selection.k_max', s.k_max,
+         '>= 0, or -1 for all units but the head')
+  _check(s.warmup_epochs >= 0, 'selection.warmup_epochs', s.warmup_epochs,
+         '>= 0')
+  _check(s.ramp_epochs == -1 or s.ramp_epochs >= 1, 'selection.ramp_epochs',
+         s.ramp_epochs, '>= 1, or -1 for until the last epoch')
+  for epoch, k in selection.parse_table(s.table):
+    _check(epoch >= 0 and k >= 0, 'selection.table', s.table,
+           '"epoch:k" pairs with epoch >= 0 and k >= 0')
+  _check(0 < s.settle_fraction <= 1, 'selection.settle_fraction',
+         s.settle_fraction, 'in (0, 1]')
+  _check(s.gradnorm_threshold >= 0, 'selection.gradnorm_threshold',
+         s.gradnorm_threshold, '>= 0')
+  _check(s.max_advance >= 1, 'selection.max_advance', s.max_advance, '>= 1')
+  _check(s.min_hold_epochs >= 0, 'selection.min_hold_epochs',
+         s.min_hold_epochs, '>= 0')
+  _check(s.every_steps >= 0, 'selection.every_steps', s.every_steps,
+         '>= 0 (0: decide between epochs only)')
+  _check(s.retreat_tolerance >= 0, 'selection.retreat_tolerance',
+         s.retreat_tolerance, '>= 0')
+
+
+def validate_checkpoint(c: ml_collections.ConfigDict) -> None:
+  """config.checkpoint: how often, how many kept."""
+  _check(c.every_epochs >= 1, 'checkpoint.every_epochs', c.every_epochs,
+         '>= 1')
+  _check(c.keep >= 1, 'checkpoint.keep', c.keep, '>= 1')
+
+
+def validate_log(log: ml_collections.ConfigDict) -> None:
+  """config.log: NaN checks and the TensorBoard loss cadence."""
+  _check(log.check_finite_every >= 1, 'log.check_finite_every',
+         log.check_finite_every, '>= 1')
+  _check(log.get('loss_every_steps', 10) >= 1,
+         'log.loss_every_steps', log.get('loss_every_steps'), '>= 1')

@@ -1,0 +1,130 @@
+"""What a run prints: the start-up lines, one line per epoch, the summary.
+
+Start-up and summary lines come from process 0 only (`say`); the epoch line
+from every process, as before the split (each host's log is complete).
+"""
+import os
+import sys
+from typing import Any, Dict
+
+import jax
+import ml_collections
+import numpy as np
+
+from localsgd_jax import selection
+
+
+def print_epoch(row: Dict[str, Any], result, num_epochs: int) -> None:
+  """The console line of a finished epoch (`result`: a loop.EpochResult)."""
+  ks = '->'.join(str(k) for _, k in result.segments)
+  evaluation = (f'{row["eval_split"]}_acc {row["eval_accuracy"]:.4f}  '
+                if 'eval_accuracy' in row else '')
+  print(f'epoch {row["epoch"]}/{num_epochs}  k={ks}/{row["num_units"]}  '
+        f'train_loss {row["train_loss"]:.4f}  '
+        f'train_acc {row["train_accuracy"]:.4f}  {evaluation}'
+        f'{row["epoch_time_s"]:.1f}s (+{row["compile_time_s"]:.1f}s compile)  '
+        f'{row["images_per_s"]:.0f} img/s  next k: {row["selection"]}',
+        flush=True)
+
+
+def say(message: str) -> None:
+  """A start-up or summary line, from process 0 only."""
+  if jax.process_index() == 0:
+    print(message, flush=True)
+
+
+def data_source(data_cfg: ml_collections.ConfigDict) -> str:
+  name, folder = data_cfg.name, data_cfg.get('dir', '')
+  if name == 'digits':
+    return "digits (scikit-learn's bundled copy)"
+  if folder:
+    return f'{name} from {folder}'
+  if name in ('cifar10', 'cifar100', 'imagenet2012'):
+    return f'{name} through tensorflow-datasets'
+  return name
+
+
+def describe_data(dataset, seconds: float) -> str:
+  shape = 'x'.join(str(s) for s in dataset.image_shape)
+  eval_split = getattr(dataset, 'eval_split', 'test')
+  return (f'Data: {dataset.num_train} training images, {dataset.num_test} '
+          f'{eval_split} images ({shape}, {dataset.num_classes} classes) in '
+          f'{seconds:.1f}s')
+
+
+def _ranges(ks) -> str:
+  """[0, 0, 2, 2, 2] -> 'k=0 in epochs 1-2, k=2 in epochs 3-5'."""
+  parts, start = [], 0
+  for e in range(1, len(ks) + 1):
+    if e == len(ks) or ks[e] != ks[start]:
+      epochs = (f'epoch {start + 1}' if e == start + 1 else
+                f'epochs {start + 1}-{e}')
+      parts.append(f'k={ks[start]} in {epochs}')
+      start = e
+  return ', '.join(parts)
+
+
+def describe_selection(config: ml_collections.ConfigDict,
+                       selector: selection.Selector) -> str:
+  """What k will do, in one line: 'k' units [0, k) learn locally."""
+  sel = config.selection
+  if sel.mode == 'sgd':
+    return 'Selection: sgd: k=0 (plain SGD) in every epoch'
+  if selector.adaptive:
+    when = (f'every {selector.every_steps} steps' if selector.every_steps
+            else 'after each epoch')
+    return (f'Selection: {sel.mode}: k starts at 0 and is decided {when} '
+            f'from the training statistics (at most {selector.k_max}; SGD '
+            f'warm-up {sel.warmup_epochs} epochs)')
+  ks = [selector.transition(e) for e in range(config.num_epochs)]
+  return (f'Selection: {sel.mode}: {_ranges(ks)} (units 0..k-1 learn '
+          f'locally)')
+
+
+def announce_run(config: ml_collections.ConfigDict, model, state,
+                 selector: selection.Selector, steps_per_epoch: int,
+                  num_devices: int, start_epoch: int) -> None:
+  """The model and schedule lines; the finished-run and local-from-init
+  notes."""
+  params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+  platform = jax.devices()[0].platform
+  say(f'Model: {config.model.name}, {len(model.units)} units, '
+       f'{params / 1e6:.2f}M parameters; batch {config.batch_size} on '
+       f'{num_devices} {platform} device{"s" if num_devices > 1 else ""}, '
+       f'{steps_per_epoch} steps per epoch')
+  say(describe_selection(config, selector))
+  if start_epoch >= config.num_epochs:
+    say(f'Nothing to train: all {config.num_epochs} epochs are done; a new '
+         '--workdir starts a new run.')
+  elif start_epoch == 0:
+    reason = selector.local_from_init()
+    if reason and jax.process_index() == 0:
+      print(f'warning: local learning from random initialization: {reason}; '
+            'the shipped configs train by SGD first (an SGD warm-up: '
+            '--config.selection.warmup_epochs=1, or a table starting 0:0).',
+            file=sys.stderr, flush=True)
+
+
+def print_summary(summary: Dict[str, Any], rows, workdir: str,
+                  tensorboard: bool) -> None:
+  """The end of a run: accuracy on the named split, time, the files."""
+  split = summary['eval_split']
+  evaluated = [r for r in rows if 'eval_accuracy' in r]
+  lines = [f'Done: {summary["num_epochs"]} epochs, '
+           f'{summary["total_time_s"]:.1f}s of training and evaluation '
+           f'({summary["compile_time_s"]:.1f}s of it compiling)']
+  if evaluated:
+    best = max(evaluated, key=lambda r: r['eval_accuracy'])
+    lines.append(f'  {split} accuracy: final '
+                 f'{summary["final_eval_accuracy"]:.4f}, best '
+                 f'{best["eval_accuracy"]:.4f} (after epoch {best["epoch"]})')
+  files = [name + ('/' if os.path.isdir(os.path.join(workdir, name)) else '')
+           for name in sorted(os.listdir(workdir))
+           if not name.endswith(('.tmp', '.lock'))]
+  lines.append(f'  files in {workdir}: {", ".join(files)}')
+  if tensorboard:
+    lines.append(f'  TensorBoard: tensorboard --logdir {workdir}')
+  for line in lines:
+    say(line)
+
+
