@@ -4,7 +4,7 @@ One process per host (or per GPU) runs the same program. After
 `jax.distributed.initialize`, `jax.devices()` lists the devices of every
 process, so the trainer's mesh spans all of them and its jitted step runs as
 one SPMD program; each process feeds only the rows of the global batch that
-its own devices hold (`data.pipeline`).
+its own devices hold (`data/dataset.py`).
 
 `initialize` must run before any JAX computation: the backends read the
 process topology when they start.

@@ -194,7 +194,7 @@ class TrainLoop:
     """
     state = train_step_lib.create_train_state(
         self.model, self.tx, jax.random.key(seed), self.dataset.image_shape)
-    return data_lib.pipeline.replicate(state, self.replicated)
+    return data_lib.dataset.replicate(state, self.replicated)
 
   def _make_zeros(self):
     shapes = {name: (self.steps_per_epoch,) for name in _ACC_FIELDS}
@@ -256,7 +256,7 @@ class TrainLoop:
                                    self.batch_sharding)
     first_step = epoch * steps_per_epoch
     operand = {'device': feed.device, 'host': None,
-               'first_step': data_lib.pipeline.replicate(
+               'first_step': data_lib.dataset.replicate(
                    np.int32(first_step), self.replicated)}
     acc = self._zeros()
     k = selector.transition(epoch)

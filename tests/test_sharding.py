@@ -24,7 +24,9 @@ from localsgd_jax import optim
 from localsgd_jax import partition
 from localsgd_jax import train_lib
 from localsgd_jax import train_step as ts
+from localsgd_jax.data import in_memory
 from localsgd_jax.data import pipeline
+from localsgd_jax.data import streaming
 
 SHAPE = (16, 16, 1)
 BATCH = 16
@@ -191,7 +193,9 @@ def _process_rows(num_processes, batch_size):
 def _local_batches(monkeypatch, make_iter, rows):
   # Without a sharding `_place` leaves the batch as built, so these are the
   # rows a process with `rows` would hand to make_array_from_process_local_data.
-  monkeypatch.setattr(pipeline, 'process_rows', lambda sharding, size: rows)
+  for module in (in_memory, streaming):  # where process_rows is called
+    monkeypatch.setattr(module, 'process_rows',
+                        lambda sharding, size: rows)
   return [jax.device_get(b) for b in make_iter()]
 
 

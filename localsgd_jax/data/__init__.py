@@ -10,9 +10,9 @@ This package never imports model code: models and data meet only in the
 train loop.
 """
 
-from localsgd_jax.data.pipeline import Dataset
-from localsgd_jax.data.pipeline import InMemoryDataset
-from localsgd_jax.data.pipeline import StreamingDataset
+from localsgd_jax.data.dataset import Dataset
+from localsgd_jax.data.in_memory import InMemoryDataset
+from localsgd_jax.data.streaming import StreamingDataset
 from localsgd_jax.data.sources import load_cifar_dir
 from localsgd_jax.data.sources import load_dataset
 from localsgd_jax.data.sources import load_digits_arrays

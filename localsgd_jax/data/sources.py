@@ -33,7 +33,12 @@ import ml_collections
 import numpy as np
 
 from localsgd_jax.data import image_folder
-from localsgd_jax.data import pipeline
+from localsgd_jax.data.dataset import Dataset
+from localsgd_jax.data.in_memory import InMemoryDataset
+from localsgd_jax.data.streaming import ReadFn
+from localsgd_jax.data.streaming import StreamingDataset
+from localsgd_jax.data.tf_import import TF_EXTRA
+from localsgd_jax.data.tf_import import import_tf as _import_tf
 from localsgd_jax.errors import UserError
 
 VALID_NAMES = ('cifar10', 'cifar100', 'digits', 'image_folder',
@@ -58,7 +63,7 @@ STORAGE_MODES = ('auto', 'memory', 'stream')
 
 
 def load_dataset(data_cfg: ml_collections.ConfigDict, *,
-                 seed: int) -> pipeline.Dataset:
+                 seed: int) -> Dataset:
   """Builds the dataset that `data_cfg` names.
 
   Args:
@@ -160,7 +165,7 @@ def _in_memory(name: str, arrays: Tuple[Optional[np.ndarray], ...],
                num_classes: int, opts: _Options, seed: int, flip: bool,
                eval_split: str = 'test',
                class_names: Optional[Sequence[str]] = None
-               ) -> pipeline.InMemoryDataset:
+               ) -> InMemoryDataset:
   """An `InMemoryDataset`, cut down by train_per_class / holdout_per_class.
 
   Args:
@@ -184,7 +189,7 @@ def _in_memory(name: str, arrays: Tuple[Optional[np.ndarray], ...],
     eval_split = 'holdout'
   if train_idx is not None:
     x_train, y_train = x_train[train_idx], y_train[train_idx]
-  dataset = pipeline.InMemoryDataset(
+  dataset = InMemoryDataset(
       name=name, train_images=x_train, train_labels=y_train,
       test_images=x_test, test_labels=y_test, num_classes=num_classes,
       seed=seed, augment=opts.augment, crop_padding=opts.crop_padding,
@@ -298,7 +303,7 @@ def load_digits_arrays(image_size: int = 32
   return x_train, y_train, x_test, y_test
 
 
-def _load_digits(opts: _Options, seed: int) -> pipeline.InMemoryDataset:
+def _load_digits(opts: _Options, seed: int) -> InMemoryDataset:
   # Digits are not flip-invariant (a mirrored 2 or 7 is not a digit).
   return _in_memory('digits', load_digits_arrays(opts.image_size), 10, opts,
                     seed, flip=False)
@@ -413,47 +418,6 @@ def load_cifar_dir(name: str, data_dir: str
 # --------------------------------------------------------------- tfds paths
 
 
-def _import_tf() -> Tuple[Any, Any]:
-  """Imports TensorFlow and tfds, hiding every GPU from TensorFlow.
-
-  TF is only a data-preparation dependency here; left alone it would reserve
-  most of the GPU memory that JAX needs.
-
-  Returns:
-    (tensorflow module, tensorflow_datasets module).
-
-  Raises:
-    UserError: TensorFlow or tensorflow-datasets is not installed (the
-      default install leaves both out: they are the `tf` extra).
-  """
-  try:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise UserError(_missing_tf_message(e)) from e
-  try:
-    tf.config.set_visible_devices([], 'GPU')
-  except RuntimeError:
-    # TF was already initialized (by the caller); its device list is fixed.
-    pass
-  try:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise UserError(_missing_tf_message(e)) from e
-  return tf, tfds
-
-
-TF_EXTRA = 'pip install -e ".[tf]"'
-
-
-def _missing_tf_message(e: ImportError) -> str:
-  return (f'this data path reads through TensorFlow / tensorflow-datasets, '
-          f'which the default install leaves out ({type(e).__name__}: {e}). '
-          f'Install them with {TF_EXTRA} (or pip install -r '
-          f'requirements-dev.txt); or read CIFAR from its python files '
-          f'(config.data.dir) or an image folder held in memory, which need '
-          f'neither.')
-
-
 def _prepared_builder(name: str, tfds_data_dir: str, help_text: str,
                       manual_dir: str = '') -> Any:
   """A tfds builder whose data is on disk, preparing it if needed."""
@@ -512,7 +476,7 @@ def _load_tfds_in_memory(name: str, tfds_data_dir: str
   return tuple(arrays)
 
 
-def _tfds_reader(builder: Any, shuffle_files: bool) -> pipeline.ReadFn:
+def _tfds_reader(builder: Any, shuffle_files: bool) -> ReadFn:
   """A `ReadFn` over a tfds builder that yields undecoded image bytes."""
   _, tfds = _import_tf()
 
@@ -520,7 +484,7 @@ def _tfds_reader(builder: Any, shuffle_files: bool) -> pipeline.ReadFn:
     shuffle = shuffle_files and shuffle_seed is not None
     ds = builder.as_dataset(
         split=split, shuffle_files=shuffle,
-        # Decoding happens after the crop window is known (see pipeline).
+        # Decoding happens after the crop window is known (see streaming.py).
         decoders={'image': tfds.decode.SkipDecoding()},
         read_config=tfds.ReadConfig(
             shuffle_seed=shuffle_seed if shuffle else None))
@@ -529,7 +493,7 @@ def _tfds_reader(builder: Any, shuffle_files: bool) -> pipeline.ReadFn:
   return read
 
 
-def _load_imagenet(opts: _Options, seed: int) -> pipeline.StreamingDataset:
+def _load_imagenet(opts: _Options, seed: int) -> StreamingDataset:
   help_text = (
       'ImageNet cannot be downloaded automatically: place '
       'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in the tfds '
@@ -542,7 +506,7 @@ def _load_imagenet(opts: _Options, seed: int) -> pipeline.StreamingDataset:
   if 'train' not in splits or 'validation' not in splits:
     raise UserError('tensorflow-datasets reports no train/validation splits '
                     'for imagenet2012: it is not fully prepared. ' + help_text)
-  dataset = pipeline.StreamingDataset(
+  dataset = StreamingDataset(
       name='imagenet2012', read=_tfds_reader(builder, shuffle_files=True),
       train_split='train', test_split='validation',
       num_train=splits['train'].num_examples,
@@ -560,7 +524,7 @@ _FOLDER_LAYOUT = (
     'test/<class>/... (or val/<class>/...), one subfolder per class.')
 
 
-def _load_image_folder(opts: _Options, seed: int) -> pipeline.Dataset:
+def _load_image_folder(opts: _Options, seed: int) -> Dataset:
   """Images under DIR/train/<class>/ and DIR/test/<class>/ (or val/).
 
   storage 'memory' decodes the folder once (cached) and holds it in memory,
@@ -612,7 +576,7 @@ def _load_image_folder(opts: _Options, seed: int) -> pipeline.Dataset:
 
 def _stream_image_folder(opts: _Options, seed: int, test_split: str,
                          folders: Sequence[image_folder.FolderSplit]
-                         ) -> pipeline.StreamingDataset:
+                         ) -> StreamingDataset:
   """An image folder read by tf.data every epoch (ImageNet-sized folders).
 
   `folders` (train, eval) were scanned and checked by the caller; their
@@ -630,8 +594,8 @@ def _stream_image_folder(opts: _Options, seed: int, test_split: str,
                       + _FOLDER_LAYOUT)
   names = builder.info.features['label'].names
   # ImageFolder's own file shuffle is unseeded; the seeded tf.data shuffle
-  # in the pipeline is the only one, so that epochs are reproducible.
-  dataset = pipeline.StreamingDataset(
+  # in streaming.py is the only one, so that epochs are reproducible.
+  dataset = StreamingDataset(
       name='image_folder', read=_tfds_reader(builder, shuffle_files=False),
       train_split='train', test_split=test_split,
       num_train=counts['train'], num_test=counts[test_split],
