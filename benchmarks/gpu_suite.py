@@ -97,7 +97,7 @@ def step_bench(small: bool) -> dict:
   config = cifar10_resnet.get_config()
   name, batch, dtype = ('tiny', 32, 'float32') if small else (
       'resnet18', 512, 'bfloat16')
-  num_units = len(models.create_model(name, 10).units)
+  num_units = models.create_model(name, 10).num_units
   k_default = min(config.selection.k_max, num_units - 2)
   ks = [0, k_default, num_units - 1]
   out = {}

@@ -62,7 +62,7 @@ def loop_cost(repeats: int):
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ('data',))
   loop = loop_lib.TrainLoop(model, dataset, config, mesh)
   state = loop.init_state(0)
-  selector = selection.Selector(config.selection, len(model.units), 100)
+  selector = selection.Selector(config.selection, model.num_units, 100)
   loop_times = []
   for epoch in range(repeats + 1):
     progress = metrics_lib.Progress(epoch, 100, steps, False)

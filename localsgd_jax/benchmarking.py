@@ -48,7 +48,7 @@ def measure_steps(model_name: str, batch_size: int, *, image_size: int = 32,
   train_lib.validate_config(config)
   model = models.create_model(model_name, num_classes, cifar_stem=cifar_stem,
                               dtype=train_lib.DTYPES[dtype])
-  num_units = len(model.units)
+  num_units = model.num_units
   ks = list(range(num_units)) if ks is None else list(ks)
   shape = (image_size, image_size, channels)
   tx = optim.direction(config.optim)

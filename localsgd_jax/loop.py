@@ -164,7 +164,6 @@ class TrainLoop:
     self.model = model
     self.dataset = dataset
     self.config = config
-    self.num_units = len(model.units)
     self.batch_size = config.batch_size
     self.steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
     self.replicated = jax.sharding.NamedSharding(
@@ -199,7 +198,7 @@ class TrainLoop:
   def _make_zeros(self):
     shapes = {name: (self.steps_per_epoch,) for name in _ACC_FIELDS}
     for name in _PER_UNIT:
-      shapes[name] = (self.steps_per_epoch, self.num_units)
+      shapes[name] = (self.steps_per_epoch, self.model.num_units)
     return {name: jnp.zeros(shape, jnp.float32)
             for name, shape in shapes.items()}
 

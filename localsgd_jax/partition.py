@@ -5,17 +5,9 @@ Every top-level key of params / batch_stats / opt_state is a unit
 """
 from typing import Any, Dict, Tuple
 
-from localsgd_jax.models.base import unit_name
+from localsgd_jax.models.base import unit_index  # pylint: disable=unused-import
 
 Tree = Dict[str, Any]
-
-
-def unit_index(name: str) -> int:
-  """Inverse of `unit_name`."""
-  prefix = unit_name(0)[:-1]
-  if not name.startswith(prefix):
-    raise ValueError(f'{name!r} is not a unit key (expected {prefix}<i>)')
-  return int(name[len(prefix):])
 
 
 def split(tree: Tree, k: int) -> Tuple[Tree, Tree]:

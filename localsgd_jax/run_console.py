@@ -88,7 +88,7 @@ def announce_run(config: ml_collections.ConfigDict, model, state,
   notes."""
   params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
   platform = jax.devices()[0].platform
-  say(f'Model: {config.model.name}, {len(model.units)} units, '
+  say(f'Model: {config.model.name}, {model.num_units} units, '
        f'{params / 1e6:.2f}M parameters; batch {config.batch_size} on '
        f'{num_devices} {platform} device{"s" if num_devices > 1 else ""}, '
        f'{steps_per_epoch} steps per epoch')

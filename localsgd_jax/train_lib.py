@@ -111,10 +111,6 @@ class _Parts:
   # Orbax saves, which Orbax coordinates.
   primary: bool
 
-  @property
-  def num_units(self) -> int:
-    return len(self.model.units)
-
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> Dict[str, Any]:
@@ -163,7 +159,7 @@ def _build(config: ml_collections.ConfigDict) -> _Parts:
   return _Parts(
       dataset=dataset, model=model, loop=loop,
       state=loop.init_state(config.seed),
-      selector=selection.Selector(config.selection, len(model.units),
+      selector=selection.Selector(config.selection, model.num_units,
                                   config.num_epochs),
       steps_per_epoch=steps_per_epoch, num_devices=len(devices),
       batch_sharding=NamedSharding(mesh, P('data')),
@@ -201,7 +197,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
       rows, eval_split=getattr(parts.dataset, 'eval_split', 'test'),
       total_time_s=clock['elapsed_s'],
       compile_time_s=clock['compile_time_s'],
-      num_epochs=config.num_epochs, num_units=parts.num_units,
+      num_epochs=config.num_epochs, num_units=parts.model.num_units,
       num_devices=parts.num_devices, git_commit=commit,
       config=json.loads(config.to_json_best_effort()),
       **run.summary_fields())  # the fork and the changes allowed on resume
@@ -264,7 +260,7 @@ def _train_epoch(config, workdir, parts, state, epoch, eval_step,
     eval_time = time.perf_counter() - t_eval
   row = metrics_lib.epoch_row(
       epoch, result, evaluation, eval_time,
-      parts.loop.weighted_costs(result, state), parts.num_units,
+      parts.loop.weighted_costs(result, state), parts.model.num_units,
       parts.steps_per_epoch, config.batch_size)
   if parts.primary:
     writer.write(row)

@@ -182,7 +182,7 @@ def make_train_step(model: base.Network, tx: optax.GradientTransformation,
   smoothing = config.optim.label_smoothing
   local_forward = make_local_forward(model, local_cfg)
   peak_lr = config.optim.learning_rate
-  unit_names = [base.unit_name(i) for i in range(len(model.units))]
+  unit_names = model.unit_names
 
   def train_step(state: TrainState, batch: Batch, k: int,
                  hebbian: bool = True) -> Tuple[TrainState, Metrics]:

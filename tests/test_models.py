@@ -82,7 +82,7 @@ def test_cifar_resnet_param_counts_match_paper(name):
 @pytest.mark.parametrize('name', sorted(CIFAR_NUM_UNITS))
 def test_cifar_output_shape_and_units(name):
   model = models.create_model(name, 10)
-  assert models.num_units(model) == CIFAR_NUM_UNITS[name]
+  assert model.num_units == CIFAR_NUM_UNITS[name]
   variables = _abstract_variables(model, CIFAR)
   assert set(variables['params']) == {
       base.unit_name(i) for i in range(CIFAR_NUM_UNITS[name])}
@@ -109,7 +109,7 @@ def test_resnet_head_holds_the_only_dense(name):
   dense_units = sorted(
       unit for unit, tree in params.items()
       if any(leaf.ndim == 2 for leaf in jax.tree.leaves(tree)))
-  assert dense_units == [base.unit_name(models.num_units(model) - 1)]
+  assert dense_units == [base.unit_name(model.num_units - 1)]
 
 
 @pytest.mark.parametrize('name', sorted(CIFAR_NUM_UNITS))
@@ -159,7 +159,7 @@ def test_running_units_in_two_parts_equals_running_all(name, channels):
   _, updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
   variables = {'params': variables['params'], **updates}
   full = model.apply(variables, x, train=False)
-  num = models.num_units(model)
+  num = model.num_units
   for k in sorted({0, 1, num // 2, num - 1, num}):
     mid = model.apply(variables, x, train=False, stop=k)
     out = model.apply(variables, mid, train=False, start=k)

@@ -314,7 +314,7 @@ def _train_steps(devices, config):
   loop = loop_lib.TrainLoop(model, dataset, config, mesh)
   state = loop.init_state(config.seed)
   initial = jax.device_get(state.params)
-  selector = selection.Selector(config.selection, len(model.units),
+  selector = selection.Selector(config.selection, model.num_units,
                                 config.num_epochs)
   losses = []
   for epoch in range(config.num_epochs):

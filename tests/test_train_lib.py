@@ -128,7 +128,7 @@ def test_steady_state_steps_transfer_nothing_implicitly(tmp_path):
   mesh = jax.sharding.Mesh(np.array(jax.devices()), ('data',))
   loop = loop_lib.TrainLoop(model, dataset, config, mesh)
   state = loop.init_state(0)
-  selector = selection.Selector(config.selection, len(model.units), 3)
+  selector = selection.Selector(config.selection, model.num_units, 3)
 
   def run(epoch):
     progress = metrics_lib.Progress(epoch, 3, steps, False)

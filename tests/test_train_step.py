@@ -53,7 +53,7 @@ def test_partition_covers_every_parameter_once(name):
                           jnp.zeros((1, 32, 32, 3)))['params']
   leaves = {jax.tree_util.keystr(p) for p, _ in
             jax.tree_util.tree_leaves_with_path(params)}
-  for k in range(len(model.units)):
+  for k in range(model.num_units):
     local, sgd = partition.split(dict(params), k)
     got = [jax.tree_util.keystr(p) for t in (local, sgd) for p, _ in
            jax.tree_util.tree_leaves_with_path(t)]
@@ -164,7 +164,7 @@ def test_flops_and_temp_memory_fall_as_k_grows(rule):
   config = _config(rule=rule)
   model, _, state, batch, step = _setup(config, 'tiny', (32, 32, 1), 32)
   flops, temp = [], []
-  for k in range(len(model.units)):
+  for k in range(model.num_units):
     c = _compiled(step, state, batch, k)
     flops.append(_flops(c))
     temp.append(ts.xla_costs(c)['temp_bytes'])

@@ -53,7 +53,3 @@ def create_model(name: str, num_classes: int, *, cifar_stem: bool = True,
         '--config.model.name=resnet20.')
   return builder(num_classes, cifar_stem=cifar_stem, dtype=dtype)
 
-
-def num_units(model: base.Network) -> int:
-  """Number of units L; transition indices run over 0..L."""
-  return model.num_units

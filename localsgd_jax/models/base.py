@@ -16,10 +16,19 @@ def unit_name(i: int) -> str:
   return f'units_{i}'
 
 
+def unit_index(name: str) -> int:
+  """Inverse of `unit_name`."""
+  prefix = unit_name(0)[:-1]
+  if not name.startswith(prefix):
+    raise ValueError(f'{name!r} is not a unit key (expected {prefix}<i>)')
+  return int(name[len(prefix):])
+
+
 class Network(nn.Module):
   """Runs units [start, stop) of a sequence of units.
 
   Every unit is a Linen module called as `unit(x, train=train)`.
+  `num_units` and `unit_names` are the one way to count and name them.
   """
   units: Sequence[nn.Module]
 
@@ -31,7 +40,13 @@ class Network(nn.Module):
 
   @property
   def num_units(self) -> int:
+    """Number of units L; transition indices run over 0..L."""
     return len(self.units)
+
+  @property
+  def unit_names(self) -> list:
+    """The units' keys in params / batch_stats, in order."""
+    return [unit_name(i) for i in range(self.num_units)]
 
 
 def batch_norm(train: bool, dtype: Any, name: Optional[str] = None,
