@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from localsgd_jax import local_rules
 from localsgd_jax import models
 from localsgd_jax.configs import default
 from localsgd_jax import optim
@@ -63,7 +64,7 @@ def measure_steps(model_name: str, batch_size: int, *, image_size: int = 32,
   variants = {'hebbian': ts.StepCache(ts.make_train_step(model, tx, lr, config))}
   if frozen:
     frozen_cfg = config.copy_and_resolve_references()
-    frozen_cfg.local.rule = 'frozen'
+    frozen_cfg.local.rule = local_rules.FROZEN
     variants['frozen'] = ts.StepCache(
         ts.make_train_step(model, tx, lr, frozen_cfg))
   jobs = [(name, k) for name in variants for k in ks

@@ -17,8 +17,8 @@ from localsgd_jax import workdir as workdir_lib
 from localsgd_jax.errors import UserError
 
 DTYPE_NAMES = ('float32', 'bfloat16')
-# 'frozen': a local unit with learning rate 0 (FreezeOut, AutoFreeze).
-LOCAL_RULES = local_rules.RULES + ('frozen',)
+# The rules and the freezing mode (`local_rules.FROZEN`).
+LOCAL_RULES = local_rules.RULE_NAMES
 WEAK_SUPERVISION = ('none', 'scale', 'sign')
 
 

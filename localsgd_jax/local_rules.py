@@ -26,10 +26,21 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-RULES = ('hebb', 'oja', 'gha')
+RULES = ('hebb', 'oja', 'gha')  # the rules `hebbian_direction` computes
+# The freezing mode (FreezeOut, AutoFreeze): the local units run forward only,
+# i.e. a local unit with learning rate 0. It is a value of `config.local.rule`
+# but not a rule function: the step skips the Hebbian pass (`is_frozen`).
+FROZEN = 'frozen'
+# Every value `config.local.rule` accepts.
+RULE_NAMES = RULES + (FROZEN,)
 ACTIVITIES = ('conv', 'bn', 'bn_relu')
 
 _EPS = 1e-5
+
+
+def is_frozen(rule: str) -> bool:
+  """Whether `config.local.rule` names the freezing mode, not a rule."""
+  return rule == FROZEN
 
 
 def post_synaptic_activity(y: jax.Array, kind: str) -> jax.Array:

@@ -145,7 +145,7 @@ def make_local_forward(model: base.Network,
   interceptor = hebbian_interceptor(local_cfg)
 
   def local_forward(params, batch_stats, x, k: int, hebbian: bool = True):
-    hebbian_on = hebbian and local_cfg.rule != 'frozen'
+    hebbian_on = hebbian and not local_rules.is_frozen(local_cfg.rule)
     mutable = ['batch_stats', 'hebbian'] if hebbian_on else ['batch_stats']
     with (nn.intercept_methods(interceptor) if hebbian_on
           else contextlib.nullcontext()):

@@ -156,3 +156,16 @@ def test_weak_supervision_factor(mode, loss, ema, want):
   got = local_rules.weak_supervision_factor(mode, jnp.float32(loss),
                                             jnp.float32(ema), power=1.0)
   assert float(got) == pytest.approx(want)
+
+
+def test_frozen_is_a_mode_not_a_rule_function():
+  """'frozen' is accepted by config.local.rule but computes no direction."""
+  from localsgd_jax import config_validation
+  assert local_rules.FROZEN == 'frozen'
+  assert local_rules.is_frozen('frozen')
+  assert not any(local_rules.is_frozen(r) for r in local_rules.RULES)
+  assert local_rules.FROZEN not in local_rules.RULES
+  assert config_validation.LOCAL_RULES == local_rules.RULES + ('frozen',)
+  with pytest.raises(ValueError, match='unknown local rule'):
+    local_rules.hebbian_direction('frozen', jnp.ones((2, 4)),
+                                  lambda a: jnp.ones((2, 4)), jnp.ones((5, 4)))
