@@ -20,6 +20,7 @@ import pytest
 from localsgd_jax import data
 from localsgd_jax.data import image_folder
 from localsgd_jax.data import sources
+from localsgd_jax.data import tfds_source
 from localsgd_jax.errors import UserError
 
 
@@ -376,7 +377,7 @@ def test_tfds_prepares_cifar10_offline(tmp_path, tfds_module, monkeypatch):
   monkeypatch.setattr(tfds_module.download.DownloadManager,
                       'download_and_extract',
                       lambda self, url: str(tmp_path / 'download'))
-  x_train, y_train, x_test, y_test = sources._load_tfds_in_memory(
+  x_train, y_train, x_test, y_test = tfds_source.load_tfds_in_memory(
       'cifar10', str(tmp_path / 'tfds'))
   assert (tmp_path / 'tfds' / 'cifar10').is_dir()  # prepared there
   # tfds keeps the examples in its own (hashed) order: compare as sets.
