@@ -15,7 +15,7 @@ import ml_collections
 
 from localsgd_jax import checkpointing
 from localsgd_jax.errors import UserError
-from localsgd_jax.workdir_lock import warn
+from localsgd_jax.errors import warn
 
 CONFIG_FILE = 'config.json'
 RECORD_FILE = 'run.json'

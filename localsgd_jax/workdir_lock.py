@@ -15,6 +15,7 @@ import time
 from typing import Any, Dict, Optional
 
 from localsgd_jax.errors import UserError
+from localsgd_jax.errors import warn
 
 LOCK_FILE = 'run.lock'
 HEARTBEAT_S = 60.0        # the lock holder touches the lock this often
@@ -23,10 +24,6 @@ STALE_AFTER_S = 15 * 60.0  # a lock untouched for this long is stale
 
 def now() -> str:
   return datetime.datetime.now().astimezone().isoformat(timespec='seconds')
-
-
-def warn(message: str) -> None:
-  print(f'warning: {message}', file=sys.stderr, flush=True)
 
 
 
