@@ -9,7 +9,7 @@ a `Resume` or a one-line error naming the changes and the ways on (see
 import dataclasses
 import json
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import ml_collections
 
@@ -207,6 +207,30 @@ def _schedule_note(saved: Dict[str, Any], new: Dict[str, Any], epoch: int,
           f'{epoch} goes from {old:.4g} to {now:.4g}')
 
 
+def _resume_changes(saved: Dict[str, Any], new: Dict[str, Any],
+                    saved_fingerprint: Optional[Dict[str, Any]],
+                    fingerprint: Optional[Dict[str, Any]]
+                    ) -> Tuple[List[Change], bool]:
+  """(the changes that count, whether the data is left unverified).
+
+  The data's location fields count only when the data itself changed (its
+  fingerprint), or when no fingerprint was recorded to compare with.
+  """
+  changes = config_changes(saved, new)
+  location = [c for c in changes if matches(c.field, DATA_LOCATION)]
+  others = [c for c in changes if c not in location]
+  unverified = False
+  if fingerprint is not None and saved_fingerprint is not None:
+    data_change = fingerprint_change(saved_fingerprint, fingerprint)
+    if data_change is None:
+      location = []  # the same data, wherever it is read from now
+    else:
+      others.append(data_change)
+  elif fingerprint is None and location and saved_fingerprint is not None:
+    unverified, location = True, []
+  return others + location, unverified
+
+
 def check_resume(workdir: str, new: Dict[str, Any], *,
                  fingerprint: Optional[Dict[str, Any]] = None,
                  steps_per_epoch: Optional[int] = None,
@@ -248,18 +272,8 @@ def check_resume(workdir: str, new: Dict[str, Any], *,
     return resume
   saved = resume.saved_config
   record = read_json(os.path.join(workdir, RECORD_FILE)) or {}
-  changes = config_changes(saved, new)
-  location = [c for c in changes if matches(c.field, DATA_LOCATION)]
-  others = [c for c in changes if c not in location]
-  if fingerprint is not None and record.get('data') is not None:
-    data_change = fingerprint_change(record['data'], fingerprint)
-    if data_change is None:
-      location = []  # the same data, wherever it is read from now
-    else:
-      others.append(data_change)
-  elif fingerprint is None and location and record.get('data') is not None:
-    resume.data_unverified, location = True, []
-  changes = others + location
+  changes, resume.data_unverified = _resume_changes(
+      saved, new, record.get('data'), fingerprint)
   allow = [a.strip() for a in str(new.get('resume_allow') or '').split(',')
            if a.strip()]
   fixed = [c for c in changes

@@ -45,20 +45,7 @@ def select_per_class(labels: np.ndarray, num_classes: int, *,
     return None, None
   labels = np.asarray(labels)
   members = [np.flatnonzero(labels == c) for c in range(num_classes)]
-  need = train_per_class + holdout_per_class
-  counts = [len(m) for m in members]
-  if min(counts) < need:
-    c = int(np.argmin(counts))
-    name = (repr(class_names[c]) if class_names is not None
-            else f'class {c}')
-    asked = ' + '.join(
-        f'config.data.{field} ({value})' for field, value in
-        (('train_per_class', train_per_class),
-         ('holdout_per_class', holdout_per_class)) if value)
-    raise UserError(
-        f'The training set has {counts[c]} images of {name}, fewer than '
-        f'{asked} = {need}; lower them to at most {counts[c]} images per '
-        f'class in all.')
+  _check_counts(members, train_per_class, holdout_per_class, class_names)
   keep = np.zeros(labels.shape, bool)
   hold = np.zeros(labels.shape, bool)
   for c, idx in enumerate(members):
@@ -76,3 +63,24 @@ def select_per_class(labels: np.ndarray, num_classes: int, *,
       keep[drawn] = False
   return (np.flatnonzero(keep),
           np.flatnonzero(hold) if holdout_per_class else None)
+
+
+def _check_counts(members: Sequence[np.ndarray], train_per_class: int,
+                  holdout_per_class: int,
+                  class_names: Optional[Sequence[str]]) -> None:
+  """Raises a UserError naming the smallest class if it has too few images."""
+  need = train_per_class + holdout_per_class
+  counts = [len(m) for m in members]
+  if min(counts) >= need:
+    return
+  c = int(np.argmin(counts))
+  name = (repr(class_names[c]) if class_names is not None
+          else f'class {c}')
+  asked = ' + '.join(
+      f'config.data.{field} ({value})' for field, value in
+      (('train_per_class', train_per_class),
+       ('holdout_per_class', holdout_per_class)) if value)
+  raise UserError(
+      f'The training set has {counts[c]} images of {name}, fewer than '
+      f'{asked} = {need}; lower them to at most {counts[c]} images per '
+      f'class in all.')
