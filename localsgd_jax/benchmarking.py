@@ -40,7 +40,12 @@ def measure_steps(model_name: str, batch_size: int, *, image_size: int = 32,
         dtype: str = 'float32', ks=None, frozen: bool = True,
         repeats: int = 7, steps: int = 3, seed: int = 0
         ) -> List[Dict[str, Any]]:
-  """Measures every k; returns one dict per k (see module docstring)."""
+  """Measures every k; returns one dict per k (see module docstring).
+
+  Long because the measurement is one procedure that must stay in order:
+  build, compile and count every (variant, k), warm up, then time all of
+  them interleaved in a random order per repeat, then form the ratios.
+  """
   config = default.get_config()
   config.dtype = dtype
   config.local.rule = rule or config.local.rule  # '' = the default rule

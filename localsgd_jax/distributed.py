@@ -43,6 +43,8 @@ def initialize(coordinator_address: str = '', num_processes: int = 0,
                process_id: int = -1) -> bool:
   """Joins this process to a multi-process JAX run when there is one.
 
+  Long because of its three cases and their one-line errors, below.
+
   Three cases:
     * explicit values (`coordinator_address`, with `num_processes` > 1): they
       are passed to `jax.distributed.initialize`; unset ones (0, -1) are left

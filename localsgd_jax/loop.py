@@ -151,6 +151,48 @@ class EpochResult:
   train_time_s: float              # the steps, without compiling
 
 
+def _checked_loss(acc, state, i: int, first_step: int,
+                  on_nonfinite: Callable) -> float:
+  """The deliberate fetch: the losses so far and one all-finite flag of the
+  parameters; raises `on_nonfinite(...)` if anything is NaN or inf."""
+  losses, finite = jax.device_get((acc['loss'], _all_finite(state.params)))
+  losses = losses[:i + 1]
+  if not (finite and np.all(np.isfinite(losses))):
+    raise on_nonfinite(losses, first_step, bool(finite))
+  return float(losses[-1])
+
+
+class _Period:
+  """The selection periods of one epoch: the epoch itself, or every
+  `selector.every_steps` steps of it, each ending in a selector decision."""
+
+  def __init__(self, selector: selection.Selector, epoch: int,
+               steps_per_epoch: int, params):
+    self.selector, self.epoch = selector, epoch
+    self.steps_per_epoch = steps_per_epoch
+    self.k = selector.transition(epoch)
+    self.segments = [(0, self.k)]  # (first step in the epoch, k) per k used
+    self.decisions: List[str] = []
+    self.stats: Dict[str, Any] = {}
+    self.host = None  # the last fetch of the per-step buffers
+    # The step donates its input state: keep a copy to measure updates.
+    self.start, self._params = 0, _copy(params)
+
+  def end(self, i: int, host: Dict[str, np.ndarray], params) -> None:
+    """Ends the period at step `i`: statistics, decision, next k."""
+    self.host = host
+    rows = {n: v[self.start:i + 1] for n, v in host.items()}
+    change = jax.device_get(_net_change(params, self._params))
+    self.stats = period_stats(rows, change, self.k, self.steps_per_epoch)
+    self.decisions.append(self.selector.observe(
+        self.epoch + (i + 1) / self.steps_per_epoch, self.stats))
+    if i + 1 < self.steps_per_epoch:
+      self.k = self.selector.transition(self.epoch)
+      if self.k != self.segments[-1][1]:
+        self.segments.append((i + 1, self.k))
+      self.start, self._params = i + 1, _copy(params)
+
+
 class TrainLoop:
   """Runs epochs of the compiled LoCal+SGD step of `config` on a mesh.
 
@@ -247,7 +289,6 @@ class TrainLoop:
       on_nonfinite: `(losses, first_step, params_finite) -> UserError` for
         a failed finite check.
     """
-    cfg = self.config
     steps_per_epoch = self.steps_per_epoch
     compile_before = self.compile_time_s
     t0 = time.perf_counter()
@@ -258,56 +299,35 @@ class TrainLoop:
                'first_step': data_lib.dataset.replicate(
                    np.int32(first_step), self.replicated)}
     acc = self._zeros()
-    k = selector.transition(epoch)
-    segments = [(0, k)]
+    period = _Period(selector, epoch, steps_per_epoch, state.params)
     counts = collections.Counter()
-    decisions: List[str] = []
-    every = selector.every_steps
-    check_every = cfg.log.check_finite_every
-    hebbian_every = cfg.local.hebbian_every
-    # A selection period is the epoch, or `every_steps` steps of it. The
-    # step donates its input state: keep a copy to measure updates.
-    period_start, period_params = 0, _copy(state.params)
-    host = None
+    check_every = self.config.log.check_finite_every
+    hebbian_every = self.config.local.hebbian_every
     for i in range(steps_per_epoch):
       if feed.host is not None:
         operand['host'] = next(feed.host)
-      key = (k, k > 0 and i % hebbian_every == 0)
+      key = (period.k, period.k > 0 and i % hebbian_every == 0)
       if key not in self.steps.compiled:
         progress.note(compile_message(*key, hebbian_every))
       (state, acc), _ = self.steps((state, acc), operand, *key)
       counts[key] += 1
       last = i + 1 == steps_per_epoch
       if (i + 1) % check_every == 0 or last:
-        # The deliberate fetch: the losses so far and one finite flag.
-        losses, finite = jax.device_get((acc['loss'], _all_finite(
-            state.params)))
-        losses = losses[:i + 1]
-        if not (finite and np.all(np.isfinite(losses))):
-          raise on_nonfinite(losses, first_step, bool(finite))
-        progress.update(i, float(losses[-1]))
+        progress.update(i, _checked_loss(acc, state, i, first_step,
+                                         on_nonfinite))
       else:
         progress.update(i)
-      if last or (every and (i + 1) % every == 0):
-        host = jax.device_get(acc)
-        period = {n: v[period_start:i + 1] for n, v in host.items()}
-        change = jax.device_get(_net_change(state.params, period_params))
-        stats = period_stats(period, change, k, steps_per_epoch)
-        decisions.append(selector.observe(
-            epoch + (i + 1) / steps_per_epoch, stats))
-        if not last:
-          k = selector.transition(epoch)
-          if k != segments[-1][1]:
-            segments.append((i + 1, k))
-          period_start = i + 1
-          period_params = _copy(state.params)
+      if last or (selector.every_steps
+                  and (i + 1) % selector.every_steps == 0):
+        period.end(i, jax.device_get(acc), state.params)
     progress.close()
     for key in counts:  # XLA counts of new programs: compile time, if any
       self.step_costs(key, state)
     epoch_compile = self.compile_time_s - compile_before
     return state, EpochResult(
-        metrics=host, segments=segments, program_counts=dict(counts),
-        decisions=decisions, last_stats=stats, compile_time_s=epoch_compile,
+        metrics=period.host, segments=period.segments,
+        program_counts=dict(counts), decisions=period.decisions,
+        last_stats=period.stats, compile_time_s=epoch_compile,
         train_time_s=time.perf_counter() - t0 - epoch_compile)
 
   def weighted_costs(self, result: EpochResult, state) -> Dict[str, float]:

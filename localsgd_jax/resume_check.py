@@ -237,6 +237,9 @@ def check_resume(workdir: str, new: Dict[str, Any], *,
                  quiet: bool = False) -> Resume:
   """Checks that `new` (as_dict) may continue the run in `workdir`.
 
+  Long because each way a resume can be refused (no saved config, fewer
+  epochs, changed fields, changed data) ends in its own one-line message.
+
   Args:
     workdir: the run's directory.
     new: the new config.

@@ -165,6 +165,11 @@ def make_train_step(model: base.Network, tx: optax.GradientTransformation,
                     config: ml_collections.ConfigDict) -> Callable:
   """Builds `train_step(state, batch, k, hebbian) -> (state, metrics)`.
 
+  Long on purpose: the step is one traced function read top to bottom
+  (local forward, SGD loss and grads, optimizer, Hebbian update, metrics);
+  split into helpers, the boundary between the two partitions would be
+  harder to see.
+
   `k` and `hebbian` are static. With `hebbian=False` the local units only run
   forward (no Hebbian GEMM); `config.local.hebbian_every = m` has the trainer
   run the Hebbian step every m-th step and scales the local learning rate by
