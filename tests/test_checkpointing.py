@@ -24,12 +24,7 @@ def _config(**overrides):
   config.checkpoint.keep = 3
   config.log.progress = False
   config.log.tensorboard = False
-  for key, value in overrides.items():
-    node = config
-    *path, leaf = key.split('.')
-    for p in path:
-      node = node[p]
-    node[leaf] = value
+  config.update_from_flattened_dict(overrides)  # {'optim.lr': ...}
   return config
 
 

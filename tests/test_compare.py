@@ -322,12 +322,7 @@ def _small_config(**overrides):
   config.num_epochs = 1
   config.log.progress = False
   config.log.tensorboard = False
-  for key, value in overrides.items():
-    *path, leaf = key.split('.')
-    node = config
-    for p in path:
-      node = node[p]
-    node[leaf] = value
+  config.update_from_flattened_dict(overrides)  # {'optim.lr': ...}
   return config
 
 

@@ -27,12 +27,7 @@ def _config(**overrides):
   config.num_epochs = 3
   config.log.progress = False
   config.log.check_finite_every = 5
-  for key, value in overrides.items():
-    node = config
-    *path, leaf = key.split('.')
-    for p in path:
-      node = node[p]
-    node[leaf] = value
+  config.update_from_flattened_dict(overrides)  # {'optim.lr': ...}
   return config
 
 

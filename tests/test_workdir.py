@@ -36,12 +36,7 @@ def _config(**overrides):
   config.log.progress = False
   config.log.tensorboard = False
   config.log.check_finite_every = 1
-  for key, value in overrides.items():
-    node = config
-    *path, leaf = key.split('.')
-    for p in path:
-      node = node[p]
-    node[leaf] = value
+  config.update_from_flattened_dict(overrides)  # {'optim.lr': ...}
   return config
 
 
