@@ -74,14 +74,14 @@ def loop_cost(repeats: int):
   compiled = loop.steps.compiled[(0, False)]
   feed = dataset.train_feed(0, config.batch_size, loop.replicated)
   operand = {'device': feed.device, 'host': None,
-             'first_step': data.pipeline.replicate(
+             'first_step': data.dataset.replicate(
                  np.int32((repeats + 1) * steps), loop.replicated)}
   carry = (state, loop._zeros())  # pylint: disable=protected-access
   bare = []
   for _ in range(repeats):
     t0 = time.perf_counter()
     for _ in range(steps):
-      carry, _ = compiled(carry, operand)
+      carry = compiled(carry, operand)
     jax.block_until_ready(carry)
     bare.append((time.perf_counter() - t0) / steps)
     carry = (carry[0].replace(step=carry[0].step - steps), carry[1])

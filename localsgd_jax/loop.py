@@ -14,7 +14,7 @@
   * the step for each (k, hebbian) is compiled once (`StepCache`), and its
     XLA counts come from that compiled program; the share of the FLOPs spent
     in the local units comes from lowering the local forward pass (no second
-    compile).
+    compile, except on backends whose lowered programs report no counts).
 """
 import collections
 import dataclasses
@@ -45,7 +45,7 @@ _PER_UNIT = ('grad_norms', 'update_norms')
 def make_loop_step(train_step: Callable, dataset: data_lib.Dataset,
                    batch_sharding: Optional[jax.sharding.Sharding]
                    ) -> Callable:
-  """`loop_step((state, acc), feed, k, hebbian) -> ((state, acc), None)`.
+  """`loop_step((state, acc), feed, k, hebbian) -> (state, acc)`.
 
   `feed` is `{'device': EpochFeed.device, 'host': this step's host batch or
   None, 'first_step': int32 global step of the epoch's first step}`; the
@@ -60,7 +60,7 @@ def make_loop_step(train_step: Callable, dataset: data_lib.Dataset,
       batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
     state, m = train_step(state, batch, k, hebbian)
     acc = {name: acc[name].at[i].set(m[name]) for name in _ACC_FIELDS}
-    return (state, acc), None
+    return state, acc
   return loop_step
 
 
@@ -309,7 +309,7 @@ class TrainLoop:
       key = (period.k, period.k > 0 and i % hebbian_every == 0)
       if key not in self.steps.compiled:
         progress.note(compile_message(*key, hebbian_every))
-      (state, acc), _ = self.steps((state, acc), operand, *key)
+      state, acc = self.steps((state, acc), operand, *key)
       counts[key] += 1
       last = i + 1 == steps_per_epoch
       if (i + 1) % check_every == 0 or last:

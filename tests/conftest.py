@@ -3,7 +3,10 @@
 These must be set before JAX is imported anywhere.
 """
 import os
+import shutil
 import sys
+
+import pytest
 
 os.environ['JAX_PLATFORMS'] = 'cpu'
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=4')
@@ -13,3 +16,11 @@ os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
+
+
+@pytest.fixture
+def run_copy(finished, tmp_path):
+  """A copy of the test module's `finished` run, free to damage or extend."""
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(finished, workdir)
+  return workdir

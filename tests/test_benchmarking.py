@@ -1,6 +1,7 @@
 """The step benchmark's CLI writes one JSON object per k with XLA's counts."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -35,3 +36,17 @@ def test_step_bench_cli(tmp_path):
     want = (r['step_time_s'] + r['frozen_step_time_s']) / 2
     assert abs(r['amortized_step_time_s'] - want) < 1e-12
   assert 'xflops' in proc.stdout  # the printed table
+
+
+@pytest.mark.slow  # a subprocess training a few epochs of the tiny CNN
+def test_loop_bench_prints_its_figures(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'benchmarks', 'loop_bench.py'),
+       '--repeats=1', '--batches=5'], capture_output=True, text=True,
+      timeout=600, cwd=tmp_path, env={**os.environ, 'XLA_FLAGS': ''})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'input path, memory (digits):' in proc.stdout
+  loop_ms, bare_ms = [float(x) for x in re.findall(
+      r'loop ([\d.]+) ms/step, the same program back to back ([\d.]+)',
+      proc.stdout)[0]]
+  assert loop_ms > 0 and bare_ms > 0

@@ -38,13 +38,6 @@ def finished(tmp_path_factory):
   return workdir
 
 
-@pytest.fixture
-def run_copy(finished, tmp_path):
-  workdir = str(tmp_path / 'run')
-  shutil.copytree(finished, workdir)
-  return workdir
-
-
 def _truncate_arrays(step):
   for path in glob.glob(os.path.join(step, 'state', 'ocdbt.process_0', 'd',
                                      '*')):

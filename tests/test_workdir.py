@@ -62,13 +62,6 @@ def finished(tmp_path_factory):
   return workdir
 
 
-@pytest.fixture
-def run_copy(finished, tmp_path):
-  workdir = str(tmp_path / 'run')
-  shutil.copytree(finished, workdir)
-  return workdir
-
-
 def _one_line(err):
   message = str(err.value)
   assert '\n' not in message

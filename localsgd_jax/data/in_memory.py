@@ -98,7 +98,7 @@ def make_batch(images, labels, idx, rng, mean, inv_std, rows=None, *,
 def _epoch_inputs(seed: jax.Array, epoch: jax.Array, *, n: int, steps: int,
                   batch_size: int) -> Tuple[jax.Array, jax.Array]:
   """The epoch's key and its order cut to (steps, batch_size) indices."""
-  key = jax.random.fold_in(jax.random.key(seed), epoch)
+  key = epoch_key(seed, epoch)
   order = jax.random.permutation(key, n)[:steps * batch_size]
   return key, order.reshape(steps, batch_size)
 
