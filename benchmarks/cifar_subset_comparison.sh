@@ -5,8 +5,10 @@
 #
 #   bash benchmarks/cifar_subset_comparison.sh DATA_DIR WORKDIR [SGD_WORKDIR
 #       [--config.x=y ...]]
-#   (env: EPOCHS=10 WARMUP=6 K_MAX=6 SEEDS=3 MODES="static dynamic freeze";
-#   further arguments go to compare.py)
+#   (env: EPOCHS=10 WARMUP=6 SEEDS=3 MODES="static dynamic freeze" (add
+#   sgd_same_time after the mode it matches, --match_mode), and
+#   K_MAX to fix k_max instead of the config's FLOP share (6 of ResNet-20's
+#   11 units); further arguments go to compare.py)
 #
 # Every mode but sgd trains plain SGD for its first WARMUP epochs, bit-identical
 # to the sgd run of the same seed (same init, data order and steps). So those
@@ -25,14 +27,17 @@
 set -euo pipefail
 DATA=${1:?usage: $0 DATA_DIR WORKDIR [SGD_WORKDIR]}
 OUT=${2:?usage: $0 DATA_DIR WORKDIR [SGD_WORKDIR]}
-EPOCHS=${EPOCHS:-10} WARMUP=${WARMUP:-6} K_MAX=${K_MAX:-6} SEEDS=${SEEDS:-3}
+EPOCHS=${EPOCHS:-10} WARMUP=${WARMUP:-6} K_MAX=${K_MAX:-} SEEDS=${SEEDS:-3}
 MODES=${MODES:-static dynamic freeze}
 args=(--config=configs/cifar10_resnet.py --config.data.dir="$DATA"
       --config.model.name=resnet20 --config.num_epochs="$EPOCHS"
       --config.selection.warmup_epochs="$WARMUP"
-      --config.selection.ramp_epochs=1 --config.selection.k_max="$K_MAX"
+      --config.selection.ramp_epochs=1
       --config.checkpoint.every_epochs=1 --config.checkpoint.keep="$EPOCHS"
       --seeds="$SEEDS" --workdir="$OUT" "${@:4}")
+if [[ -n "$K_MAX" ]]; then
+  args+=(--config.selection.k_max="$K_MAX" --config.selection.k_max_flop_share=0)
+fi
 if [[ -n "${3:-}" && ! -e "$OUT/sgd" ]]; then
   # Whole finished runs: their config.json says what they are, and
   # compare.py skips them (plain-SGD runs ignore the selection fields).
@@ -43,7 +48,11 @@ for mode in $MODES; do
   from=$WARMUP
   [[ $mode == dynamic ]] && from=$((WARMUP - 1))
   fork=()
-  ((from >= 1)) && fork=(--config.init_from="$OUT/sgd/seed_{seed}:$from")
+  # sgd_same_time (list it after its --match_mode, default static) is a
+  # whole SGD run of fewer epochs: another schedule, so not a fork.
+  if [[ $mode != sgd_same_time ]] && ((from >= 1)); then
+    fork=(--config.init_from="$OUT/sgd/seed_{seed}:$from")
+  fi
   # Each call also rewrites the report of every run in $OUT.
   python compare.py "${args[@]}" --modes="$mode" ${fork[@]+"${fork[@]}"}
 done

@@ -37,9 +37,11 @@ import jax
 
 from localsgd_jax import benchmarking
 from localsgd_jax import comparison
+from localsgd_jax import flops
 from localsgd_jax import metrics as metrics_lib
 from localsgd_jax import models
 from localsgd_jax import report
+from localsgd_jax import selection
 from localsgd_jax import train_lib
 from localsgd_jax.configs import cifar10_resnet
 from localsgd_jax.configs import quickstart
@@ -97,8 +99,11 @@ def step_bench(small: bool) -> dict:
   config = cifar10_resnet.get_config()
   name, batch, dtype = ('tiny', 32, 'float32') if small else (
       'resnet18', 512, 'bfloat16')
-  num_units = models.create_model(name, 10).num_units
-  k_default = min(config.selection.k_max, num_units - 2)
+  model = models.create_model(name, 10)
+  num_units = model.num_units
+  k_default = min(selection.k_for_flop_share(
+      flops.unit_flops(model, (32, 32, 3)),
+      config.selection.k_max_flop_share), num_units - 2)
   ks = [0, k_default, num_units - 1]
   out = {}
   for label, fraction, every in (
@@ -125,7 +130,7 @@ def full_runs(data_dir: str, runs_dir: str, epochs: int, small: bool,
   config.log.progress = False
   if small:
     config.model.name = 'tiny'
-    config.selection.k_max = 2
+    config.selection.k_max, config.selection.k_max_flop_share = 2, 0.0
     config.batch_size = 32
     config.data.train_per_class = 20
   else:

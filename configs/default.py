@@ -102,7 +102,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.selection = ml_collections.ConfigDict()
   config.selection.mode = 'sgd'   # sgd, static, dynamic, gradnorm.
   config.selection.k_max = -1     # Largest transition index; -1 = all units
-                                  # but the head.
+                                  # but the head (or by k_max_flop_share).
+  config.selection.k_max_flop_share = 0.0  # > 0: k_max is the most units
+                                  # from the input holding at most this share
+                                  # of the forward FLOPs (needs k_max=-1).
   config.selection.warmup_epochs = 1  # Epochs of pure SGD first.
   config.selection.ramp = 'linear'  # static: linear, cosine, cubic, step.
   config.selection.ramp_epochs = -1  # Epochs to reach k_max; -1 = until the

@@ -64,6 +64,17 @@ def _ci95(values: Sequence[float]) -> Optional[float]:
   return t * float(np.std(values, ddof=1)) / math.sqrt(n)
 
 
+def paired_difference(by_seed: Dict[int, Dict[str, Any]],
+                      reference: Dict[int, Dict[str, Any]]) -> Dict[str, Any]:
+  """Final accuracy of `by_seed`'s runs minus `reference`'s, paired by seed
+  (the same seed: the same init and data order, so the per-seed difference
+  cancels most of the seed-to-seed spread): mean, std, 95% half-width."""
+  seeds = sorted(set(by_seed) & set(reference))
+  diffs = [_final_acc(by_seed[s]) - _final_acc(reference[s]) for s in seeds]
+  return {'seeds': seeds, 'diffs': diffs, 'mean': mean(diffs),
+          'std': _std(diffs), 'ci95': _ci95(diffs)}
+
+
 def _final_acc(run):
   return run['summary']['final_eval_accuracy']
 
@@ -136,10 +147,7 @@ def _entry(mode, by_seed, base, base_means, timing, target, tta_base
   times = [r['summary']['total_time_s'] for r in runs]
   train_times = [_train_time(r) for r in runs]
   robust_times = [timing.robust(r) for r in runs]
-  # Paired by seed: the same seed gives the same init and data order, so
-  # the per-seed difference cancels most of the seed-to-seed spread.
-  paired = sorted(set(by_seed) & set(base))
-  diffs = [_final_acc(by_seed[s]) - _final_acc(base[s]) for s in paired]
+  paired = paired_difference(by_seed, base)
   temp = _field(runs, 'step_temp_bytes')
   return {
       'mode': mode,
@@ -154,9 +162,9 @@ def _entry(mode, by_seed, base, base_means, timing, target, tta_base
       'eval_accuracy_per_seed': dict(zip(map(str, by_seed), accs)),
       'best_eval_accuracy_mean': mean(
           [r['summary']['best_eval_accuracy'] for r in runs]),
-      'accuracy_diff_vs_sgd_mean': mean(diffs) if base else None,
-      'accuracy_diff_vs_sgd_std': _std(diffs) if base else None,
-      'paired_seeds': paired if base else [],
+      'accuracy_diff_vs_sgd_mean': paired['mean'] if base else None,
+      'accuracy_diff_vs_sgd_std': paired['std'] if base else None,
+      'paired_seeds': paired['seeds'] if base else [],
       'total_time_s_mean': mean(times),
       'total_time_s_std': _std(times),
       'speedup_vs_sgd': _ratio(base_means['total'], mean(times)),
@@ -172,7 +180,7 @@ def _entry(mode, by_seed, base, base_means, timing, target, tta_base
       'mean_transition': mean(_field(runs, 'transition')),
       'target_accuracy': target,
       **_tta_fields(runs, timing, target, tta_base),
-      'accuracy_diff_vs_sgd_ci95': _ci95(diffs) if base else None,
+      'accuracy_diff_vs_sgd_ci95': paired['ci95'] if base else None,
   }
 
 

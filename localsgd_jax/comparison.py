@@ -49,11 +49,27 @@ def _check_args(modes: List[str], seeds: int, match_mode: str,
   if match_cost not in MATCH_COSTS:
     raise UserError(f'--match_cost={match_cost!r}: choose one of '
                     f'{", ".join(MATCH_COSTS)}')
-  if SAME_TIME in modes and (BASELINE not in modes or match_mode not in modes
+  if SAME_TIME in modes and (match_mode not in MODES
                              or match_mode in (BASELINE, SAME_TIME)):
     raise UserError(f'{SAME_TIME} gets the training time of --match_mode='
-                    f'{match_mode!r}: list both {BASELINE} and that mode in '
-                    f'--modes (e.g. --modes=sgd,static,{SAME_TIME})')
+                    f'{match_mode!r}: name a trained mode such as static '
+                    f'(e.g. --modes=sgd,static,{SAME_TIME})')
+
+
+def _check_same_time_inputs(workdir: str, modes: List[str], seeds: List[int],
+                            match_mode: str) -> None:
+  """Before any training: sgd_same_time needs sgd and `match_mode` runs of
+  every seed, listed in --modes or already finished in the workdir (e.g.
+  forks that benchmarks/cifar_subset_comparison.sh trained)."""
+  finished, _ = runs_lib.find_runs(workdir) if os.path.isdir(workdir) \
+      else ({}, [])
+  missing = [m for m in (BASELINE, match_mode) if m not in modes
+             and not set(seeds) <= set(finished.get(m, {}))]
+  if missing:
+    raise UserError(f'{SAME_TIME} gets the training time of --match_mode='
+                    f'{match_mode!r}: list {" and ".join(missing)} in '
+                    f'--modes (e.g. --modes=sgd,static,{SAME_TIME}), or '
+                    f'finish those runs in {workdir} first')
 
 
 def run_comparison(config: ml_collections.ConfigDict, workdir: str,
@@ -99,6 +115,7 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str,
   finished = {run_dir(workdir, mode, seed) for seed, mode, cfg in plan
               if workdir_lib.finished_run(run_dir(workdir, mode, seed), cfg)}
   if SAME_TIME in modes:
+    _check_same_time_inputs(workdir, modes, seed_list, match_mode)
     plan += [(seed, SAME_TIME, None) for seed in seed_list]
   for i, (seed, mode, cfg) in enumerate(plan):
     path = run_dir(workdir, mode, seed)

@@ -100,6 +100,15 @@ def validate_selection(s: ml_collections.ConfigDict) -> None:
   _one_of('selection.ramp', s.ramp, selection.RAMPS)
   _check(s.k_max >= -1, 'selection.k_max', s.k_max,
          '>= 0, or -1 for all units but the head')
+  _check(0 <= s.get('k_max_flop_share', 0.0) < 1,
+         'selection.k_max_flop_share', s.get('k_max_flop_share'),
+         'in [0, 1) (0: use k_max)')
+  if s.get('k_max_flop_share', 0.0) > 0 and s.k_max >= 0:
+    raise UserError(
+        f'config.selection.k_max={s.k_max} and k_max_flop_share='
+        f'{s.k_max_flop_share} both set the largest transition index: set '
+        '--config.selection.k_max=-1 to choose it by FLOP share, or '
+        '--config.selection.k_max_flop_share=0 to use k_max')
   _check(s.warmup_epochs >= 0, 'selection.warmup_epochs', s.warmup_epochs,
          '>= 0')
   _check(s.ramp_epochs == -1 or s.ramp_epochs >= 1, 'selection.ramp_epochs',

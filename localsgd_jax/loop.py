@@ -28,6 +28,7 @@ import numpy as np
 import optax
 
 from localsgd_jax import data as data_lib
+from localsgd_jax import flops as flops_lib
 from localsgd_jax import metrics as metrics_lib
 from localsgd_jax import models
 from localsgd_jax import optim
@@ -262,14 +263,8 @@ class TrainLoop:
         lowered = self._local_forward.lower(
             partition.split(state.params, k)[0],
             partition.split(state.batch_stats, k)[0], image, k, hebbian)
-        cost = lowered.cost_analysis()
-        if cost is None:
-          # Some backends (JAX 0.11 on GPUs) count compiled programs only.
-          t0 = time.perf_counter()
-          cost = lowered.compile().cost_analysis()
-          self._extra_compile_s += time.perf_counter() - t0
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        local = float(cost['flops'])
+        local, compile_s = flops_lib.lowered_flops(lowered)
+        self._extra_compile_s += compile_s
       self._local_flops[key] = local
     return {'step_flops': costs['flops'],
             'step_temp_bytes': costs['temp_bytes'],

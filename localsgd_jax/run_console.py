@@ -77,8 +77,12 @@ def describe_selection(config: ml_collections.ConfigDict,
             f'from the training statistics (at most {selector.k_max}; SGD '
             f'warm-up {sel.warmup_epochs} epochs)')
   ks = [selector.transition(e) for e in range(config.num_epochs)]
+  share = ('' if selector.k_max_flops is None else
+           f'; k_max {selector.k_max}: units 0..{selector.k_max - 1} hold '
+           f'{selector.k_max_flops:.0%} of the forward FLOPs, at most '
+           f'k_max_flop_share {sel.k_max_flop_share:g}')
   return (f'Selection: {sel.mode}: {_ranges(ks)} (units 0..k-1 learn '
-          f'locally)')
+          f'locally{share})')
 
 
 def announce_run(config: ml_collections.ConfigDict, model, state,

@@ -36,7 +36,7 @@ Modes:
             retreat). Used with `local.rule=frozen` it is the AutoFreeze peer.
 """
 import math
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from localsgd_jax.errors import UserError
 
@@ -57,6 +57,24 @@ def parse_table(table: str) -> List[tuple]:
                       ) from None
     pairs.append((epoch, k))
   return sorted(pairs)
+
+
+def k_for_flop_share(unit_flops: Sequence[float], share: float) -> int:
+  """The largest k whose units [0, k) hold at most `share` of the FLOPs.
+
+  `unit_flops` are per-unit forward FLOPs in unit order; the head (the last
+  unit) is never local, so k is at most len(unit_flops) - 1. A share
+  expresses "the early half of the network" independently of depth: e.g.
+  0.6 gives 6 of ResNet-20's 11 units and 5 of ResNet-18's 10.
+  """
+  total = float(sum(unit_flops))
+  k, held = 0, 0.0
+  for flops in unit_flops[:-1]:
+    held += flops
+    if held > share * total * (1 + 1e-9):
+      break
+    k += 1
+  return k
 
 
 def static_schedule(epoch: int, *, k_max: int, warmup_epochs: int,
@@ -97,14 +115,27 @@ class Selector:
   by `selector.transition(epoch)` for the k of the next steps).
   """
 
-  def __init__(self, cfg, num_units: int, num_epochs: int):
+  def __init__(self, cfg, num_units: int, num_epochs: int,
+               unit_flops: Optional[Sequence[float]] = None):
+    """`unit_flops` (per-unit forward FLOPs, `TrainLoop.unit_flops`) is
+    needed when `cfg.k_max_flop_share` > 0, which then sets k_max."""
     self.cfg = cfg
     self.num_units = num_units
     self.num_epochs = num_epochs
     if cfg.mode not in MODES:
       raise UserError(f'unknown config.selection.mode={cfg.mode!r}; choose '
                       f'one of {", ".join(MODES)}')
-    self.k_max = num_units - 1 if cfg.k_max < 0 else cfg.k_max
+    share = cfg.get('k_max_flop_share', 0.0)
+    # The share of the forward FLOPs held by units [0, k_max), when chosen
+    # by share (None otherwise).
+    self.k_max_flops = None
+    if share > 0:  # config_validation refuses it with k_max >= 0
+      if unit_flops is None or len(unit_flops) != num_units:
+        raise ValueError('k_max_flop_share needs the FLOPs of every unit')
+      self.k_max = k_for_flop_share(unit_flops, share)
+      self.k_max_flops = sum(unit_flops[:self.k_max]) / sum(unit_flops)
+    else:
+      self.k_max = num_units - 1 if cfg.k_max < 0 else cfg.k_max
     if not 0 <= self.k_max <= num_units - 1:
       raise UserError(
           f'config.selection.k_max={cfg.k_max} is out of range: the model '

@@ -20,6 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from localsgd_jax import checkpointing
 from localsgd_jax import data
+from localsgd_jax import flops as flops_lib
 from localsgd_jax import loop as loop_lib
 from localsgd_jax import metrics as metrics_lib
 from localsgd_jax import models
@@ -156,11 +157,14 @@ def _build(config: ml_collections.ConfigDict) -> _Parts:
                     f'multiple of the {len(devices)} devices.')
   mesh = Mesh(devices, ('data',))
   loop = loop_lib.TrainLoop(model, dataset, config, mesh)
+  state = loop.init_state(config.seed)
+  by_share = config.selection.get('k_max_flop_share', 0.0) > 0
   return _Parts(
-      dataset=dataset, model=model, loop=loop,
-      state=loop.init_state(config.seed),
-      selector=selection.Selector(config.selection, model.num_units,
-                                  config.num_epochs),
+      dataset=dataset, model=model, loop=loop, state=state,
+      selector=selection.Selector(
+          config.selection, model.num_units, config.num_epochs,
+          unit_flops=flops_lib.unit_flops(model, dataset.image_shape)
+          if by_share else None),
       steps_per_epoch=steps_per_epoch, num_devices=len(devices),
       batch_sharding=NamedSharding(mesh, P('data')),
       # Eval batches are sharded too: round up to a multiple of the device

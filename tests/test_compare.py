@@ -262,11 +262,14 @@ def test_sgd_same_time_gets_the_matched_modes_cost(tmp_path):
   config.log.progress = False
   config.log.tensorboard = False
   workdir = str(tmp_path)
-  with pytest.raises(UserError, match='list both sgd and that mode'):
+  with pytest.raises(UserError, match='list static in --modes'):
     comparison.run_comparison(config, workdir, ['sgd', 'sgd_same_time'], 1)
+  assert not os.path.exists(os.path.join(workdir, 'sgd'))  # nothing trained
+  comparison.run_comparison(config, workdir, ['sgd', 'static'], 1)
+  # Alone: the sgd and static runs it matches are finished in the workdir.
   entries = comparison.run_comparison(
-      config, workdir, ['sgd', 'static', 'sgd_same_time'], 1,
-      match_mode='static', match_cost='flops')
+      config, workdir, ['sgd_same_time'], 1, match_mode='static',
+      match_cost='flops')
   with open(os.path.join(workdir, 'sgd_same_time', 'match.json')) as f:
     match = json.load(f)
   flops = {}
