@@ -18,6 +18,7 @@ from PIL import Image
 import pytest
 
 from localsgd_jax import data
+from localsgd_jax.data import image_decode
 from localsgd_jax.data import image_folder
 from localsgd_jax.data import sources
 from localsgd_jax.data import tfds_source
@@ -689,6 +690,51 @@ def test_folder_corrupt_image_is_named(tmp_path, damage):
   with pytest.raises(UserError, match=f'owl/{path.name}') as err:
     data.load_dataset(_folder_cfg(root, tmp_path), seed=0)
   assert '\n' not in str(err.value)
+
+
+@pytest.mark.parametrize('damage', ['garbage', 'truncated'])
+def test_streamed_folder_corrupt_image_is_named(tmp_path, tfds_module,
+                                                capsys, damage):
+  """tf.data's decode error names no file: the streamed dataset finds it."""
+  del tfds_module  # Only shares the TF import.
+  root = tmp_path / 'data'
+  _write_folder(root, {'train': 3, 'val': 1}, size=(16, 16))
+  path = root / 'train' / 'owl' / '01.png'
+  if damage == 'garbage':
+    path.write_bytes(b'this is not an image')
+  else:
+    rng = np.random.default_rng(0)
+    path.unlink()
+    path = path.with_suffix('.jpg')
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), np.uint8)).save(
+        path, quality=95)
+    content = path.read_bytes()
+    path.write_bytes(content[:len(content) // 3])
+  ds = data.load_dataset(_folder_cfg(root, tmp_path, storage='stream',
+                                     image_size=8), seed=0)
+  with pytest.raises(UserError, match=f'owl/{path.name}') as err:
+    _epoch(ds, 0, 3)
+  assert '\n' not in str(err.value)
+  assert 'looking for the file' in capsys.readouterr().out
+  # Also when no file can be named: the split and the data, in one line.
+  ds._find_unreadable = lambda split: None  # pylint: disable=protected-access
+  with pytest.raises(UserError, match='train split of image_folder could '
+                     'not be decoded') as err:
+    _epoch(ds, 0, 3)
+  assert '\n' not in str(err.value)
+
+
+def test_find_unreadable_in_a_pool(tmp_path):
+  """The process-pool scan names the first bad file in list order."""
+  root = tmp_path / 'data'
+  _write_folder(root, {'train': 6}, size=(7, 5))
+  paths = sorted(str(p) for p in root.rglob('*.png'))
+  assert image_decode.find_unreadable(paths, num_workers=2) is None
+  for bad in (paths[9], paths[4]):
+    with open(bad, 'wb') as f:
+      f.write(b'garbage')
+  error = image_decode.find_unreadable(paths, num_workers=2)
+  assert isinstance(error, UserError) and paths[4] in str(error)
 
 
 def test_folder_empty_class_is_named(tmp_path):

@@ -4,6 +4,7 @@ Every image must have one size (the in-memory pipeline does not resize);
 large lists are decoded by a pool of forked processes.
 """
 import concurrent.futures
+import functools
 import math
 import multiprocessing
 import os
@@ -107,14 +108,9 @@ def decode_images(paths: Sequence[str], shape: Tuple[int, int, int], *,
   """
   height, width, _ = shape
   paths = list(paths)
-  if num_workers is None:
-    num_workers = (_num_workers() if len(paths) >= _MIN_PARALLEL_IMAGES
-                   else 1)
-  num_workers = max(1, min(int(num_workers), len(paths)))
-  # A few chunks per worker balance the load; capped so that one result
-  # pickled back through the pipe stays small.
-  chunk = max(1, min(_MAX_CHUNK, math.ceil(len(paths) / (4 * num_workers))))
+  num_workers, chunk = _plan(len(paths), num_workers)
   starts = range(0, len(paths), chunk)
+  work = functools.partial(_decode_chunk, height=height, width=width)
   out = np.empty((len(paths), height, width, 3), np.uint8)
 
   def check(start, result):
@@ -127,11 +123,11 @@ def decode_images(paths: Sequence[str], shape: Tuple[int, int, int], *,
   pool = _process_pool(num_workers) if num_workers > 1 else None
   if pool is None:
     for start in starts:
-      check(start, _decode_chunk(paths[start:start + chunk], height, width))
+      check(start, work(paths[start:start + chunk]))
     return out
   with pool:
     try:
-      _decode_in_pool(pool, paths, starts, chunk, (height, width), check)
+      _run_in_pool(pool, work, paths, starts, chunk, check)
     except concurrent.futures.process.BrokenProcessPool:
       # A worker died (e.g. killed for memory); one process still works.
       warn('an image decoding worker died; decoding in one process.')
@@ -139,8 +135,64 @@ def decode_images(paths: Sequence[str], shape: Tuple[int, int, int], *,
   return out
 
 
-def _problem_error(problem: Tuple, path: str, expected: Tuple[int, int],
-                   reference: str) -> UserError:
+def _plan(num_paths: int, num_workers: Optional[int]) -> Tuple[int, int]:
+  """(processes, chunk size) for `num_paths` images (see decode_images)."""
+  if num_workers is None:
+    num_workers = (_num_workers() if num_paths >= _MIN_PARALLEL_IMAGES
+                   else 1)
+  num_workers = max(1, min(int(num_workers), num_paths))
+  # A few chunks per worker balance the load; capped so that one result
+  # pickled back through the pipe stays small.
+  chunk = max(1, min(_MAX_CHUNK, math.ceil(num_paths / (4 * num_workers))))
+  return num_workers, chunk
+
+
+def _load_chunk(paths: Sequence[str]) -> Tuple[None, Optional[Tuple]]:
+  """(None, problem) for the first of `paths` PIL cannot decode (see
+  `_decode_chunk`), or (None, None): pool workers decode, keep nothing."""
+  for i, path in enumerate(paths):
+    try:
+      with Image.open(path) as image:
+        image.load()
+    except Exception as e:  # pylint: disable=broad-except
+      return None, ('read', i, type(e).__name__, str(e))
+  return None, None
+
+
+def find_unreadable(paths: Sequence[str], *,
+                    num_workers: Optional[int] = None) -> Optional[UserError]:
+  """The error naming the first of `paths` that PIL cannot decode, or None.
+
+  Images of any size; decoded (by a process pool for long lists, as in
+  `decode_images`) and dropped. For streamed folders, whose tf.data errors
+  do not name the file.
+  """
+  paths = list(paths)
+  if not paths:
+    return None
+  num_workers, chunk = _plan(len(paths), num_workers)
+  starts = range(0, len(paths), chunk)
+
+  def check(start, result):
+    if result[1] is not None:
+      raise _problem_error(result[1], paths[start + result[1][1]])
+
+  pool = _process_pool(num_workers) if num_workers > 1 else None
+  try:
+    if pool is None:
+      for start in starts:
+        check(start, _load_chunk(paths[start:start + chunk]))
+    else:
+      with pool:
+        _run_in_pool(pool, _load_chunk, paths, starts, chunk, check)
+  except UserError as e:
+    return e
+  return None
+
+
+def _problem_error(problem: Tuple, path: str,
+                   expected: Optional[Tuple[int, int]] = None,
+                   reference: Optional[str] = None) -> UserError:
   """The UserError for a problem `_decode_chunk` reported about `path`."""
   if problem[0] == 'size':
     return _size_error(path, problem[2], expected, reference)
@@ -148,14 +200,14 @@ def _problem_error(problem: Tuple, path: str, expected: Tuple[int, int],
                    f'{problem[3]}); replace or delete the file.')
 
 
-def _decode_in_pool(pool: concurrent.futures.ProcessPoolExecutor,
-                    paths: Sequence[str], starts: range, chunk: int,
-                    size: Tuple[int, int],
-                    check: Callable[[int, Tuple], None]) -> None:
-  """Decodes the chunks at `starts` in `pool`, `check`ing each in order."""
-  height, width = size
-  futures = [pool.submit(_decode_chunk, paths[start:start + chunk], height,
-                         width) for start in starts]
+def _run_in_pool(pool: concurrent.futures.ProcessPoolExecutor,
+                 work: Callable[[Sequence[str]], Tuple],
+                 paths: Sequence[str], starts: range, chunk: int,
+                 check: Callable[[int, Tuple], None]) -> None:
+  """Runs `work` on the chunks at `starts` in `pool`, `check`ing each result
+  in order."""
+  futures = [pool.submit(work, paths[start:start + chunk])
+             for start in starts]
   try:
     # In submission order, so that an error names the first bad file.
     for i, start in enumerate(starts):

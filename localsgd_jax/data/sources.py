@@ -29,6 +29,7 @@ from typing import Optional, Sequence, Tuple
 import ml_collections
 import numpy as np
 
+from localsgd_jax.data import image_decode
 from localsgd_jax.data import image_folder
 from localsgd_jax.data.dataset import Dataset
 # The readers by source, re-exported: files (digits, CIFAR pickles), tfds.
@@ -294,6 +295,7 @@ def _stream_image_folder(opts: _Options, seed: int, test_split: str,
                       f'.jpeg or .png images in class subfolders. '
                       + _FOLDER_LAYOUT)
   names = builder.info.features['label'].names
+  by_name = {folder.name: folder for folder in folders}
   # ImageFolder's own file shuffle is unseeded; the seeded tf.data shuffle
   # in streaming.py is the only one, so that epochs are reproducible.
   dataset = StreamingDataset(
@@ -301,7 +303,9 @@ def _stream_image_folder(opts: _Options, seed: int, test_split: str,
       train_split='train', test_split=test_split,
       num_train=counts['train'], num_test=counts[test_split],
       num_classes=len(names), image_size=opts.image_size, seed=seed,
-      augment=opts.augment, flip=True, shuffle_buffer=opts.shuffle_buffer)
+      augment=opts.augment, flip=True, shuffle_buffer=opts.shuffle_buffer,
+      find_unreadable=lambda split: image_decode.find_unreadable(
+          by_name[split].paths()) if split in by_name else None)
   dataset.class_names = tuple(names)
   dataset.eval_split = test_split
   digest = hashlib.blake2b(digest_size=16)

@@ -17,6 +17,7 @@ from localsgd_jax.data.dataset import Batch, Dataset, EpochFeed
 from localsgd_jax.data.dataset import _place, _prefetch, normalize
 from localsgd_jax.data import tf_import
 from localsgd_jax.data.dataset import process_rows, replicate
+from localsgd_jax.errors import UserError
 
 # Per-channel ImageNet statistics in 0..255 pixel units. Streaming datasets are
 # too big to scan for their own statistics before training, so they use these
@@ -68,7 +69,9 @@ class StreamingDataset(Dataset):
                num_classes: int, image_size: int, seed: int, augment: bool,
                flip: bool, shuffle_buffer: int,
                mean: Tuple[float, ...] = IMAGENET_MEAN,
-               std: Tuple[float, ...] = IMAGENET_STD):
+               std: Tuple[float, ...] = IMAGENET_STD,
+               find_unreadable: Optional[
+                   Callable[[str], Optional[UserError]]] = None):
     """Describes the pipeline; nothing is read until batches are requested.
 
     Args:
@@ -87,6 +90,9 @@ class StreamingDataset(Dataset):
       shuffle_buffer: tf.data shuffle buffer size, in examples.
       mean: per-channel mean in pixel units.
       std: per-channel std in pixel units.
+      find_unreadable: split -> the error naming its first file that cannot
+        be decoded (None if all can); called when tf.data fails to decode,
+        since TensorFlow's error does not name the file.
     """
     self.name = name
     self._read = read
@@ -103,6 +109,7 @@ class StreamingDataset(Dataset):
     self.shuffle_buffer = int(shuffle_buffer)
     self.mean = np.asarray(mean, np.float32)
     self.std = np.asarray(std, np.float32)
+    self._find_unreadable = find_unreadable
 
   def _decode_crop(self, image_bytes, crop_window):
     """Decodes only the crop of JPEGs; other formats decode then slice.
@@ -173,11 +180,27 @@ class StreamingDataset(Dataset):
       image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
     return image, tf.cast(label, tf.int32)
 
-  def _numpy_batches(self, ds):
+  def _numpy_batches(self, ds, split: str):
     tf = tf_import.tensorflow()
     ds = ds.prefetch(tf.data.AUTOTUNE)
     # Keep the deterministic default: parallel maps still emit in order.
-    yield from ds.as_numpy_iterator()
+    try:
+      yield from ds.as_numpy_iterator()
+    except tf.errors.InvalidArgumentError as e:  # an image failed to decode
+      raise self._decode_error(split, e) from None
+
+  def _decode_error(self, split: str, e: Exception) -> UserError:
+    """The one-line error for a file of `split` that tf.data could not
+    decode, naming it when `find_unreadable` can."""
+    message = (str(getattr(e, 'message', e)).strip().splitlines() or [''])[0]
+    if self._find_unreadable is not None:
+      print(f'An image of the {split} split could not be decoded '
+            f'({message}); looking for the file ...', flush=True)
+      found = self._find_unreadable(split)
+      if found is not None:
+        return found
+    return UserError(f'An image of the {split} split of {self.name} could '
+                     f'not be decoded ({message}); replace or delete it.')
 
   def _train_feed(self, epoch, batch_size, steps, replicated, batch_sharding):
     device = replicate({'mean': self.mean,
@@ -222,7 +245,7 @@ class StreamingDataset(Dataset):
     ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(local_size, drop_remainder=True).take(steps)
     mask = np.ones((local_size,), np.float32)
-    for images, labels in self._numpy_batches(ds):
+    for images, labels in self._numpy_batches(ds, self._train_split):
       yield _place({'image': images, 'label': labels, 'mask': mask},
                    sharding, None if rows is None else batch_size)
 
@@ -241,7 +264,7 @@ class StreamingDataset(Dataset):
     local_size = batch_size if rows is None else len(rows)
     ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(local_size)
-    batches = self._numpy_batches(ds)
+    batches = self._numpy_batches(ds, self._test_split)
     if rows is not None:
       # Every process must run the same number of eval steps, also one whose
       # rows of the last global batch are all past the end of the test set.
