@@ -62,6 +62,12 @@ def create(workdir: str) -> None:
 # ------------------------------------------------------------------ the lock
 
 
+def _identity(stat: os.stat_result) -> tuple:
+  """Which lock file this is: a removed file's inode number may be reused
+  at once, its modification time (stale: long past) is not."""
+  return stat.st_ino, stat.st_mtime_ns
+
+
 def _pid_alive(pid: int) -> bool:
   try:
     os.kill(pid, 0)
@@ -145,12 +151,25 @@ class RunLock:
           f'no run uses it any more, delete {self.path}.')
     aside = f'{self.path}.stale.{os.getpid()}'
     try:
-      if os.stat(self.path).st_ino != stat.st_ino:
+      if _identity(os.stat(self.path)) != _identity(stat):
         return  # replaced meanwhile: judge the new one
       os.rename(self.path, aside)
-      os.remove(aside)
     except FileNotFoundError:
       return  # another run took it over first
+    if _identity(os.stat(aside)) != _identity(stat):
+      # Another run took the stale lock over between the check and the
+      # rename, and this moved its fresh lock: put it back (a link fails
+      # rather than overwrite a third run's lock) and judge it again.
+      try:
+        os.link(aside, self.path)
+      except FileExistsError:
+        pass
+      except OSError:  # no hard links on this filesystem
+        os.replace(aside, self.path)
+        return
+      os.remove(aside)
+      return
+    os.remove(aside)
     warn(f'{self.path} was left by a run that is gone ({why}); taking it '
           'over.')
 

@@ -373,6 +373,29 @@ def test_lock_from_another_host_goes_stale_by_age(tmp_path, capsys):
   assert not os.path.exists(lock.path)
 
 
+def test_stale_lock_taken_over_by_two_runs_at_once(tmp_path, monkeypatch):
+  """Run B takes the stale lock over between run A's check and A's rename:
+  A must put B's fresh lock back and stop, not take it."""
+  workdir = str(tmp_path)
+  _write_lock(workdir, host='elsewhere', pid=1)
+  old = time.time() - 2 * workdir_lib.STALE_AFTER_S
+  path = os.path.join(workdir, 'run.lock')
+  os.utime(path, (old, old))
+  rename = os.rename
+
+  def other_run_first(src, dst):
+    os.remove(path)  # B replaced the stale lock by its own
+    _write_lock(workdir, host='b-host', pid=2)
+    monkeypatch.setattr(os, 'rename', rename)
+    rename(src, dst)
+
+  monkeypatch.setattr(os, 'rename', other_run_first)
+  with pytest.raises(UserError, match='in use by another run .host b-host'):
+    workdir_lib.RunLock(workdir).acquire()
+  assert _json(path)['host'] == 'b-host'
+  assert os.listdir(workdir) == ['run.lock']  # nothing left aside
+
+
 def test_lock_heartbeat_keeps_it_fresh(tmp_path):
   lock = workdir_lib.RunLock(str(tmp_path), heartbeat_s=0.05)
   lock.acquire()
