@@ -32,8 +32,9 @@ _MATCH_COST = flags.DEFINE_enum(
     'match_cost', 'time', ['time', 'flops'], 'How sgd_same_time matches '
     'it: robust training time (median time per kind of epoch) or XLA FLOPs.')
 _TARGET = flags.DEFINE_float(
-    'target', None, 'Accuracy for time-to-accuracy (default: sgd\'s mean '
-    'final accuracy minus --target_drop).')
+    'target', None, 'Accuracy for time-to-accuracy, for every seed '
+    '(default: per seed, that seed\'s sgd final accuracy minus '
+    '--target_drop).')
 _TARGET_DROP = flags.DEFINE_float(
     'target_drop', 0.005, 'See --target (0.005 = half a point).')
 _SEEDS = flags.DEFINE_integer(

@@ -106,6 +106,23 @@ class _Timing:
     return _time_to_target(run, self.median_train, target)
 
 
+class _Targets:
+  """The time-to-accuracy target of each seed: `target` for every seed
+  when given; else, paired like Δ, the same seed's sgd final accuracy minus
+  `drop` (a seed whose sgd run ends low is not held to the other seeds'
+  level, which its own sgd run might never reach), and for a seed without
+  an sgd run their mean (`default`)."""
+
+  def __init__(self, base, target: Optional[float], drop: float):
+    self.by_seed = {} if target is not None else {
+        seed: _final_acc(run) - drop for seed, run in base.items()}
+    self.default = (target if target is not None
+                    else mean(list(self.by_seed.values())))
+
+  def __call__(self, seed: int) -> Optional[float]:
+    return self.by_seed.get(seed, self.default)
+
+
 def aggregate(runs_by_mode: Dict[str, Dict[int, Dict[str, Any]]],
               target: Optional[float] = None, target_drop: float = 0.005
               ) -> List[Dict[str, Any]]:
@@ -114,8 +131,8 @@ def aggregate(runs_by_mode: Dict[str, Dict[int, Dict[str, Any]]],
   Args:
     runs_by_mode: {mode: {seed: {'summary': summary.json, 'rows':
       metrics.jsonl rows}}}.
-    target: the accuracy for time-to-accuracy; None: sgd's mean final
-      accuracy minus `target_drop`.
+    target: the accuracy for time-to-accuracy; None: per seed, that
+      seed's sgd final accuracy minus `target_drop`.
     target_drop: see `target`.
 
   Returns:
@@ -124,22 +141,21 @@ def aggregate(runs_by_mode: Dict[str, Dict[int, Dict[str, Any]]],
   """
   base = runs_by_mode.get(BASELINE, {})
   timing = _Timing(runs_by_mode)
-  if target is None and base:
-    target = mean([_final_acc(r) for r in base.values()]) - target_drop
+  targets = _Targets(base, target, target_drop)
   tta_base = None
-  if target is not None and base:
-    times = [timing.to_target(r, target) for r in base.values()]
+  if targets.default is not None and base:
+    times = [timing.to_target(r, targets(s)) for s, r in base.items()]
     tta_base = mean(times) if None not in times else None
   base_means = {
       'total': mean([r['summary']['total_time_s'] for r in base.values()]),
       'train': mean([_train_time(r) for r in base.values()]),
       'robust': mean([timing.robust(r) for r in base.values()]),
   }
-  return [_entry(mode, by_seed, base, base_means, timing, target, tta_base)
+  return [_entry(mode, by_seed, base, base_means, timing, targets, tta_base)
           for mode, by_seed in runs_by_mode.items()]
 
 
-def _entry(mode, by_seed, base, base_means, timing, target, tta_base
+def _entry(mode, by_seed, base, base_means, timing, targets, tta_base
            ) -> Dict[str, Any]:
   """One mode's entry; `base` holds sgd's runs by seed."""
   runs = list(by_seed.values())
@@ -178,19 +194,20 @@ def _entry(mode, by_seed, base, base_means, timing, target, tta_base
       'local_flop_fraction_mean': mean(_field(runs, 'local_flop_fraction')),
       'peak_temp_bytes': max(temp) if temp else None,
       'mean_transition': mean(_field(runs, 'transition')),
-      'target_accuracy': target,
-      **_tta_fields(runs, timing, target, tta_base),
+      'target_accuracy': targets.default,
+      'target_accuracy_per_seed': {str(s): targets(s) for s in by_seed},
+      **_tta_fields(by_seed, timing, targets, tta_base),
       'accuracy_diff_vs_sgd_ci95': paired['ci95'] if base else None,
   }
 
 
-def _tta_fields(runs, timing, target, tta_base) -> Dict[str, Any]:
+def _tta_fields(by_seed, timing, targets, tta_base) -> Dict[str, Any]:
   """Time-to-accuracy of a mode's runs and its iso-accuracy speedup."""
-  if target is None:
+  if targets.default is None:
     return {'time_to_target_s': None, 'time_to_target_s_mean': None,
             'time_to_target_s_std': None, 'target_reached': None,
             'iso_accuracy_speedup': None}
-  times = [timing.to_target(r, target) for r in runs]
+  times = [timing.to_target(r, targets(s)) for s, r in by_seed.items()]
   reached = [t for t in times if t is not None]
   all_reached = len(reached) == len(times)
   avg = mean(reached) if all_reached else None

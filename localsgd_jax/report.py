@@ -80,11 +80,12 @@ def _markdown(meta: Dict[str, Any], entries: List[Dict[str, Any]]) -> str:
       f'- date: {meta["date"]}',
       f'- device: {meta["device"]}',
       f'- git commit: {meta["git_commit"]}',
-      f'- target accuracy: {_fmt(target, ".4f")}', '',
+      f'- target accuracy: {_fmt(target, ".4f")} (mean over seeds)', '',
       headline_table(entries), '',
       '**Iso-accuracy speedup** (the headline): sgd\'s training time to '
-      'first reach the target accuracy (sgd\'s mean final accuracy minus '
-      '0.5 points unless --target says otherwise) over the mode\'s, with '
+      'first reach the target accuracy (per seed, the same seed\'s sgd '
+      'final accuracy minus 0.5 points, unless --target gives one for '
+      'all) over the mode\'s, with '
       'training time rebuilt from the median time of each kind of epoch '
       '(compile and eval excluded); n/a unless every seed reached it. '
       'Accuracy is the final epoch\'s on the runs\' eval split; Δ pairs '
@@ -161,8 +162,8 @@ def write_report(workdir: str, command: Optional[str] = None,
     command: the command line; None keeps the one of an earlier report.
     device: the accelerator the runs used; None keeps the one of an earlier
       report (a redraw may happen on another machine), else `this_device`.
-    target: the accuracy for time-to-accuracy; None: sgd's mean final
-      accuracy minus `target_drop`.
+    target: the accuracy for time-to-accuracy; None: per seed, that
+      seed's sgd final accuracy minus `target_drop`.
     target_drop: see `target` (0.005 = half a point).
     this_device: this machine's accelerator, for a first report made by a
       redraw (the caller asks JAX; this module does not import it).

@@ -184,6 +184,34 @@ def test_time_to_accuracy_and_iso_accuracy_speedup(tmp_path):
   assert by_mode['static']['time_to_target_s'] == [8.0, 8.0]
 
 
+def test_time_to_accuracy_targets_are_paired_by_seed(tmp_path):
+  """Each seed's target is its own sgd run's final accuracy minus 0.5
+  points: with sgd ending at 0.80 and 0.70, a target of their mean minus
+  0.5 (0.745) would be one sgd never reaches on seed 1."""
+  workdir = str(tmp_path)
+  curves = {('sgd', 0): [0.6, 0.8], ('sgd', 1): [0.6, 0.7],
+            ('static', 0): [0.796, 0.79], ('static', 1): [0.6, 0.69]}
+  for (mode, seed), accs in curves.items():
+    rows = [{'epoch': e + 1, 'transition': 0 if mode == 'sgd' else 1,
+             'eval_accuracy': a, 'step': 10 * (e + 1), 'step_flops': 1.0,
+             **_times(4.0 if mode == 'sgd' else 2.0)}
+            for e, a in enumerate(accs)]
+    _write_run(workdir, mode, seed, accs[-1], 10.0, rows)
+    with open(os.path.join(workdir, mode, f'seed_{seed}', 'metrics.jsonl'),
+              'w') as f:
+      f.writelines(json.dumps(row) + '\n' for row in rows)
+  by_mode = {e['mode']: e for e in report.write_report(workdir)}
+  sgd, static = by_mode['sgd'], by_mode['static']
+  assert sgd['target_accuracy_per_seed'] == pytest.approx(
+      {'0': 0.795, '1': 0.695})
+  assert sgd['target_accuracy'] == pytest.approx(0.745)
+  assert sgd['time_to_target_s'] == [8.0, 8.0]
+  # static: 0.796 >= 0.795 after its first epoch (2 s) on seed 0; 0.69 <
+  # 0.695 on seed 1: not reached there.
+  assert static['time_to_target_s'] == [2.0, None]
+  assert static['iso_accuracy_speedup'] is None
+
+
 def test_unknown_mode_lists_valid_ones(tmp_path):
   with pytest.raises(UserError, match=r"'bogus'.*valid modes: sgd, static, "
                      r'dynamic, freeze, autofreeze'):
