@@ -23,7 +23,8 @@ _WORKDIR = flags.DEFINE_string(
 _MODES = flags.DEFINE_list(
     'modes', ['sgd', 'static', 'dynamic', 'freeze'],
     'Comma-separated modes: sgd, static, dynamic, freeze, autofreeze, '
-    'static_frozen (freezing on the static schedule), sgd_same_time (SGD '
+    'static_frozen / static_oja (freezing / the Hebbian rule oja on the '
+    'static schedule), sgd_same_time (SGD '
     'given the training time of --match_mode).')
 _MATCH_MODE = flags.DEFINE_string(
     'match_mode', 'static', 'The mode whose training cost sgd_same_time '

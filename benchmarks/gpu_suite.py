@@ -13,8 +13,9 @@ leaves every finished part):
      times and ratios to k = 0, with the default local-rule settings and
      with a Hebbian update at every step on the whole batch;
   3. full CIFAR-10 (train/ 45k, evaluated on val/ 5k), ResNet-18, bfloat16:
-     SGD, the documented LoCal+SGD default (configs/cifar10_resnet.py) and
-     freezing on the same schedule, for a fixed number of epochs, at batch
+     SGD, the documented default (configs/cifar10_resnet.py: the static
+     schedule, its early units frozen) and the Hebbian rule (oja) on the
+     same schedule, for a fixed number of epochs, at batch
      512 with learning rate 0.4 (the config's 128 / 0.1, scaled linearly).
 
 Files: suite.json (every figure), suite.log, comparison.md / .json and the
@@ -59,7 +60,7 @@ _SMALL = flags.DEFINE_bool(
 _PARTS = flags.DEFINE_list('parts', ['smoke', 'step_bench', 'runs'],
                            'Which parts to run.')
 
-MODES = ('sgd', 'static', 'static_frozen')
+MODES = ('sgd', 'static', 'static_oja')
 
 
 class _Tee(io.TextIOBase):

@@ -7,9 +7,10 @@
 # of the config's warm-up (60% of the epochs), so variants share that state
 # and differ only in what the local units do for the remaining epochs, on
 # the config's static schedule (k_max by FLOP share: 6 of 11 units).
-# `frozen` (learning rate 0, i.e. freezing) is the reference the Hebbian
-# variants must beat. Paired seeds; the last lines print each variant minus
-# frozen with a 95% interval.
+# `frozen` (learning rate 0, i.e. freezing: the config's default since this
+# sweep, benchmarks/RESULTS.md) is the reference the Hebbian variants must
+# beat. Paired seeds; the last lines print each variant minus frozen with a
+# 95% interval.
 #
 #   bash benchmarks/local_rule_sweep.sh ../shared/data/cifar10-jpg runs/sweep
 #   (env: EPOCHS=10 SEEDS=2 HOLDOUT=500 PER_CLASS=450; reruns skip finished
@@ -36,10 +37,10 @@ for ((seed = 0; seed < SEEDS; seed++)); do
   done <<'VARIANTS'
 frozen          --config.local.rule=frozen
 oja             --config.local.rule=oja
-oja_lr1e-3      --config.local.learning_rate=1e-3
-oja_lr1e-2      --config.local.learning_rate=1e-2
-oja_every_step  --config.local.hebbian_every=1 --config.local.hebbian_fraction=1.0
-oja_ws_none     --config.local.weak_supervision=none
+oja_lr1e-3      --config.local.rule=oja --config.local.learning_rate=1e-3
+oja_lr1e-2      --config.local.rule=oja --config.local.learning_rate=1e-2
+oja_every_step  --config.local.rule=oja --config.local.hebbian_every=1 --config.local.hebbian_fraction=1.0
+oja_ws_none     --config.local.rule=oja --config.local.weak_supervision=none
 gha             --config.local.rule=gha
 VARIANTS
 done

@@ -4,11 +4,12 @@
   python train.py --config=configs/quickstart.py --workdir=/tmp/quick
   python train.py --config.selection.mode=sgd   # plain SGD, to compare
 
-The project's default method, as in configs/cifar10_resnet.py: plain SGD
+The project's default schedule, as in configs/cifar10_resnet.py: plain SGD
 (k = 0) for the first 60% of the epochs, then k = 2: the first two of the
-tiny CNN's 4 units learn with the local Hebbian rule. Expected: >= 95% test
-accuracy in well under a minute on a 2-core CPU (README has the measured
-figures).
+tiny CNN's 4 units learn with the local Hebbian rule (oja), which shows the
+rule at work; the CIFAR config freezes those units instead, as measured on
+CIFAR-10 (benchmarks/RESULTS.md). Expected: >= 95% test accuracy in well
+under a minute on a 2-core CPU (README has the measured figures).
 """
 from localsgd_jax.configs import default
 

@@ -29,6 +29,7 @@ import optax
 
 from localsgd_jax import data as data_lib
 from localsgd_jax import flops as flops_lib
+from localsgd_jax import local_rules
 from localsgd_jax import metrics as metrics_lib
 from localsgd_jax import models
 from localsgd_jax import optim
@@ -128,10 +129,13 @@ def period_stats(host: Dict[str, np.ndarray],
   }
 
 
-def compile_message(k: int, hebbian: bool, hebbian_every: int) -> str:
+def compile_message(k: int, hebbian: bool, hebbian_every: int,
+                    frozen: bool = False) -> str:
   """The line announcing a compile of the step for (k, hebbian)."""
   if k == 0:
     what = 'plain SGD'
+  elif frozen:
+    what = f'units 0..{k - 1} frozen: forward only'
   elif hebbian:
     what = f'units 0..{k - 1} local, with their Hebbian update'
   else:
@@ -298,12 +302,16 @@ class TrainLoop:
     counts = collections.Counter()
     check_every = self.config.log.check_finite_every
     hebbian_every = self.config.local.hebbian_every
+    # Frozen units have no Hebbian step: one program per k, not two equal
+    # ones (the step skips the update for the frozen rule either way).
+    frozen = local_rules.is_frozen(self.config.local.rule)
     for i in range(steps_per_epoch):
       if feed.host is not None:
         operand['host'] = next(feed.host)
-      key = (period.k, period.k > 0 and i % hebbian_every == 0)
+      key = (period.k,
+             period.k > 0 and not frozen and i % hebbian_every == 0)
       if key not in self.steps.compiled:
-        progress.note(compile_message(*key, hebbian_every))
+        progress.note(compile_message(*key, hebbian_every, frozen))
       state, acc = self.steps((state, acc), operand, *key)
       counts[key] += 1
       last = i + 1 == steps_per_epoch

@@ -29,6 +29,10 @@ MODES: Dict[str, Dict[str, Any]] = {
     # leave the backward pass at the same epochs with learning rate 0, so
     # any difference from 'static' is the local rule's doing.
     'static_frozen': {'selection.mode': 'static', 'local.rule': 'frozen'},
+    # The Hebbian rule (oja) on exactly the static schedule, whatever rule
+    # the config sets (configs/cifar10_resnet.py freezes: benchmarks/
+    # RESULTS.md): the paper's LoCal+SGD against the default.
+    'static_oja': {'selection.mode': 'static', 'local.rule': 'oja'},
     # Plain SGD given the training time of another mode (`match_mode`): the
     # same schedule shape compressed into fewer epochs, which
     # `comparison.run_comparison` sets from the finished runs' costs. The

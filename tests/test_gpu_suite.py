@@ -44,7 +44,7 @@ def test_small_suite_writes_every_part(tmp_path):
     # k by the config's FLOP share (0.6: 1 of the tiny CNN's 4 units), all.
     assert [r['k'] for r in rows] == [0, 1, 3]
     assert rows[-1]['flops'] < rows[0]['flops']
-  for mode in ('sgd', 'static', 'static_frozen'):
+  for mode in ('sgd', 'static', 'static_oja'):
     assert parts[f'run_{mode}']['eval_split'] == 'val'
   for name in ('comparison.md', 'comparison.json', 'suite.log',
                'accuracy_vs_epoch.png'):

@@ -110,6 +110,31 @@ def test_step_costs_weight_hebbian_and_plain_steps(tmp_path):
   assert 0 < plain['local_flop_fraction'] < heb['local_flop_fraction']
 
 
+def test_frozen_units_compile_one_program_per_k(tmp_path, capsys):
+  """The frozen rule has no Hebbian step: every step at k uses one program
+  (not a 'Hebbian' one every m-th step that would do the same)."""
+  config = _config(**{'num_epochs': 1, 'selection.mode': 'static',
+                      'selection.table': '0:2', 'local.rule': 'frozen'})
+  from localsgd_jax import loop as loop_lib  # pylint: disable=g-import-not-at-top
+  seen = {}
+  original = loop_lib.TrainLoop.weighted_costs
+
+  def spy(self, result, state):
+    seen['counts'] = dict(result.program_counts)
+    return original(self, result, state)
+
+  loop_lib.TrainLoop.weighted_costs = spy
+  try:
+    train_lib.train_and_evaluate(config, str(tmp_path))
+  finally:
+    loop_lib.TrainLoop.weighted_costs = original
+  row, = _rows(tmp_path)
+  assert seen['counts'] == {(2, False): row['step']}
+  out = capsys.readouterr().out
+  assert 'Compiling the step for k=2 (units 0..1 frozen: forward only)' in out
+  assert 'Hebbian' not in out
+
+
 def test_steady_state_steps_transfer_nothing_implicitly(tmp_path):
   """Per step the loop uploads and fetches nothing but the deliberate
   finite checks (explicit `device_get`s), so the device never waits on it."""
