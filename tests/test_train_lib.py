@@ -78,11 +78,9 @@ def test_eval_every_n_epochs_and_always_the_last(tmp_path):
     assert json.load(f)['final_eval_accuracy'] == rows[-1]['eval_accuracy']
 
 
-def test_step_costs_weight_hebbian_and_plain_steps(tmp_path):
-  # k = 2 from the start, the Hebbian GEMM every 3rd step: the epoch's
-  # counts are the step-weighted mean of the two compiled programs.
-  config = _config(**{'num_epochs': 1, 'selection.mode': 'static',
-                      'selection.table': '0:2', 'local.hebbian_every': 3})
+def _train_seeing_costs(config, workdir):
+  """Trains `config`; returns the last epoch's program counts and the XLA
+  costs of each program, as `TrainLoop.weighted_costs` saw them."""
   from localsgd_jax import loop as loop_lib  # pylint: disable=g-import-not-at-top
   seen = {}
   original = loop_lib.TrainLoop.weighted_costs
@@ -95,9 +93,18 @@ def test_step_costs_weight_hebbian_and_plain_steps(tmp_path):
 
   loop_lib.TrainLoop.weighted_costs = spy
   try:
-    train_lib.train_and_evaluate(config, str(tmp_path))
+    train_lib.train_and_evaluate(config, str(workdir))
   finally:
     loop_lib.TrainLoop.weighted_costs = original
+  return seen
+
+
+def test_step_costs_weight_hebbian_and_plain_steps(tmp_path):
+  # k = 2 from the start, the Hebbian GEMM every 3rd step: the epoch's
+  # counts are the step-weighted mean of the two compiled programs.
+  config = _config(**{'num_epochs': 1, 'selection.mode': 'static',
+                      'selection.table': '0:2', 'local.hebbian_every': 3})
+  seen = _train_seeing_costs(config, tmp_path)
   row, = _rows(tmp_path)
   counts = seen['counts']
   steps = row['step']
@@ -115,19 +122,7 @@ def test_frozen_units_compile_one_program_per_k(tmp_path, capsys):
   (not a 'Hebbian' one every m-th step that would do the same)."""
   config = _config(**{'num_epochs': 1, 'selection.mode': 'static',
                       'selection.table': '0:2', 'local.rule': 'frozen'})
-  from localsgd_jax import loop as loop_lib  # pylint: disable=g-import-not-at-top
-  seen = {}
-  original = loop_lib.TrainLoop.weighted_costs
-
-  def spy(self, result, state):
-    seen['counts'] = dict(result.program_counts)
-    return original(self, result, state)
-
-  loop_lib.TrainLoop.weighted_costs = spy
-  try:
-    train_lib.train_and_evaluate(config, str(tmp_path))
-  finally:
-    loop_lib.TrainLoop.weighted_costs = original
+  seen = _train_seeing_costs(config, tmp_path)
   row, = _rows(tmp_path)
   assert seen['counts'] == {(2, False): row['step']}
   out = capsys.readouterr().out
