@@ -8,7 +8,7 @@ import functools
 import math
 import multiprocessing
 import os
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 import warnings
 
 import numpy as np
@@ -108,9 +108,6 @@ def decode_images(paths: Sequence[str], shape: Tuple[int, int, int], *,
   """
   height, width, _ = shape
   paths = list(paths)
-  num_workers, chunk = _plan(len(paths), num_workers)
-  starts = range(0, len(paths), chunk)
-  work = functools.partial(_decode_chunk, height=height, width=width)
   out = np.empty((len(paths), height, width, 3), np.uint8)
 
   def check(start, result):
@@ -120,43 +117,48 @@ def decode_images(paths: Sequence[str], shape: Tuple[int, int, int], *,
       raise _problem_error(problem, paths[start + problem[1]], (width, height),
                            reference or paths[0])
 
+  try:
+    _run_chunks(paths, functools.partial(_decode_chunk, height=height,
+                                         width=width), check, num_workers)
+  except concurrent.futures.process.BrokenProcessPool:
+    # A worker died (e.g. killed for memory); one process still works.
+    warn('an image decoding worker died; decoding in one process.')
+    return decode_images(paths, shape, num_workers=1, reference=reference)
+  return out
+
+
+def _run_chunks(paths: Sequence[str], work: Callable[[Sequence[str]], Any],
+                check: Callable[[int, Any], None],
+                num_workers: Optional[int]) -> None:
+  """`check(start, work(chunk))` for the chunks of `paths` in order; the
+  chunks run in a pool of processes for long lists (see decode_images)."""
+  if num_workers is None:
+    num_workers = (_num_workers() if len(paths) >= _MIN_PARALLEL_IMAGES
+                   else 1)
+  num_workers = max(1, min(int(num_workers), len(paths)))
+  # A few chunks per worker balance the load; capped so that one result
+  # pickled back through the pipe stays small.
+  chunk = max(1, min(_MAX_CHUNK, math.ceil(len(paths) / (4 * num_workers))))
+  starts = range(0, len(paths), chunk)
   pool = _process_pool(num_workers) if num_workers > 1 else None
   if pool is None:
     for start in starts:
       check(start, work(paths[start:start + chunk]))
-    return out
+    return
   with pool:
-    try:
-      _run_in_pool(pool, work, paths, starts, chunk, check)
-    except concurrent.futures.process.BrokenProcessPool:
-      # A worker died (e.g. killed for memory); one process still works.
-      warn('an image decoding worker died; decoding in one process.')
-      return decode_images(paths, shape, num_workers=1, reference=reference)
-  return out
+    _run_in_pool(pool, work, paths, starts, chunk, check)
 
 
-def _plan(num_paths: int, num_workers: Optional[int]) -> Tuple[int, int]:
-  """(processes, chunk size) for `num_paths` images (see decode_images)."""
-  if num_workers is None:
-    num_workers = (_num_workers() if num_paths >= _MIN_PARALLEL_IMAGES
-                   else 1)
-  num_workers = max(1, min(int(num_workers), num_paths))
-  # A few chunks per worker balance the load; capped so that one result
-  # pickled back through the pipe stays small.
-  chunk = max(1, min(_MAX_CHUNK, math.ceil(num_paths / (4 * num_workers))))
-  return num_workers, chunk
-
-
-def _load_chunk(paths: Sequence[str]) -> Tuple[None, Optional[Tuple]]:
-  """(None, problem) for the first of `paths` PIL cannot decode (see
-  `_decode_chunk`), or (None, None): pool workers decode, keep nothing."""
+def _load_chunk(paths: Sequence[str]) -> Optional[Tuple]:
+  """The problem (as `_decode_chunk` reports it) of the first of `paths`
+  PIL cannot decode, or None; the pixels are dropped."""
   for i, path in enumerate(paths):
     try:
       with Image.open(path) as image:
         image.load()
     except Exception as e:  # pylint: disable=broad-except
-      return None, ('read', i, type(e).__name__, str(e))
-  return None, None
+      return ('read', i, type(e).__name__, str(e))
+  return None
 
 
 def find_unreadable(paths: Sequence[str], *,
@@ -168,23 +170,13 @@ def find_unreadable(paths: Sequence[str], *,
   do not name the file.
   """
   paths = list(paths)
-  if not paths:
-    return None
-  num_workers, chunk = _plan(len(paths), num_workers)
-  starts = range(0, len(paths), chunk)
 
-  def check(start, result):
-    if result[1] is not None:
-      raise _problem_error(result[1], paths[start + result[1][1]])
+  def check(start, problem):
+    if problem is not None:
+      raise _problem_error(problem, paths[start + problem[1]])
 
-  pool = _process_pool(num_workers) if num_workers > 1 else None
   try:
-    if pool is None:
-      for start in starts:
-        check(start, _load_chunk(paths[start:start + chunk]))
-    else:
-      with pool:
-        _run_in_pool(pool, _load_chunk, paths, starts, chunk, check)
+    _run_chunks(paths, _load_chunk, check, num_workers)
   except UserError as e:
     return e
   return None
