@@ -47,6 +47,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 def validate_run(config: ml_collections.ConfigDict) -> None:
   """The top-level fields: epochs, batch sizes, dtype, seed, eval cadence."""
   _check(config.num_epochs >= 1, 'num_epochs', config.num_epochs, '>= 1')
+  fraction = config.get('last_epoch_fraction', 1.0)
+  _check(0 < fraction <= 1, 'last_epoch_fraction', fraction,
+         'in (0, 1] (the share of the last epoch\'s steps that run)')
   _check(config.batch_size >= 1, 'batch_size', config.batch_size, '>= 1')
   _check(config.eval_batch_size >= 1, 'eval_batch_size',
          config.eval_batch_size, '>= 1')

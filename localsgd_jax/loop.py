@@ -172,9 +172,12 @@ class _Period:
   `selector.every_steps` steps of it, each ending in a selector decision."""
 
   def __init__(self, selector: selection.Selector, epoch: int,
-               steps_per_epoch: int, params):
+               steps_per_epoch: int, params, steps: Optional[int] = None):
     self.selector, self.epoch = selector, epoch
     self.steps_per_epoch = steps_per_epoch
+    # The epoch's steps: fewer than steps_per_epoch in a run's partial last
+    # epoch (config.last_epoch_fraction).
+    self.steps = steps or steps_per_epoch
     self.k = selector.transition(epoch)
     self.segments = [(0, self.k)]  # (first step in the epoch, k) per k used
     self.decisions: List[str] = []
@@ -191,11 +194,22 @@ class _Period:
     self.stats = period_stats(rows, change, self.k, self.steps_per_epoch)
     self.decisions.append(self.selector.observe(
         self.epoch + (i + 1) / self.steps_per_epoch, self.stats))
-    if i + 1 < self.steps_per_epoch:
+    if i + 1 < self.steps:
       self.k = self.selector.transition(self.epoch)
       if self.k != self.segments[-1][1]:
         self.segments.append((i + 1, self.k))
       self.start, self._params = i + 1, _copy(params)
+
+
+def num_train_steps(config: ml_collections.ConfigDict,
+                    steps_per_epoch: int) -> int:
+  """The steps of a run: `config.num_epochs` epochs, the last one cut to
+  `config.last_epoch_fraction` of its steps (rounded to the nearest step,
+  halves to even, at least 1): 12.6 epochs are num_epochs=13 and
+  last_epoch_fraction=0.6, round(12.6 * steps_per_epoch) steps."""
+  fraction = config.get('last_epoch_fraction', 1.0)
+  last = min(steps_per_epoch, max(1, round(fraction * steps_per_epoch)))
+  return (config.num_epochs - 1) * steps_per_epoch + last
 
 
 class TrainLoop:
@@ -218,8 +232,11 @@ class TrainLoop:
     self.batch_sharding = jax.sharding.NamedSharding(
         mesh, jax.sharding.PartitionSpec('data'))
     self.tx = optim.direction(config.optim)
+    self.num_steps = num_train_steps(config, self.steps_per_epoch)
+    # The schedule's shape compressed into the run's exact steps.
     lr_schedule = optim.learning_rate_schedule(
-        config.optim, self.steps_per_epoch, config.num_epochs)
+        config.optim, self.steps_per_epoch,
+        self.num_steps / self.steps_per_epoch)
     self.steps = train_step_lib.StepCache(make_loop_step(
         train_step_lib.make_train_step(model, self.tx, lr_schedule, config),
         dataset, self.batch_sharding))
@@ -248,6 +265,12 @@ class TrainLoop:
       shapes[name] = (self.steps_per_epoch, self.model.num_units)
     return {name: jnp.zeros(shape, jnp.float32)
             for name, shape in shapes.items()}
+
+  def steps_in_epoch(self, epoch: int) -> int:
+    """The steps epoch `epoch` (0-based) runs: all but in a partial last
+    epoch (see `num_train_steps`)."""
+    return min(self.steps_per_epoch,
+               self.num_steps - epoch * self.steps_per_epoch)
 
   @property
   def compile_time_s(self) -> float:
@@ -298,14 +321,16 @@ class TrainLoop:
                'first_step': data_lib.dataset.replicate(
                    np.int32(first_step), self.replicated)}
     acc = self._zeros()
-    period = _Period(selector, epoch, steps_per_epoch, state.params)
+    steps = self.steps_in_epoch(epoch)
+    period = _Period(selector, epoch, steps_per_epoch, state.params,
+                     steps=steps)
     counts = collections.Counter()
     check_every = self.config.log.check_finite_every
     hebbian_every = self.config.local.hebbian_every
     # Frozen units have no Hebbian step: one program per k, not two equal
     # ones (the step skips the update for the frozen rule either way).
     frozen = local_rules.is_frozen(self.config.local.rule)
-    for i in range(steps_per_epoch):
+    for i in range(steps):
       if feed.host is not None:
         operand['host'] = next(feed.host)
       key = (period.k,
@@ -314,7 +339,7 @@ class TrainLoop:
         progress.note(compile_message(*key, hebbian_every, frozen))
       state, acc = self.steps((state, acc), operand, *key)
       counts[key] += 1
-      last = i + 1 == steps_per_epoch
+      last = i + 1 == steps
       if (i + 1) % check_every == 0 or last:
         progress.update(i, _checked_loss(acc, state, i, first_step,
                                          on_nonfinite))
@@ -328,7 +353,9 @@ class TrainLoop:
       self.step_costs(key, state)
     epoch_compile = self.compile_time_s - compile_before
     return state, EpochResult(
-        metrics=period.host, segments=period.segments,
+        # The buffers hold a whole epoch: a partial one fills only `steps`.
+        metrics={n: v[:steps] for n, v in period.host.items()},
+        segments=period.segments,
         program_counts=dict(counts), decisions=period.decisions,
         last_stats=period.stats, compile_time_s=epoch_compile,
         train_time_s=time.perf_counter() - t0 - epoch_compile)

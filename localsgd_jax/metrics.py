@@ -175,10 +175,11 @@ def epoch_row(epoch: int, result, evaluation: Dict[str, Any], eval_time: float,
   """
   m = result.metrics
   first_step = epoch * steps_per_epoch
+  steps = len(m['loss'])  # fewer than steps_per_epoch in a partial epoch
   k_last = result.segments[-1][1]
   return {
       'epoch': epoch + 1,  # completed epochs, counted from 1 everywhere
-      'step': first_step + steps_per_epoch,
+      'step': first_step + steps,
       'transition': result.segments[0][1],
       # [global step, k] for each k the epoch used (more than one only with
       # config.selection.every_steps).
@@ -198,7 +199,7 @@ def epoch_row(epoch: int, result, evaluation: Dict[str, Any], eval_time: float,
       'epoch_time_s': result.train_time_s,
       'eval_time_s': eval_time,
       'compile_time_s': result.compile_time_s,
-      'images_per_s': steps_per_epoch * batch_size / result.train_time_s,
+      'images_per_s': steps * batch_size / result.train_time_s,
       'selection': ', '.join(result.decisions),
   }
 

@@ -29,9 +29,13 @@ def direction(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
 
 def learning_rate_schedule(cfg: ml_collections.ConfigDict,
                            steps_per_epoch: int,
-                           num_epochs: int) -> optax.Schedule:
-  """The SGD learning rate as a function of the global step."""
-  total = max(1, steps_per_epoch * num_epochs)
+                           num_epochs: float) -> optax.Schedule:
+  """The SGD learning rate as a function of the global step.
+
+  `num_epochs` may be fractional (a run's partial last epoch): the schedule
+  spans round(num_epochs * steps_per_epoch) steps.
+  """
+  total = max(1, round(steps_per_epoch * num_epochs))
   warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
   peak = cfg.learning_rate
   if cfg.schedule == 'cosine':

@@ -77,6 +77,32 @@ def enable_compilation_cache(path: str) -> None:
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
 
 
+class _CacheEvents:
+  """Counts, into `clock`, the programs compiled through JAX's persistent
+  compilation cache and those loaded from it (jax.monitoring events), so a
+  run's compile time says whether it was a cold compile or a cache load."""
+
+  FIELDS = {'/jax/compilation_cache/compile_requests_use_cache':
+                'compile_cache_requests',
+            '/jax/compilation_cache/cache_hits': 'compile_cache_hits'}
+
+  def __init__(self, clock: Dict[str, float]):
+    self.clock = clock
+
+  def __call__(self, event: str, **kwargs) -> None:
+    del kwargs
+    key = self.FIELDS.get(event)
+    if key is not None:
+      self.clock[key] = self.clock.get(key, 0) + 1
+
+  def __enter__(self):
+    jax.monitoring.register_event_listener(self)
+    return self
+
+  def __exit__(self, *exc_info):
+    jax.monitoring.unregister_event_listener(self)
+
+
 def _non_finite_error(losses: np.ndarray, first_step: int, epoch: int,
                       params_finite: bool, checkpointer,
                       workdir: str) -> UserError:
@@ -190,10 +216,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
       f.write(commit + '\n')
   eval_step = jax.jit(train_step_lib.make_eval_step(parts.model))
   try:
-    for epoch in range(start_epoch, config.num_epochs):
-      state, row = _train_epoch(config, workdir, parts, state, epoch,
-                                eval_step, checkpointer, writer, clock)
-      rows.append(row)
+    with _CacheEvents(clock):
+      for epoch in range(start_epoch, config.num_epochs):
+        state, row = _train_epoch(config, workdir, parts, state, epoch,
+                                  eval_step, checkpointer, writer, clock)
+        rows.append(row)
   finally:
     checkpointer.close()
     writer.close()
@@ -201,7 +228,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
       rows, eval_split=getattr(parts.dataset, 'eval_split', 'test'),
       total_time_s=clock['elapsed_s'],
       compile_time_s=clock['compile_time_s'],
-      num_epochs=config.num_epochs, num_units=parts.model.num_units,
+      **{key: clock.get(key, 0) for key in _CacheEvents.FIELDS.values()},
+      num_epochs=config.num_epochs,
+      # The run's length in epochs (fractional with last_epoch_fraction).
+      train_epochs=parts.loop.num_steps / parts.steps_per_epoch,
+      num_steps=parts.loop.num_steps, num_units=parts.model.num_units,
       num_devices=parts.num_devices, git_commit=commit,
       config=json.loads(config.to_json_best_effort()),
       **run.summary_fields())  # the fork and the changes allowed on resume
@@ -226,7 +257,9 @@ def _resume(config, workdir, run, parts, checkpointer, writer):
     start_epoch, state, host = restored
     parts.selector.load_state_dict(host['selector'])
     clock = {'elapsed_s': host['elapsed_s'],
-             'compile_time_s': host['compile_time_s']}
+             'compile_time_s': host['compile_time_s'],
+             # Absent in checkpoints of older versions: counted from here.
+             **{key: host.get(key, 0) for key in _CacheEvents.FIELDS.values()}}
     if parent_rows is None:
       print(f'Resuming from the checkpoint after epoch {start_epoch} in '
             f'{workdir}', flush=True)
@@ -250,7 +283,8 @@ def _train_epoch(config, workdir, parts, state, epoch, eval_step,
   """
   t0 = time.perf_counter()
   progress = metrics_lib.Progress(epoch, config.num_epochs,
-                                  parts.steps_per_epoch, config.log.progress)
+                                  parts.loop.steps_in_epoch(epoch),
+                                  config.log.progress)
   state, result = parts.loop.run_epoch(
       state, epoch, parts.selector, progress,
       lambda losses, first, finite: _non_finite_error(
