@@ -4,6 +4,8 @@
       --modes=sgd,static,dynamic,freeze --seeds=3
   python compare.py --config=configs/quickstart.py --workdir=/tmp/cmp \
       --modes=sgd,static,static_frozen,sgd_same_time --seeds=3
+  python compare.py --config=configs/quickstart.py --workdir=/tmp/cmp \
+      --modes=sgd,static --sgd_budgets=4,6,8,12 --seeds=3   # SGD's frontier
   python compare.py --workdir=/tmp/cmp --report_only   # redraw the report
 Config overrides pass through as in train.py (--config.num_epochs=5). Runs go
 to WORKDIR/<mode>/seed_<n>; the table is WORKDIR/comparison.md (and .json),
@@ -26,6 +28,11 @@ _MODES = flags.DEFINE_list(
     'static_frozen / static_oja (freezing / the Hebbian rule oja on the '
     'static schedule), sgd_same_time (SGD '
     'given the training time of --match_mode).')
+_SGD_BUDGETS = flags.DEFINE_list(
+    'sgd_budgets', [], 'Comma-separated epochs (fractional allowed: 12.6) '
+    'at which SGD is also trained, same schedule shape compressed, in '
+    'WORKDIR/sgd@<epochs>: SGD\'s accuracy-cost frontier, against which '
+    'the report gives each mode\'s iso-accuracy speed-up.')
 _MATCH_MODE = flags.DEFINE_string(
     'match_mode', 'static', 'The mode whose training cost sgd_same_time '
     'gets.')
@@ -62,7 +69,8 @@ def main(config):
     entries = comparison.run_comparison(
         config, _WORKDIR.value, _MODES.value, _SEEDS.value, command=command,
         match_mode=_MATCH_MODE.value, match_cost=_MATCH_COST.value,
-        target=_TARGET.value, target_drop=_TARGET_DROP.value)
+        target=_TARGET.value, target_drop=_TARGET_DROP.value,
+        sgd_budgets=_SGD_BUDGETS.value)
   print(report.headline_table(entries))
   print(f'Report (details and plots): '
         f'{os.path.join(_WORKDIR.value, "comparison.md")}')

@@ -1,10 +1,12 @@
 """The comparison harness: every mode with every seed, then the report.
 
 `run_comparison` trains each mode (LoCal+SGD and its peers, see `modes`)
-with the same seeds under one config, each run in `workdir/<mode>/seed_<s>`,
+and SGD at each budget of `sgd_budgets` (its frontier, `sgd@B`) with the
+same seeds under one config, each run in `workdir/<mode>/seed_<s>`,
 skipping runs finished under this config and refusing ones trained under
-another, sets `sgd_same_time`'s epochs from the finished runs' costs, and
-then has `report.write_report` write the table and plots. This module
+another, sets `sgd_same_time`'s length (in steps: fractional epochs) from
+the finished runs' costs, and then has `report.write_report` write the
+table and plots. This module
 trains; `report` only reads.
 """
 import os
@@ -15,6 +17,7 @@ import ml_collections
 
 from localsgd_jax import aggregate as aggregate_lib
 from localsgd_jax import metrics as metrics_lib
+from localsgd_jax import modes as modes_lib
 from localsgd_jax import report
 from localsgd_jax import runs as runs_lib
 from localsgd_jax import selection
@@ -24,7 +27,8 @@ from localsgd_jax.errors import UserError
 # MODES, mode_config and run_dir are also this module's API (compare.py,
 # benchmarks/gpu_suite.py, the notebooks).
 from localsgd_jax.modes import BASELINE, MODES, SAME_TIME  # pylint: disable=unused-import
-from localsgd_jax.modes import mode_config, parse_modes
+from localsgd_jax.modes import budget_mode, mode_config, parse_budgets
+from localsgd_jax.modes import parse_modes
 from localsgd_jax.runs import run_dir
 
 MATCH_COSTS = ('time', 'flops')
@@ -76,15 +80,16 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str,
                    modes: Sequence[str], seeds: int,
                    command: Optional[str] = None, match_mode: str = 'static',
                    match_cost: str = 'time', target: Optional[float] = None,
-                   target_drop: float = 0.005) -> List[Dict[str, Any]]:
+                   target_drop: float = 0.005,
+                   sgd_budgets: Sequence[Any] = ()) -> List[Dict[str, Any]]:
   """Trains every mode with seeds config.seed .. config.seed + seeds - 1.
 
   Seeds are the outer loop, so if the comparison stops early the finished
   runs still form complete pairs across modes. Each run resumes from its own
   checkpoint, so running the same comparison again continues where it
-  stopped (and skips finished runs). `sgd_same_time` runs last: its epoch
-  count is `config.num_epochs` scaled by the training cost of `match_mode`
-  over sgd's, measured on the finished runs.
+  stopped (and skips finished runs). `sgd_same_time` runs last: its length
+  is `config.num_epochs` scaled by the training cost of `match_mode` over
+  sgd's, measured on the finished runs, in fractional epochs (steps).
 
   Args:
     config: the config every mode starts from.
@@ -97,16 +102,22 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str,
       of epoch) or 'flops' (XLA's compiled FLOPs of the steps run).
     target, target_drop: the time-to-accuracy target (see
       `report.write_report`).
+    sgd_budgets: epochs (fractional ones allowed) at which SGD is trained
+      too, mode `sgd@B`: SGD's accuracy-cost frontier, the report's
+      iso-accuracy speed-up.
 
   Returns:
     One entry per mode, as in `comparison.json` (see `report.write_report`).
   """
   modes = parse_modes(modes)
   _check_args(modes, seeds, match_mode, match_cost)
+  budgets = parse_budgets([str(b) for b in sgd_budgets])
   seed_list = [config.seed + i for i in range(seeds)]
-  first = [m for m in modes if m != SAME_TIME]
-  plan = [(seed, mode, mode_config(config, mode, seed))
-          for seed in seed_list for mode in first]
+  first = [(m, None) for m in modes if m != SAME_TIME] + [
+      (budget_mode(b), b) for b in budgets]
+  plan = [(seed, mode, mode_config(config, BASELINE if epochs else mode,
+                                   seed, epochs=epochs))
+          for seed in seed_list for mode, epochs in first]
   for _, mode, cfg in plan[:len(first)]:
     _check_supported(cfg, mode)
   # Before any training: a run trained under another config is refused
@@ -120,9 +131,8 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str,
   for i, (seed, mode, cfg) in enumerate(plan):
     path = run_dir(workdir, mode, seed)
     if cfg is None:
-      cfg = mode_config(config, SAME_TIME, seed)
-      cfg.num_epochs = _same_time_epochs(workdir, config.num_epochs,
-                                         match_mode, match_cost)
+      cfg = mode_config(config, SAME_TIME, seed, epochs=_same_time_epochs(
+          workdir, config.num_epochs, match_mode, match_cost))
       if workdir_lib.finished_run(path, cfg):
         finished.add(path)
     if path in finished:
@@ -139,12 +149,14 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str,
 
 
 def _same_time_epochs(workdir: str, num_epochs: int, match_mode: str,
-                      match_cost: str) -> int:
-  """SGD epochs whose cost matches `match_mode`'s runs; recorded in
-  `workdir/sgd_same_time/match.json` (and reused, so reruns agree)."""
+                      match_cost: str) -> float:
+  """SGD epochs (fractional: matched to the step) whose cost matches
+  `match_mode`'s runs; recorded in `workdir/sgd_same_time/match.json` (and
+  reused, so reruns agree; records of older versions hold whole epochs)."""
   record_path = os.path.join(workdir, SAME_TIME, 'match.json')
   if os.path.exists(record_path):
-    return runs_lib.read_json(record_path)['num_epochs']
+    record = runs_lib.read_json(record_path)
+    return record.get('epochs', record['num_epochs'])
   runs = runs_lib.load_runs(workdir, [BASELINE, match_mode])
   if BASELINE not in runs or match_mode not in runs:
     raise UserError(f'{SAME_TIME} needs finished {BASELINE} and '
@@ -158,12 +170,19 @@ def _same_time_epochs(workdir: str, num_epochs: int, match_mode: str,
       costs[mode] = aggregate_lib.mean(
           [runs_lib.robust_train_time(runs, r) for r in runs[mode].values()])
   ratio = costs[match_mode] / costs[BASELINE]
-  epochs = max(1, int(round(num_epochs * ratio)))
+  steps_per_epoch = runs_lib.steps_per_epoch(
+      next(iter(runs[BASELINE].values())))
+  epochs = num_epochs * ratio
+  if steps_per_epoch:  # to the step, at least one
+    epochs = max(1, round(epochs * steps_per_epoch)) / steps_per_epoch
+  epochs = round(epochs, 6)
   os.makedirs(os.path.dirname(record_path), exist_ok=True)
   metrics_lib.write_json(record_path, {
       'match_mode': match_mode, 'match_cost': match_cost,
-      'cost_ratio': ratio, 'baseline_epochs': num_epochs,
-      'num_epochs': epochs})
+      'cost_ratio': ratio, 'baseline_epochs': num_epochs, 'epochs': epochs,
+      'steps': (round(epochs * steps_per_epoch) if steps_per_epoch
+                else None),
+      **modes_lib.length_fields(epochs)})
   print(f'{SAME_TIME}: {match_mode} cost {ratio:.3f}x of {BASELINE} '
-        f'({match_cost}) -> {epochs} of {num_epochs} epochs', flush=True)
+        f'({match_cost}) -> {epochs:g} of {num_epochs} epochs', flush=True)
   return epochs

@@ -5,14 +5,17 @@ global backend alone (a notebook's inline plots keep working) and needs no
 display.
 """
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
+
+from localsgd_jax.modes import parse_budget_mode
 
 PLOTS = {
     'accuracy_vs_epoch': 'accuracy_vs_epoch.png',
     'accuracy_vs_time': 'accuracy_vs_time.png',
     'transition_vs_epoch': 'transition_vs_epoch.png',
+    'accuracy_vs_cost': 'accuracy_vs_cost.png',
 }
 
 
@@ -83,8 +86,58 @@ def _plot(path: str, runs_by_mode, x_key: str, y_field: str, xlabel: str,
 
 
 
-def write_plots(workdir: str, runs_by_mode) -> None:
-  """The PNGs of PLOTS, into `workdir`."""
+def _figure():
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  fig = Figure(figsize=(6.4, 4.2), layout='constrained')
+  FigureCanvasAgg(fig)
+  return fig, fig.add_subplot()
+
+
+def plot_accuracy_vs_cost(path: str, entries: List[Dict[str, Any]],
+                          points: Optional[List[Dict[str, Any]]]) -> None:
+  """Final accuracy against cost (robust training time): SGD's budgets
+  (mean ± std over seeds), its monotone frontier as interpolated, and every
+  mode at its mean (error bars: std over seeds of accuracy and cost)."""
+  fig, ax = _figure()
+  if points:
+    cost = [p['time_s_mean'] for p in points]
+    acc = np.array([p['accuracy_mean'] for p in points])
+    std = np.array([p['accuracy_std'] or 0.0 for p in points])
+    ax.errorbar(cost, acc, yerr=std, fmt='o', color='0.35', capsize=3,
+                label='sgd budgets (mean ± std)')
+    ax.plot(cost, [p['monotone_accuracy'] for p in points], color='0.35',
+            linestyle='--', label='sgd frontier (monotone, interpolated)')
+    for p, c, a in zip(points, cost, acc):
+      ax.annotate(f'{p["epochs"]:g} ep', (c, a), textcoords='offset points',
+                  xytext=(4, -10), fontsize=7, color='0.35')
+  for e in entries:
+    if e.get('robust_train_time_s_mean') is None:
+      continue
+    runs_std = e.get('robust_train_time_s_std')
+    ax.errorbar([e['robust_train_time_s_mean']], [e['eval_accuracy_mean']],
+                yerr=[e['eval_accuracy_std'] or 0.0],
+                xerr=[runs_std or 0.0], fmt='s', capsize=3,
+                label=f'{e["mode"]} (n={e["num_runs"]})')
+  ax.set_xlabel('cost: robust training time (s; eval and compile excluded)')
+  ax.set_ylabel('final eval accuracy')
+  ax.set_title('Accuracy against cost: modes on SGD\'s budget frontier')
+  ax.grid(alpha=0.3)
+  if ax.lines or ax.collections:
+    ax.legend(fontsize=7)
+  fig.savefig(path, dpi=110)
+
+
+def write_plots(workdir: str, runs_by_mode,
+                entries: Optional[List[Dict[str, Any]]] = None,
+                points: Optional[List[Dict[str, Any]]] = None) -> None:
+  """The PNGs of PLOTS, into `workdir` (accuracy against cost from the
+  aggregate's `entries` and frontier `points`)."""
+  plot_accuracy_vs_cost(os.path.join(workdir, PLOTS['accuracy_vs_cost']),
+                        entries or [], points)
+  # SGD's budgets are the frontier's points, not lines of their own.
+  runs_by_mode = {m: by_seed for m, by_seed in runs_by_mode.items()
+                  if parse_budget_mode(m) is None}
   _plot(os.path.join(workdir, PLOTS['accuracy_vs_epoch']), runs_by_mode,
         'epoch_number', 'eval_accuracy', 'epoch', 'eval accuracy',
         'Eval accuracy by epoch (mean ± std over seeds)')

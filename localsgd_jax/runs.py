@@ -103,29 +103,63 @@ def epoch_kind(run: Run, row: Dict[str, Any]) -> tuple:
       'rule', 'hebbian_every', 'hebbian_fraction'))
 
 
+def row_steps(run: Run) -> List[int]:
+  """The steps each epoch row ran (fewer in a partial last epoch), from the
+  rows' global `step`; 1 per row where runs did not record it."""
+  out, last = [], 0
+  for row in run['rows']:
+    if row.get('step') is None:
+      out.append(1)
+      continue
+    out.append(row['step'] - last)
+    last = row['step']
+  return out
+
+
+def steps_per_epoch(run: Run) -> Optional[int]:
+  """The steps of a whole epoch of `run`, None where not recorded."""
+  summary = run['summary']
+  if summary.get('num_steps') and summary.get('train_epochs'):
+    return round(summary['num_steps'] / summary['train_epochs'])
+  steps = [r['step'] for r in run['rows'][:1] if r.get('step')]
+  return steps[0] if steps else None
+
+
+def run_epochs(run: Run) -> float:
+  """The run's length in epochs (fractional with a partial last epoch;
+  runs of older versions: whole epochs)."""
+  summary = run['summary']
+  if summary.get('train_epochs') is not None:
+    return float(summary['train_epochs'])
+  return float(summary.get('num_epochs', len(run['rows'])))
+
+
 def median_epoch_times(runs_by_mode: RunsByMode, field) -> Dict[tuple, float]:
-  """Median of `field` (summed fields if a tuple) per kind of epoch, pooled
-  over every run of the comparison."""
+  """Median of `field` (summed fields if a tuple) per step, per kind of
+  epoch, pooled over every run of the comparison: an epoch of a kind costs
+  this times its steps (a partial epoch pools with the whole ones)."""
   fields = (field,) if isinstance(field, str) else field
   pooled = collections.defaultdict(list)
   for by_seed in runs_by_mode.values():
     for run in by_seed.values():
-      for r in run['rows']:
+      for r, steps in zip(run['rows'], row_steps(run)):
         pooled[epoch_kind(run, r)].append(
-            sum(r.get(f, 0.0) for f in fields))
+            sum(r.get(f, 0.0) for f in fields) / max(steps, 1))
   return {kind: float(np.median(t)) for kind, t in pooled.items()}
+
+
+def rebuilt_time(run: Run, median: Dict[tuple, float]) -> float:
+  """A run's time with each epoch at `median` (per step) of its kind."""
+  return sum(median[epoch_kind(run, row)] * steps
+             for row, steps in zip(run['rows'], row_steps(run)))
 
 
 def robust_train_time(runs_by_mode: RunsByMode, run: Run) -> float:
   """A run's training time with each epoch at the median of its kind."""
-  median = median_epoch_times(runs_by_mode, 'epoch_time_s')
-  return sum(median[epoch_kind(run, row)] for row in run['rows'])
+  return rebuilt_time(run, median_epoch_times(runs_by_mode, 'epoch_time_s'))
 
 
 def run_flops(run: Run) -> float:
   """XLA's FLOPs of all the steps a run took."""
-  total, last_step = 0.0, 0
-  for row in run['rows']:
-    total += row.get('step_flops', 0.0) * (row['step'] - last_step)
-    last_step = row['step']
-  return total
+  return sum(row.get('step_flops', 0.0) * steps
+             for row, steps in zip(run['rows'], row_steps(run)))

@@ -1,6 +1,7 @@
 """The comparison harness: aggregation, report files and the compare.py CLI."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from configs import quickstart
+from localsgd_jax import aggregate
 from localsgd_jax import comparison
 from localsgd_jax import report
 from localsgd_jax.errors import UserError
@@ -131,12 +133,13 @@ def test_no_baseline_gives_none(tmp_path):
   assert entry['accuracy_diff_vs_sgd_mean'] is None
   assert entry['speedup_vs_sgd'] is None
   assert entry['eval_accuracy_std'] is None  # one seed: no spread
-  assert entry['iso_accuracy_speedup'] is None
+  assert entry['tta_speedup'] is None
+  assert entry['iso_accuracy_speedup'] is None  # no budget runs
   md = open(os.path.join(tmp_path, 'comparison.md')).read()
   assert '| freeze | 1 | 1 | 70.00 ± n/a |' in md
 
 
-def test_time_to_accuracy_and_iso_accuracy_speedup(tmp_path):
+def test_time_to_accuracy_and_tta_speedup(tmp_path):
   """Exact numbers: per-epoch accuracies reach the target at known epochs."""
   workdir = str(tmp_path)
 
@@ -168,11 +171,11 @@ def test_time_to_accuracy_and_iso_accuracy_speedup(tmp_path):
   static = by_mode['static']
   assert static['time_to_target_s'] == [10.0, 12.0]
   assert static['time_to_target_s_mean'] == 11.0
-  assert static['iso_accuracy_speedup'] == pytest.approx(16.0 / 11.0)
+  assert static['tta_speedup'] == pytest.approx(16.0 / 11.0)
   freeze = by_mode['freeze']
   assert freeze['time_to_target_s'] == [10.0, None]
   assert freeze['target_reached'] == '1/2'
-  assert freeze['iso_accuracy_speedup'] is None
+  assert freeze['tta_speedup'] is None
   # Paired Δ: (-0.01, 0.0): mean -0.005, 95% CI half-width 12.706 x std/√2.
   assert static['accuracy_diff_vs_sgd_ci95'] == pytest.approx(
       12.706 * np.std([-0.01, 0.0], ddof=1) / np.sqrt(2))
@@ -209,7 +212,165 @@ def test_time_to_accuracy_targets_are_paired_by_seed(tmp_path):
   # static: 0.796 >= 0.795 after its first epoch (2 s) on seed 0; 0.69 <
   # 0.695 on seed 1: not reached there.
   assert static['time_to_target_s'] == [2.0, None]
-  assert static['iso_accuracy_speedup'] is None
+  assert static['tta_speedup'] is None
+
+
+# ------------------------------------------------- SGD's budget frontier
+
+
+def test_frontier_interpolation_and_its_range():
+  costs, accs = [10.0, 20.0, 30.0], [0.90, 0.92, 0.93]
+  assert aggregate.frontier_cost(costs, accs, 0.92) == (20.0, None)
+  assert aggregate.frontier_cost(costs, accs, 0.91) == pytest.approx(
+      (15.0, None))
+  # Never extrapolated: the bound and the range's end.
+  assert aggregate.frontier_cost(costs, accs, 0.95) == (30.0, '>')
+  assert aggregate.frontier_cost(costs, accs, 0.85) == (10.0, '<')
+  assert aggregate.frontier_accuracy(costs, accs, 25.0)[0] == pytest.approx(
+      0.925)
+  assert aggregate.frontier_accuracy(costs, accs, 5.0) == (None, '<')
+  assert aggregate.frontier_accuracy(costs, accs, 31.0) == (None, '>')
+  # Monotone: a budget below a cheaper one's accuracy is lifted to it
+  # (cumulative maximum), in any input order.
+  c, a = aggregate.monotone_frontier([30.0, 10.0, 20.0], [0.93, 0.90, 0.89])
+  assert list(c) == [10.0, 20.0, 30.0] and list(a) == [0.90, 0.90, 0.93]
+  assert aggregate.frontier_cost([10.0, 20.0, 30.0], [0.90, 0.89, 0.93],
+                                 0.90) == (10.0, None)
+
+
+def _run(accuracy, epoch_times, transition=0, steps=10, flops=1.0,
+         compile_s=2.0):
+  """A loaded run (runs.load_runs' form): one row per epoch."""
+  rows = [{'epoch': e + 1, 'step': steps * (e + 1), 'transition': transition,
+           'eval_accuracy': accuracy, 'epoch_time_s': t, 'eval_time_s': 0.5,
+           'compile_time_s': compile_s if e == 0 else 0.0,
+           'step_flops': flops}
+          for e, t in enumerate(epoch_times)]
+  return {'rows': rows, 'summary': {
+      'final_eval_accuracy': accuracy, 'best_eval_accuracy': accuracy,
+      'total_time_s': sum(epoch_times), 'compile_time_s': compile_s,
+      'num_epochs': len(rows), 'train_epochs': float(len(rows)),
+      'num_steps': steps * len(rows), 'num_units': 4,
+      'compile_cache_requests': 3, 'compile_cache_hits': 2}}
+
+
+def _frontier_runs():
+  """SGD at 1, 2, 3 epochs of 1 s (costs 1, 2, 3 s), accuracies 0.90,
+  0.92, 0.93 (seeds 0.01 apart), and four modes of other kinds of epoch."""
+  budgets = {'sgd@1': 0.90, 'sgd@2': 0.92, 'sgd@3': 0.93}
+  runs = {mode: {seed: _run(acc + (seed - 0.5) * 0.01, [1.0] * int(mode[-1]))
+                 for seed in (0, 1)} for mode, acc in budgets.items()}
+
+  def mode(acc, epoch_time, transition):
+    return {seed: _run(acc + (seed - 0.5) * 0.01, [epoch_time] * 2,
+                       transition, flops=0.5) for seed in (0, 1)}
+  runs['on_frontier'] = mode(0.92, 1.0, 1)  # sgd@2's accuracy and cost
+  runs['half_cost'] = mode(0.92, 0.5, 2)    # sgd@2's accuracy, half the cost
+  runs['above'] = mode(0.95, 0.5, 3)        # beyond sgd@3's accuracy
+  runs['below'] = mode(0.85, 0.5, 4)        # under sgd@1's accuracy
+  return runs
+
+
+def test_iso_accuracy_speedup_against_the_frontier():
+  entries, points = aggregate.analyze(_frontier_runs(), resamples=200)
+  assert [p['label'] for p in points] == ['sgd@1', 'sgd@2', 'sgd@3']
+  assert [p['time_s_mean'] for p in points] == pytest.approx([1.0, 2.0, 3.0])
+  assert [p['accuracy_mean'] for p in points] == pytest.approx(
+      [0.90, 0.92, 0.93])
+  assert [p['flops_mean'] for p in points] == pytest.approx([10, 20, 30])
+  assert points[0]['accuracy_std'] == pytest.approx(np.std([.895, .905],
+                                                           ddof=1))
+  # Compile time apart from the cost; end-to-end adds it and the evals.
+  assert points[1]['compile_time_s_mean'] == 2.0
+  assert points[1]['end_to_end_time_s_mean'] == pytest.approx(2 + 1 + 2)
+  by_mode = {e['mode']: e for e in entries}
+  assert list(by_mode) == ['on_frontier', 'half_cost', 'above', 'below']
+  on, half = by_mode['on_frontier'], by_mode['half_cost']
+  assert on['iso_accuracy_speedup'] == pytest.approx(1.0)
+  assert on['vs_frontier']['time']['bound'] is None
+  assert on['vs_frontier']['time']['accuracy_diff'] == pytest.approx(0.0)
+  # Half the cost (1 s) for sgd@2's accuracy: sgd needs 2 s, 2x.
+  assert half['robust_train_time_s_mean'] == pytest.approx(1.0)
+  assert half['iso_accuracy_speedup'] == pytest.approx(2.0)
+  # At 1 s sgd's frontier is at 0.90: the mode is 2 points above it.
+  assert half['vs_frontier']['time']['sgd_accuracy'] == pytest.approx(0.90)
+  assert half['vs_frontier']['time']['accuracy_diff'] == pytest.approx(0.02)
+  # FLOPs: 20 steps x 0.5 = 10 against sgd@2's 20.
+  assert half['vs_frontier']['flops']['speedup'] == pytest.approx(2.0)
+  # Seeds paired across modes and budgets: the seeds' offsets cancel, so
+  # every resample gives the same ratio.
+  assert half['vs_frontier']['time']['speedup_ci95'] == pytest.approx(
+      [2.0, 2.0])
+  # Out of range: bounds, never extrapolated.
+  above = by_mode['above']['vs_frontier']['time']
+  assert above['bound'] == '>' and above['speedup'] == pytest.approx(3.0)
+  assert above['speedup_ci95_bounds'] == ['>', '>']
+  below = by_mode['below']['vs_frontier']['time']
+  assert below['bound'] == '<' and below['speedup'] == pytest.approx(1.0)
+  assert by_mode['below']['compile_cache_hits'] == 4  # summed over seeds
+
+
+def test_bootstrap_interval_holds_the_estimate():
+  runs = _frontier_runs()
+  # Three seeds whose accuracy spread does not follow the budgets'.
+  runs['noisy'] = {seed: _run(acc, [0.5] * 2, 2, flops=0.5)
+                   for seed, acc in enumerate([0.905, 0.925, 0.915])}
+  for mode in ('sgd@1', 'sgd@2', 'sgd@3'):
+    runs[mode][2] = _run(runs[mode][0]['summary']['final_eval_accuracy'],
+                         [1.0] * int(mode[-1]))
+  entries, _ = aggregate.analyze(runs, resamples=500)
+  v = {e['mode']: e for e in entries}['noisy']['vs_frontier']['time']
+  lo, hi = v['speedup_ci95']
+  assert lo < v['speedup'] < hi and v['resamples'] == 500
+  lo, hi = v['accuracy_diff_ci95']
+  assert lo < v['accuracy_diff'] < hi
+  again, _ = aggregate.analyze(runs, resamples=500)  # a fixed RNG seed
+  assert {e['mode']: e for e in again}['noisy']['vs_frontier']['time'] == v
+
+
+def test_report_with_budgets_and_without(tmp_path):
+  workdir = str(tmp_path)
+  for mode, by_seed in _frontier_runs().items():
+    for seed, run in by_seed.items():
+      path = comparison.run_dir(workdir, mode, seed)
+      os.makedirs(path)
+      with open(os.path.join(path, 'metrics.jsonl'), 'w') as f:
+        f.writelines(json.dumps(r) + '\n' for r in run['rows'])
+      with open(os.path.join(path, 'summary.json'), 'w') as f:
+        json.dump(run['summary'], f)
+  entries = report.write_report(workdir)
+  on_disk = _load(workdir)
+  assert [p['label'] for p in on_disk['frontier']] == [
+      'sgd@1', 'sgd@2', 'sgd@3']
+  assert 'runs' not in on_disk['frontier'][0]
+  md = open(os.path.join(workdir, 'comparison.md')).read()
+  assert '**2.00x** [2.00, 2.00]' in md
+  assert "> 3.00x** [> 3.00, > 3.00] (accuracy above the largest" in md
+  assert 'paired bootstrap over seeds' in md and '### SGD\'s frontier' in md
+  assert '| sgd@2 | 2 | 2 | 92.00 ± 0.71 |' in md
+  _assert_pngs(workdir)
+  assert report.headline_table(entries).startswith(
+      '| mode | seeds | epochs | accuracy % (mean ± std) | cost')
+  # Without budget runs: today's report (time to target), no frontier.
+  for mode in ('sgd@1', 'sgd@2', 'sgd@3'):
+    shutil.rmtree(os.path.join(workdir, mode))
+  entries = report.write_report(workdir)
+  assert _load(workdir)['frontier'] is None
+  assert all(e['vs_frontier'] is None for e in entries)
+  assert 'speedup to target' in report.headline_table(entries)
+
+
+def test_budgets_parse_to_fractional_run_lengths():
+  assert comparison.parse_budgets(['13', '8', '12.6', '8']) == [8, 12.6, 13]
+  with pytest.raises(UserError, match='--sgd_budgets'):
+    comparison.parse_budgets(['0'])
+  cfg = comparison.mode_config(quickstart.get_config(), 'sgd', 0,
+                               epochs=12.6)
+  assert (cfg.num_epochs, cfg.last_epoch_fraction) == (13, 0.6)
+  # Fields derived from num_epochs follow the run's length.
+  assert cfg.selection.warmup_epochs == 13 * 3 // 5
+  assert comparison.budget_mode(12.6) == 'sgd@12.6'
+  assert comparison.budget_mode(8.0) == 'sgd@8'
 
 
 def test_unknown_mode_lists_valid_ones(tmp_path):
@@ -308,10 +469,47 @@ def test_sgd_same_time_gets_the_matched_modes_cost(tmp_path):
     flops[mode] = sum(r['step_flops'] * steps for r in rows)
   assert match['cost_ratio'] == pytest.approx(flops['static'] / flops['sgd'])
   assert 0.5 < match['cost_ratio'] < 1
-  assert match['num_epochs'] == round(4 * match['cost_ratio'])
+  # Matched to the step, not to whole epochs.
+  assert match['steps'] == round(4 * match['cost_ratio'] * steps)
+  assert match['epochs'] == pytest.approx(match['steps'] / steps)
+  assert match['num_epochs'] == int(np.ceil(match['epochs']))
   same = {e['mode']: e for e in entries}['sgd_same_time']
   assert same['num_epochs'] == match['num_epochs'] and same['match'] == match
+  assert same['train_epochs'] == pytest.approx(match['epochs'])
+  rows = [json.loads(line) for line in open(os.path.join(
+      comparison.run_dir(workdir, 'sgd_same_time', 0), 'metrics.jsonl'))]
+  assert rows[-1]['step'] == match['steps']
   assert same['mean_transition'] == 0
+
+
+@pytest.mark.slow  # 4 training runs
+def test_comparison_with_sgd_budgets(tmp_path):
+  config = quickstart.get_config()
+  config.data.image_size = 16
+  config.num_epochs = 2
+  config.log.progress = False
+  config.log.tensorboard = False
+  workdir = str(tmp_path)
+  entries = comparison.run_comparison(config, workdir, ['sgd', 'freeze'], 1,
+                                      sgd_budgets=['1.5', '1'])
+  frontier = _load(workdir)['frontier']
+  # sgd (2 epochs) is a point of the frontier too.
+  assert [(p['label'], p['epochs']) for p in frontier] == [
+      ('sgd@1', 1.0), ('sgd@1.5', 1.5), ('sgd', 2.0)]
+  rows = [json.loads(line) for line in open(os.path.join(
+      comparison.run_dir(workdir, 'sgd@1.5', 0), 'metrics.jsonl'))]
+  assert rows[-1]['step'] == round(1.5 * rows[0]['step'])
+  assert [p['flops_mean'] for p in frontier] == pytest.approx(
+      [frontier[2]['flops_mean'] * f for f in (0.5, 0.75, 1.0)])
+  by_mode = {e['mode']: e for e in entries}
+  assert list(by_mode) == ['sgd', 'freeze']  # budgets: the frontier's
+  sgd = by_mode['sgd']['vs_frontier']['time']
+  assert sgd['speedup'] <= 1.0 + 1e-9  # sgd cannot beat its own frontier
+  freeze = by_mode['freeze']['vs_frontier']['time']
+  assert freeze['speedup'] > 0 and len(freeze['speedup_ci95']) == 2
+  md = open(os.path.join(workdir, 'comparison.md')).read()
+  assert '| sgd@1.5 | 1.5 | 1 |' in md
+  _assert_pngs(workdir)
 
 
 def _compare_cli(*args):
