@@ -32,7 +32,7 @@ def get_config():
   config.data.name = 'cifar10'
   config.num_epochs = 200
   config.batch_size = 128
-  config.optim.learning_rate = 0.1
+  config.optim.learning_rate = default.per_batch_lr(config, 0.1, 128)
   config.optim.warmup_epochs = 1
   config.optim.weight_decay = 5e-4
   # Plain SGD for the first 60% of the epochs (the warm-up follows

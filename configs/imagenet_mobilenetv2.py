@@ -9,6 +9,7 @@ smoothing 0.1.
 
 Not run on this project's CPU-only machines (needs GPUs; see README).
 """
+from localsgd_jax.configs import default
 from localsgd_jax.configs import imagenet_resnet50
 
 
@@ -16,7 +17,7 @@ def get_config():
   config = imagenet_resnet50.get_config()
   config.model.name = 'mobilenet_v2'
   config.num_epochs = 150
-  config.optim.learning_rate = 0.05 * config.batch_size / 256
+  config.optim.learning_rate = default.per_batch_lr(config, 0.05, 256)
   config.optim.weight_decay = 4e-5
   config.selection.warmup_epochs = 15
   config.selection.ramp_epochs = 75

@@ -19,10 +19,11 @@ def get_config():
   config.model.cifar_stem = False
   config.data.name = 'imagenet2012'
   config.data.image_size = 224
+  config.data.rrc_scale = (0.08, 1.0)  # Inception's crops, not Imagenette's.
   config.num_epochs = 90
   config.batch_size = 1024
   config.eval_batch_size = 1000
-  config.optim.learning_rate = 0.1 * config.batch_size / 256
+  config.optim.learning_rate = default.per_batch_lr(config, 0.1, 256)
   config.optim.warmup_epochs = 5
   config.optim.weight_decay = 1e-4
   config.optim.label_smoothing = 0.1

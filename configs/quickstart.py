@@ -20,7 +20,7 @@ def get_config():
   config.data.name = 'digits'
   config.num_epochs = 10
   config.batch_size = 64
-  config.optim.learning_rate = 0.05
+  config.optim.learning_rate = default.per_batch_lr(config, 0.05, 64)
   config.optim.warmup_epochs = 1
   # The static schedule chosen in configs/cifar10_resnet.py, for the 4-unit
   # tiny CNN: SGD for 60% of the epochs (at least one: a 1-epoch smoke run

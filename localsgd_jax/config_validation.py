@@ -13,6 +13,7 @@ import ml_collections
 from localsgd_jax import local_rules
 from localsgd_jax import optim
 from localsgd_jax import selection
+from localsgd_jax import train_step
 from localsgd_jax import workdir as workdir_lib
 from localsgd_jax.errors import UserError
 
@@ -59,6 +60,17 @@ def validate_run(config: ml_collections.ConfigDict) -> None:
   _check(config.eval_every_epochs >= 1, 'eval_every_epochs',
          config.eval_every_epochs, '>= 1 (the last epoch is always '
          'evaluated)')
+  _one_of('eval_tta', config.get('eval_tta', 'none'), train_step.TTA_MODES)
+
+
+def validate_eval_tta(eval_tta: str, dataset) -> None:
+  """Flip TTA only for data trained with flips (mirrored digits are not
+  digits); checked once the dataset is built."""
+  if eval_tta != 'none' and not getattr(dataset, 'flip', False):
+    raise UserError(
+        f'config.eval_tta={eval_tta!r} averages over mirrored images, but '
+        f'{dataset.name} trains without horizontal flips (digits, or '
+        'config.data.augment=False): set --config.eval_tta=none')
 
 
 def validate_optim(o: ml_collections.ConfigDict) -> None:
@@ -71,6 +83,16 @@ def validate_optim(o: ml_collections.ConfigDict) -> None:
          o.label_smoothing, 'in [0, 1)')
   _one_of('optim.name', o.name, optim.OPTIMIZERS)
   _one_of('optim.schedule', o.schedule, optim.SCHEDULES)
+  if o.schedule == 'triangular':
+    _check(0 <= o.peak_fraction <= 1, 'optim.peak_fraction', o.peak_fraction,
+           'in [0, 1] (where the triangular schedule peaks)')
+    _check(o.triangular_start >= 0 and o.triangular_end >= 0,
+           'optim.triangular_start/end', (o.triangular_start,
+                                          o.triangular_end),
+           'fractions of the peak >= 0')
+    _check(o.warmup_epochs == 0, 'optim.warmup_epochs', o.warmup_epochs,
+           '0 with schedule triangular (it ramps up itself: '
+           'optim.triangular_start, optim.peak_fraction)')
   _check(all(0 <= b <= 1 for b in o.step_boundaries),
          'optim.step_boundaries', o.step_boundaries,
          'fractions of training in [0, 1]')

@@ -209,10 +209,16 @@ def run_summary(rows: List[Dict[str, Any]], **fields) -> Dict[str, Any]:
 
   By epoch: the final result is the last epoch's, whatever the file order.
   """
-  accs = [r['eval_accuracy'] for r in sorted(rows, key=lambda r: r['epoch'])
-          if 'eval_accuracy' in r]
-  return {'final_eval_accuracy': accs[-1] if accs else None,
-          'best_eval_accuracy': max(accs) if accs else None, **fields}
+  rows = sorted(rows, key=lambda r: r['epoch'])
+  accs = [r['eval_accuracy'] for r in rows if 'eval_accuracy' in r]
+  summary = {'final_eval_accuracy': accs[-1] if accs else None,
+             'best_eval_accuracy': max(accs) if accs else None}
+  # With config.eval_tta: the test-time-augmented accuracy, apart.
+  tta = [r['eval_accuracy_tta'] for r in rows if 'eval_accuracy_tta' in r]
+  if tta:
+    summary.update(final_eval_accuracy_tta=tta[-1],
+                   best_eval_accuracy_tta=max(tta))
+  return {**summary, **fields}
 
 
 def write_json(path: str, obj: Any) -> None:

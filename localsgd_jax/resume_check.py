@@ -23,7 +23,8 @@ SUMMARY_FILE = 'summary.json'
 
 # Fields (or groups, by prefix) that never change what a run computes.
 RESULT_NEUTRAL = ('eval_batch_size', 'eval_every_epochs', 'compile_cache_dir',
-                  'resume_allow', 'log', 'checkpoint', 'data.cache_dir')
+                  'resume_allow', 'log', 'checkpoint', 'data.cache_dir',
+                  'eval_tta')  # TTA: reported apart, training unchanged
 # ...and, between two plain-SGD configs (selection.mode sgd), these.
 SGD_NEUTRAL = ('selection', 'local')
 # Where the data is read from: they pass when the data is the same (its

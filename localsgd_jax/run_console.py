@@ -19,6 +19,8 @@ def print_epoch(row: Dict[str, Any], result, num_epochs: int) -> None:
   ks = '->'.join(str(k) for _, k in result.segments)
   evaluation = (f'{row["eval_split"]}_acc {row["eval_accuracy"]:.4f}  '
                 if 'eval_accuracy' in row else '')
+  if 'eval_accuracy_tta' in row:
+    evaluation += f'tta_acc {row["eval_accuracy_tta"]:.4f}  '
   print(f'epoch {row["epoch"]}/{num_epochs}  k={ks}/{row["num_units"]}  '
         f'train_loss {row["train_loss"]:.4f}  '
         f'train_acc {row["train_accuracy"]:.4f}  {evaluation}'
@@ -122,6 +124,13 @@ def print_summary(summary: Dict[str, Any], rows, workdir: str,
     lines.append(f'  {split} accuracy: final '
                  f'{summary["final_eval_accuracy"]:.4f}, best '
                  f'{best["eval_accuracy"]:.4f} (after epoch {best["epoch"]})')
+  tta = [r for r in evaluated if 'eval_accuracy_tta' in r]
+  if tta:
+    best = max(tta, key=lambda r: r['eval_accuracy_tta'])
+    lines.append(f'  {split} accuracy with test-time augmentation: final '
+                 f'{summary["final_eval_accuracy_tta"]:.4f}, best '
+                 f'{best["eval_accuracy_tta"]:.4f} (after epoch '
+                 f'{best["epoch"]})')
   files = [name + ('/' if os.path.isdir(os.path.join(workdir, name)) else '')
            for name in sorted(os.listdir(workdir))
            if not name.endswith(('.tmp', '.lock'))]

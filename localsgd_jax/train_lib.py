@@ -30,6 +30,7 @@ from localsgd_jax import train_step as train_step_lib
 from localsgd_jax import workdir as workdir_lib
 # validate_config is also this module's API (tests, notebooks, benchmarks).
 from localsgd_jax.config_validation import validate_config
+from localsgd_jax.config_validation import validate_eval_tta
 from localsgd_jax.errors import UserError
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -46,16 +47,25 @@ def git_commit() -> str:
 
 
 def evaluate(eval_step, state, dataset, batch_size: int, sharding) -> Dict:
-  """Accuracy and loss over the whole evaluation split."""
+  """Accuracy and loss over the whole evaluation split.
+
+  With an eval step built for test-time augmentation
+  (`train_step.make_eval_step(model, tta)`) also `eval_accuracy_tta` and
+  `eval_loss_tta`, from the same pass.
+  """
   totals = None
   for batch in dataset.eval_batches(batch_size, sharding=sharding):
     m = eval_step(state.params, state.batch_stats, batch)
     totals = m if totals is None else jax.tree.map(jnp.add, totals, m)
   totals = jax.device_get(totals)
   count = max(float(totals['count']), 1.0)
-  return {'eval_accuracy': float(totals['correct']) / count,
-          'eval_loss': float(totals['loss_sum']) / count,
-          'eval_split': getattr(dataset, 'eval_split', 'test')}
+  out = {'eval_accuracy': float(totals['correct']) / count,
+         'eval_loss': float(totals['loss_sum']) / count,
+         'eval_split': getattr(dataset, 'eval_split', 'test')}
+  if 'tta_correct' in totals:
+    out['eval_accuracy_tta'] = float(totals['tta_correct']) / count
+    out['eval_loss_tta'] = float(totals['tta_loss_sum']) / count
+  return out
 
 
 def enable_compilation_cache(path: str) -> None:
@@ -172,6 +182,7 @@ def _build(config: ml_collections.ConfigDict) -> _Parts:
   t_data = time.perf_counter()
   dataset = data.load_dataset(config.data, seed=config.seed)
   console.say(console.describe_data(dataset, time.perf_counter() - t_data))
+  validate_eval_tta(config.get('eval_tta', 'none'), dataset)
   model = models.create_model(config.model.name, dataset.num_classes,
                               cifar_stem=config.model.cifar_stem,
                               dtype=DTYPES[config.dtype])
@@ -214,7 +225,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   if parts.primary:
     with open(os.path.join(workdir, 'git_commit.txt'), 'w') as f:
       f.write(commit + '\n')
-  eval_step = jax.jit(train_step_lib.make_eval_step(parts.model))
+  eval_step = jax.jit(train_step_lib.make_eval_step(
+      parts.model, config.get('eval_tta', 'none')))
   try:
     with _CacheEvents(clock):
       for epoch in range(start_epoch, config.num_epochs):

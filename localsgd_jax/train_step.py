@@ -256,17 +256,78 @@ def make_train_step(model: base.Network, tx: optax.GradientTransformation,
   return train_step
 
 
-def make_eval_step(model: base.Network) -> Callable:
-  """`eval_step(params, batch_stats, batch) -> metrics` with running averages."""
+# Test-time augmentation at evaluation (config.eval_tta).
+TTA_MODES = ('none', 'flip', 'flip_shift')
+
+
+def mirror(x: jax.Array) -> jax.Array:
+  """Horizontal flip of a (B, H, W, C) batch."""
+  return x[:, :, ::-1, :]
+
+
+def diagonal_shifts(x: jax.Array) -> Tuple[jax.Array, jax.Array]:
+  """(B, H, W, C) -> its two 1-px diagonal translations, reflect-padded.
+
+  The content moves down-right by one pixel, then up-left by one (airbench's
+  translate TTA: reflect-pad by 1, crop [0:H, 0:W] and [2:H+2, 2:W+2]).
+  """
+  h, w = x.shape[1:3]
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode='reflect')
+  return padded[:, :h, :w], padded[:, 2:h + 2, 2:w + 2]
+
+
+def tta_logits(logits_of: Callable[[jax.Array], jax.Array], x: jax.Array,
+               mode: str, plain: jax.Array) -> jax.Array:
+  """The test-time-augmented float32 logits of images `x` (normalized).
+
+  airbench's definition (KellerJordan/cifar10-airbench, airbench94.py
+  `infer_mirror_translate`): 'flip' is the mean of the logits of the image
+  and of its mirror; 'flip_shift' weighs that pair 1/2 and the same pair of
+  each of the two diagonal shifts (`diagonal_shifts`) 1/4: six views.
+  `plain` (the logits of `x`, float32) is reused, not recomputed.
+  """
+  def mirrored(view, logits=None):
+    logits = logits_of(view) if logits is None else logits
+    return 0.5 * logits + 0.5 * logits_of(mirror(view))
+
+  out = mirrored(x, plain)
+  if mode == 'flip_shift':
+    down, up = diagonal_shifts(x)
+    out = 0.5 * out + 0.25 * (mirrored(down) + mirrored(up))
+  return out
+
+
+def make_eval_step(model: base.Network, tta: str = 'none') -> Callable:
+  """`eval_step(params, batch_stats, batch) -> metrics` with running averages.
+
+  Sums over the batch's real examples: 'loss_sum', 'correct' and 'count',
+  and with `tta` (a `TTA_MODES` name other than 'none') also 'tta_loss_sum'
+  and 'tta_correct' of the test-time-augmented logits, from the same pass;
+  the plain sums are computed exactly as without TTA.
+  """
   def eval_step(params, batch_stats, batch: Batch) -> Metrics:
+    def logits_of(x):
+      return model.apply({'params': params, 'batch_stats': batch_stats},
+                         x, train=False).astype(jnp.float32)
+
     logits = model.apply({'params': params, 'batch_stats': batch_stats},
                          batch['image'], train=False)
     mask = batch['mask']
     losses = optax.softmax_cross_entropy_with_integer_labels(
         logits.astype(jnp.float32), batch['label'])
     correct = jnp.sum((jnp.argmax(logits, -1) == batch['label']) * mask)
-    return {'loss_sum': jnp.sum(losses * mask), 'correct': correct,
-            'count': jnp.sum(mask)}
+    metrics = {'loss_sum': jnp.sum(losses * mask), 'correct': correct,
+               'count': jnp.sum(mask)}
+    if tta != 'none':
+      augmented = tta_logits(logits_of, batch['image'], tta,
+                             logits.astype(jnp.float32))
+      metrics['tta_loss_sum'] = jnp.sum(
+          optax.softmax_cross_entropy_with_integer_labels(
+              augmented, batch['label']) * mask)
+      metrics['tta_correct'] = jnp.sum(
+          (jnp.argmax(augmented, -1) == batch['label']) * mask)
+    return metrics
+
   return eval_step
 
 

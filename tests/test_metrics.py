@@ -113,3 +113,48 @@ def test_run_writes_grouped_tensorboard_and_a_summary(tmp_path, capsys):
   assert 'Compiling' not in again
   assert (f'test accuracy: final {summary["final_eval_accuracy"]:.4f}'
           in again)
+
+
+def test_run_with_tta_reports_it_apart(tmp_path, capsys, monkeypatch):
+  """config.eval_tta: eval_accuracy_tta next to the plain eval_accuracy in
+  the epoch rows, TensorBoard's eval/ group, summary.json and the console.
+  (Digits train without flips, so TTA is refused for them; the dataset is
+  marked as flipped here, which changes nothing in its training batches,
+  built at load time.)"""
+  load = train_lib.data.load_dataset
+
+  def flipped(*args, **kwargs):
+    dataset = load(*args, **kwargs)
+    dataset.flip = True
+    return dataset
+
+  monkeypatch.setattr(train_lib.data, 'load_dataset', flipped)
+  config = quickstart.get_config()
+  config.num_epochs = 1
+  config.data.image_size = 8
+  config.log.progress = False
+  config.eval_tta = 'flip_shift'
+  workdir = str(tmp_path / 'run')
+  summary = train_lib.train_and_evaluate(config, workdir)
+  out = capsys.readouterr().out
+  rows = metrics_lib.read_rows(os.path.join(workdir, 'metrics.jsonl'))
+  assert 0 <= rows[-1]['eval_accuracy_tta'] <= 1
+  assert rows[-1]['eval_loss_tta'] > 0
+  assert summary['final_eval_accuracy_tta'] == rows[-1]['eval_accuracy_tta']
+  assert summary['best_eval_accuracy_tta'] == rows[-1]['eval_accuracy_tta']
+  scalars, _ = read_events(os.path.join(workdir, 'tb'))
+  assert 'eval/accuracy_tta' in scalars and 'eval/loss_tta' in scalars
+  assert f'tta_acc {rows[-1]["eval_accuracy_tta"]:.4f}' in out
+  assert ('test accuracy with test-time augmentation: final '
+          f'{summary["final_eval_accuracy_tta"]:.4f}') in out
+
+
+def test_summary_without_tta_has_no_tta_fields():
+  rows = [{'epoch': 1, 'eval_accuracy': 0.5}, {'epoch': 2}]
+  assert metrics_lib.run_summary(rows) == {'final_eval_accuracy': 0.5,
+                                           'best_eval_accuracy': 0.5}
+  rows = [{'epoch': 2, 'eval_accuracy': 0.6, 'eval_accuracy_tta': 0.65},
+          {'epoch': 1, 'eval_accuracy': 0.7, 'eval_accuracy_tta': 0.72}]
+  summary = metrics_lib.run_summary(rows)
+  assert summary['final_eval_accuracy_tta'] == 0.65  # by epoch, not order
+  assert summary['best_eval_accuracy_tta'] == 0.72

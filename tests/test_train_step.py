@@ -201,3 +201,122 @@ def test_hebbian_every_m_steps():
     d1 = once.params[name]['conv']['kernel'] - local0[name]['conv']['kernel']
     d3 = thrice.params[name]['conv']['kernel'] - local0[name]['conv']['kernel']
     assert float(jnp.linalg.norm(d3)) > 2 * float(jnp.linalg.norm(d1))
+
+
+# --- test-time augmentation at evaluation ----------------------------------
+
+def test_diagonal_shifts_move_the_content_one_pixel_with_reflection():
+  x = jnp.arange(9.0).reshape(1, 3, 3, 1)  # rows [0 1 2], [3 4 5], [6 7 8]
+  down, up = ts.diagonal_shifts(x)
+  # Down-right: reflect-padded row/column -1 is row/column 1.
+  np.testing.assert_array_equal(down[0, :, :, 0],
+                                [[4, 3, 4], [1, 0, 1], [4, 3, 4]])
+  np.testing.assert_array_equal(up[0, :, :, 0],
+                                [[4, 5, 4], [7, 8, 7], [4, 5, 4]])
+  np.testing.assert_array_equal(ts.mirror(x)[0, :, :, 0],
+                                [[2, 1, 0], [5, 4, 3], [8, 7, 6]])
+
+
+def test_tta_logits_by_hand():
+  """Logits = the image's first row (3 'classes'): plain [0 1 2], mirror
+  [2 1 0]; the shifts' first rows [4 3 4] and [4 5 4] are symmetric."""
+  x = jnp.arange(9.0).reshape(1, 3, 3, 1)
+  logits_of = lambda v: v[:, 0, :, 0] + 0.1 * v[:, 1, :, 0]  # (B, 3)
+  plain = logits_of(x)
+  flip = ts.tta_logits(logits_of, x, 'flip', plain)
+  np.testing.assert_allclose(flip, [[1.4, 1.4, 1.4]], rtol=1e-6)
+  # 0.5 x flip + 0.25 x (mirror pair of down + mirror pair of up):
+  # down rows 0-1 [4 3 4] + 0.1 [1 0 1]; up [4 5 4] + 0.1 [7 8 7].
+  down = np.array([4.1, 3.0, 4.1])  # symmetric: its own mirror
+  up = np.array([4.7, 5.8, 4.7])
+  want = 0.5 * 1.4 + 0.25 * (down + up)
+  np.testing.assert_allclose(ts.tta_logits(logits_of, x, 'flip_shift', plain),
+                             want[None], rtol=1e-6)
+
+
+def _eval_setup(batch=12):
+  model = models.create_model('tiny', 10, dtype=jnp.float32)
+  config = _config()
+  tx = optim.direction(config.optim)
+  state = ts.create_train_state(model, tx, jax.random.key(1), SHAPE)
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(batch, *SHAPE)).astype(np.float32)
+  batch = {'image': jnp.asarray(x),
+           'label': jnp.asarray(rng.integers(0, 10, batch), jnp.int32),
+           # the last 2 rows are padding
+           'mask': jnp.asarray([1.0] * (batch - 2) + [0.0, 0.0])}
+  return model, state, x, batch
+
+
+@pytest.mark.parametrize('tta', ['flip', 'flip_shift'])
+def test_eval_step_tta_matches_explicit_views(tta):
+  """One pass: the plain sums are those of the eval step without TTA, bit
+  for bit; the TTA sums are those of the logits averaged over the views
+  built in NumPy and evaluated one by one."""
+  model, state, x, batch = _eval_setup()
+  plain = jax.jit(ts.make_eval_step(model))(state.params, state.batch_stats,
+                                            batch)
+  both = jax.jit(ts.make_eval_step(model, tta))(state.params,
+                                                state.batch_stats, batch)
+  assert set(plain) == {'loss_sum', 'correct', 'count'}
+  for key in plain:
+    np.testing.assert_array_equal(both[key], plain[key])
+
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  logits = lambda v: np.asarray(model.apply(variables, jnp.asarray(v),
+                                            train=False))
+  pair = lambda v: 0.5 * logits(v) + 0.5 * logits(v[:, :, ::-1])
+  want = pair(x)
+  if tta == 'flip_shift':
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode='reflect')
+    h, w = x.shape[1:3]
+    want = 0.5 * want + 0.25 * (pair(padded[:, :h, :w])
+                                + pair(padded[:, 2:, 2:]))
+  labels, mask = np.asarray(batch['label']), np.asarray(batch['mask'])
+  log_p = want - np.log(np.sum(np.exp(want - want.max(-1, keepdims=True)),
+                               -1, keepdims=True)) - want.max(-1, keepdims=True)
+  loss = -np.sum(log_p[np.arange(len(x)), labels] * mask)
+  np.testing.assert_allclose(both['tta_loss_sum'], loss, rtol=1e-5)
+  assert int(both['tta_correct']) == int(
+      np.sum((want.argmax(-1) == labels) * mask))
+
+
+def test_weak_supervision_factor_compares_with_the_previous_average():
+  """The step's factor is min(1, average of the earlier losses / loss), and
+  the average then takes this loss in."""
+  _, _, state, batch, step = _setup(_config(rule='oja'))
+  first, m0 = _run(step, state, batch, 2)  # no earlier loss: factor 1
+  loss = float(m0['loss'])
+  assert float(m0['ws_factor']) == 1.0
+  assert float(first.loss_ema) == loss
+  for prev, want in ((loss / 2, 0.5), (2 * loss, 1.0)):
+    new, m = _run(step, state.replace(loss_ema=jnp.float32(prev)), batch, 2)
+    np.testing.assert_allclose(m['ws_factor'], want, rtol=1e-5)
+    np.testing.assert_allclose(new.loss_ema, 0.98 * prev + 0.02 * loss,
+                               rtol=1e-5)
+    np.testing.assert_allclose(
+        m['local_lr'], 0.01 * want, rtol=1e-5)  # constant schedule
+
+
+@pytest.mark.parametrize('rule', ['frozen', 'oja'])
+def test_local_phase_measures_the_steps_of_the_rule(rule):
+  """Over a few local steps: frozen kernels have angle and change exactly 0;
+  oja's rotate them (norm kept: the change is ~ the angle)."""
+  from localsgd_jax import local_phase
+  k = 2
+  _, _, state, batch, step = _setup(_config(rule=rule))
+  phase = local_phase.LocalPhase()
+  phase.begin(k, state.params)
+  jitted = jax.jit(step, static_argnums=2, donate_argnums=0)
+  for _ in range(3):
+    state, _ = jitted(state, batch, k)
+  got = phase.measure(state.params, 4)
+  assert got['local_filter_angle'][k:] == [None, None]
+  if rule == 'frozen':
+    assert got['local_filter_angle'][:k] == [0.0, 0.0]
+    assert got['local_filter_change'][:k] == [0.0, 0.0]
+  else:
+    for angle, change in zip(got['local_filter_angle'][:k],
+                             got['local_filter_change'][:k]):
+      assert 1e-4 < angle < 0.5
+      assert change == pytest.approx(angle, rel=0.3)

@@ -31,6 +31,8 @@ def _config(**overrides):
   config.data.image_size = 16
   config.data.train_per_class = 10
   config.batch_size = 48
+  # A constant, not following batch_size: the cases below change one field.
+  config.optim.learning_rate = 0.05
   config.num_epochs = 2
   config.selection.mode = 'sgd'
   config.log.progress = False
