@@ -90,11 +90,11 @@ def triangular_schedule(peak: float, total: int, peak_fraction: float,
 
 def learning_rate_schedule(cfg: ml_collections.ConfigDict,
                            steps_per_epoch: int,
-                           num_epochs: int) -> optax.Schedule:
+                           num_epochs: float) -> optax.Schedule:
   """The SGD learning rate as a function of the global step.
 
-  `num_epochs` may be fractional (a partial last epoch): the schedule spans
-  round(steps_per_epoch * num_epochs) steps.
+  `num_epochs` may be fractional (a run's partial last epoch): the schedule
+  spans round(num_epochs * steps_per_epoch) steps.
   """
   total = max(1, round(steps_per_epoch * num_epochs))
   warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
