@@ -1,10 +1,11 @@
 """Measuring the compiled LoCal+SGD step for every transition index k.
 
 For each k (0 = plain SGD) `measure_steps` compiles the real train step and
-measures, in one process: XLA's FLOPs (`cost_analysis()`), XLA's temporary
-bytes (`memory_analysis()`), and the median wall time of a step, with the k's
-interleaved in a random order on every repeat (these machines are noisy),
-after a warm-up. Beside the Hebbian step it times the frozen step (the local
+measures, in one process: XLA's FLOPs (`cost_analysis()` of the program
+compiled for the CPU, on any backend: `flops.py`), XLA's temporary bytes
+(`memory_analysis()` of the device's program), and the median wall time of
+a step, with the k's interleaved in a random order on every repeat (these
+machines are noisy), after a warm-up. Beside the Hebbian step it times the frozen step (the local
 units only run forward: the FreezeOut peer). Ratios are to k = 0.
 Used by benchmarks/step_bench.py and the notebooks.
 """
@@ -80,11 +81,14 @@ def measure_steps(model_name: str, batch_size: int, *, image_size: int = 32,
                  'hebbian_every': hebbian_every} for k in ks}
   for name, k in jobs:
     compiled = variants[name].get(k, state, batch)
+    # FLOPs from the CPU compile of each program, temporary bytes from the
+    # device's (StepCache.costs).
+    costs = variants[name].costs((k, k > 0))
     if name == 'hebbian':
-      results[k].update(ts.xla_costs(compiled))
+      results[k].update(costs)
       results[k]['compile_time_s'] = variants[name].compile_time_s[(k, k > 0)]
     else:
-      results[k]['frozen_' + 'flops'] = ts.xla_costs(compiled)['flops']
+      results[k]['frozen_' + 'flops'] = costs['flops']
     state, _ = _time_steps(compiled, state, batch, 1)  # warm-up
   times = {job: [] for job in jobs}
   order = random.Random(seed)

@@ -12,9 +12,10 @@
     parameters finite" flag, one fetch), and at the end of each selection
     period (the epoch, or `config.selection.every_steps` steps);
   * the step for each (k, hebbian) is compiled once (`StepCache`), and its
-    XLA counts come from that compiled program; the share of the FLOPs spent
-    in the local units comes from lowering the local forward pass (no second
-    compile, except on backends whose lowered programs report no counts).
+    XLA counts come from that program (FLOPs from its CPU compile, which on
+    a CPU backend is the program itself: `flops.py`); the share of the FLOPs
+    spent in the local units from the local forward pass compiled for the
+    CPU.
 """
 import collections
 import dataclasses
@@ -278,20 +279,26 @@ class TrainLoop:
 
   def step_costs(self, key: Tuple[int, bool], state) -> Dict[str, float]:
     """XLA's FLOPs and temporary bytes of a compiled step, and the share of
-    its FLOPs in the local units (their forward pass and Hebbian GEMMs)."""
+    its FLOPs in the local units (their forward pass and Hebbian GEMMs).
+
+    FLOPs, the step's and the local units', are XLA's counts of the programs
+    compiled for the CPU (`flops.py`), per device (the image batch sharded as
+    the step's); temporary bytes are the device program's. Each key's local
+    forward is compiled for the CPU once.
+    """
     costs = self.steps.costs(key)
     k, hebbian = key
     if key not in self._local_flops:
       local = 0.0
       if k > 0:
+        t0 = time.perf_counter()
         image = jax.ShapeDtypeStruct(
-            (self.batch_size, *self.dataset.image_shape), jnp.float32)
-        # Lowering, not compiling: XLA's HLO cost model of the local part.
-        lowered = self._local_forward.lower(
+            (self.batch_size, *self.dataset.image_shape), jnp.float32,
+            sharding=self.batch_sharding)
+        local = flops_lib.cpu_flops(self._local_forward.trace(
             partition.split(state.params, k)[0],
-            partition.split(state.batch_stats, k)[0], image, k, hebbian)
-        local, compile_s = flops_lib.lowered_flops(lowered)
-        self._extra_compile_s += compile_s
+            partition.split(state.batch_stats, k)[0], image, k, hebbian))
+        self._extra_compile_s += time.perf_counter() - t0
       self._local_flops[key] = local
     return {'step_flops': costs['flops'],
             'step_temp_bytes': costs['temp_bytes'],

@@ -21,8 +21,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
+from localsgd_jax import flops as flops_lib
 from localsgd_jax import local_rules
 from localsgd_jax import partition
 from localsgd_jax.models import base
@@ -331,12 +333,25 @@ def make_eval_step(model: base.Network, tta: str = 'none') -> Callable:
   return eval_step
 
 
-def xla_costs(compiled) -> Dict[str, float]:
-  """FLOPs and temporary bytes that XLA reports for a compiled executable."""
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return {'flops': float(cost['flops']),
+def xla_costs(compiled, traced=None) -> Dict[str, float]:
+  """XLA's FLOPs and temporary bytes of a compiled step.
+
+  'flops' are counted on the CPU compile of the program (`flops.py`: a GPU
+  program's own count leaves out its cuDNN / cuBLAS calls): `compiled`
+  itself where it runs on the CPU, else `traced` (the same
+  `jax.jit(step).trace(...)`, required then) compiled for the CPU.
+  'temp_bytes' are the device's: `compiled.memory_analysis()` of the
+  program that actually runs.
+  """
+  return {'flops': flops_lib.program_flops(compiled, traced),
           'temp_bytes': int(compiled.memory_analysis().temp_size_in_bytes)}
+
+
+def _abstract(leaf):
+  """A leaf of the step's arguments as a shape, dtype and sharding only."""
+  if isinstance(leaf, jax.Array):
+    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
+  return jax.ShapeDtypeStruct(np.shape(leaf), np.result_type(leaf))
 
 
 class StepCache:
@@ -349,7 +364,9 @@ class StepCache:
   holds the program), so the trainer can report compile time apart from
   step time; `compiled[key]` exposes XLA's `cost_analysis()` /
   `memory_analysis()` to benchmarks and tests, and `costs(key)` their
-  FLOPs and temporary bytes.
+  FLOPs (counted on the CPU compile: off a CPU backend the step is traced
+  again from the shapes of its first arguments and compiled for the CPU,
+  once per key) and temporary bytes (the device program's).
   """
 
   def __init__(self, train_step: Callable, donate: bool = True):
@@ -358,11 +375,16 @@ class StepCache:
     self.compiled: Dict[Tuple[int, bool], Any] = {}
     self.compile_time_s: Dict[Tuple[int, bool], float] = {}
     self._costs: Dict[Tuple[int, bool], Dict[str, float]] = {}
+    self._shapes: Dict[Tuple[int, bool], Any] = {}  # the arguments, abstract
 
   def costs(self, key: Tuple[int, bool]) -> Dict[str, float]:
     """`xla_costs` of the compiled step `key` (compiled already)."""
     if key not in self._costs:
-      self._costs[key] = xla_costs(self.compiled[key])
+      compiled = self.compiled[key]
+      traced = None
+      if flops_lib.platform_of(compiled) != 'cpu':
+        traced = self._jitted.trace(*self._shapes[key], *key)
+      self._costs[key] = xla_costs(compiled, traced)
     return self._costs[key]
 
   def get(self, k: int, state: TrainState, batch: Batch,
@@ -372,6 +394,7 @@ class StepCache:
       t0 = time.perf_counter()
       self.compiled[key] = self._jitted.lower(state, batch, *key).compile()
       self.compile_time_s[key] = time.perf_counter() - t0
+      self._shapes[key] = jax.tree.map(_abstract, (state, batch))
     return self.compiled[key]
 
   def __call__(self, state: TrainState, batch: Batch, k: int,

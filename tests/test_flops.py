@@ -1,19 +1,25 @@
-"""k_max by FLOP share: per-unit XLA counts and the k they choose."""
+"""XLA's FLOP counts from the CPU compile; k_max by FLOP share."""
 import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from localsgd_jax import flops
 from localsgd_jax import metrics
 from localsgd_jax import models
+from localsgd_jax import optim
 from localsgd_jax import run_console
 from localsgd_jax import selection
 from localsgd_jax import train_lib
+from localsgd_jax import train_step as ts
 from localsgd_jax.configs import cifar10_resnet
+from localsgd_jax.configs import default
 from localsgd_jax.configs import quickstart
 from localsgd_jax.errors import UserError
+from localsgd_jax.models import base
 
 
 @pytest.mark.parametrize('name', ['tiny', 'resnet20'])
@@ -23,11 +29,109 @@ def test_unit_flops_add_up_to_the_whole_forward_pass(name):
   x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
   variables = jax.eval_shape(functools.partial(model.init, train=False),
                              jax.random.key(0), x)
-  whole, _ = flops.lowered_flops(
-      jax.jit(functools.partial(model.apply, train=False)).lower(variables, x))
+  whole = flops.cpu_flops(
+      jax.jit(functools.partial(model.apply, train=False)).trace(variables, x))
   assert len(per_unit) == model.num_units
   assert min(per_unit) > 0
-  assert sum(per_unit) == pytest.approx(whole, rel=1e-6)
+  # Compiled separately, fusion decides a few elementwise ops differently.
+  assert sum(per_unit) == pytest.approx(whole, rel=0.01)
+
+
+# Two 3x3 convs of 16 channels on 8x8 inputs of 8 channels, then the head.
+_B, _H, _CIN, _C = 4, 8, 8, 16
+
+
+def _conv_net():
+  return base.Network(units=[base.ConvBNAct(_C, 3), base.ConvBNAct(_C, 3),
+                             base.ClassifierHead(10)])
+
+
+def _conv_step_cache():
+  config = default.get_config()
+  model = _conv_net()
+  tx = optim.direction(config.optim)
+  step = ts.make_train_step(
+      model, tx, optim.learning_rate_schedule(config.optim, 10, 1), config)
+  state = ts.create_train_state(model, tx, jax.random.key(0),
+                                (_H, _H, _CIN))
+  batch = {'image': jnp.ones((_B, _H, _H, _CIN)),
+           'label': jnp.zeros((_B,), jnp.int32), 'mask': jnp.ones((_B,))}
+  return ts.StepCache(step, donate=False), state, batch
+
+
+def _conv_flops(cin, cout):
+  """2 * B * H * W * Cin * Cout * kh * kw, less the taps that fall on the
+  zero padding, which XLA does not count: a 3x3 kernel with padding 1 has
+  3 * H - 2 taps in bounds along each axis, not 3 * H (84% at H = 8)."""
+  return 2 * _B * (3 * _H - 2) ** 2 * cin * cout
+
+
+def test_train_step_flops_include_the_convolutions():
+  """The counted SGD step holds its convs' GEMMs: 2 (forward + weight
+  gradient) for the first conv, whose input needs no gradient, 3 for the
+  second; the rest (BN, ReLU, head, optimizer) is a few percent."""
+  cache, state, batch = _conv_step_cache()
+  cache.get(0, state, batch)
+  counted = cache.costs((0, False))['flops']
+  convs = 2 * _conv_flops(_CIN, _C) + 3 * _conv_flops(_C, _C)
+  assert convs <= counted <= 1.15 * convs, (counted, convs)
+  # (Without the padding correction: 2*B*H*W*Cin*Cout*9 per conv forward.)
+  assert counted >= 0.85 * convs * (3 * _H) ** 2 / (3 * _H - 2) ** 2
+  # Frozen first unit (k = 1): its conv runs forward only, and the second
+  # conv, now the first SGD one, needs no input gradient.
+  cache.get(1, state, batch, hebbian=False)
+  frozen = cache.costs((1, False))['flops']
+  convs = _conv_flops(_CIN, _C) + 2 * _conv_flops(_C, _C)
+  assert convs <= frozen <= 1.15 * convs, (frozen, convs)
+
+
+def test_step_costs_off_the_cpu_are_counted_on_a_cpu_compile(monkeypatch):
+  """Where the step runs on another backend (faked: its platform reads
+  'gpu'), its FLOPs come from the step traced again and lowered for 'cpu',
+  and equal the CPU program's own count."""
+  cache, state, batch = _conv_step_cache()
+  own = flops.cost_counts(cache.get(0, state, batch))['flops']
+  lowered_for = []
+  original = jax.stages.Traced.lower
+
+  def spy(self, *args, **kwargs):
+    lowered_for.append(kwargs.get('lowering_platforms'))
+    return original(self, *args, **kwargs)
+
+  monkeypatch.setattr(jax.stages.Traced, 'lower', spy)
+  monkeypatch.setattr(flops, 'platform_of', lambda compiled: 'gpu')
+  assert cache.costs((0, False))['flops'] == own
+  assert lowered_for == [('cpu',)]
+  with pytest.raises(ValueError, match='pass `traced`'):
+    ts.xla_costs(cache.compiled[(0, False)])
+
+
+def test_cpu_program_counts_reuse_it(monkeypatch):
+  """On the CPU backend the step's own compile is its CPU compile: costs
+  compile nothing more."""
+  cache, state, batch = _conv_step_cache()
+  cache.get(0, state, batch)
+  monkeypatch.setattr(flops, 'cpu_compile', None)  # would fail if called
+  assert cache.costs((0, False))['flops'] > 0
+
+
+@pytest.mark.parametrize('num_cpus', [1, 4])
+def test_client_compile_of_a_sharded_program(num_cpus):
+  """The GPU path: a 4-partition CPU lowering compiled on the CPU client
+  counts what JAX's own compile counts (one partition), also with fewer
+  CPU devices than partitions (every partition on device 0)."""
+  mesh = Mesh(np.array(jax.devices('cpu')[:4]), ('data',))
+  x = jax.ShapeDtypeStruct((8, 64), jnp.float32,
+                           sharding=NamedSharding(mesh, P('data')))
+  w = jax.ShapeDtypeStruct((64, 32), jnp.float32,
+                           sharding=NamedSharding(mesh, P()))
+  f = jax.jit(lambda w, x: jax.grad(lambda w: jnp.sum(jnp.tanh(x @ w)))(w))
+  lowered = f.trace(w, x).lower(lowering_platforms=('cpu',))
+  want = flops.cost_counts(lowered.compile())['flops']
+  got = flops.cost_counts(flops.client_compile(
+      lowered, jax.devices('cpu')[:num_cpus]))['flops']
+  assert got == want
+  assert want >= 2 * 2 * 8 * 64 * 32 / 4  # forward + weight grad, per device
 
 
 @pytest.mark.parametrize('unit_flops,share,want', [
