@@ -73,8 +73,24 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.tfds_data_dir = ''  # '' = tfds default (~/tensorflow_datasets).
   config.data.image_size = 32     # Digits are upsampled to this; streaming
                                   # datasets are cropped to it.
-  config.data.augment = True      # Pad-crop (+ flip where the data allows).
-  config.data.crop_padding = 4
+  config.data.augment = True      # False: no crop, flip or cutout ('none').
+  # The training crop (then a flip where the data allows): auto (pad_crop
+  # for images of at most 64 px a side, random_resized_crop above),
+  # pad_crop (CIFAR: reflect-pad by crop_padding, crop back),
+  # random_resized_crop (ImageNet: a box of rrc_scale of the area, aspect
+  # 3/4..4/3, resized to train_size), or none.
+  config.data.augmentation = 'auto'
+  config.data.crop_padding = 4    # pad_crop: pixels of padding per side.
+  config.data.rrc_scale = (0.35, 1.0)  # random_resized_crop: (min, max)
+                                  # area fractions (Imagenette's 0.35;
+                                  # ImageNet's configs use 0.08).
+  config.data.train_size = 0      # Side of the square training and eval
+                                  # images (eval: whole image resized);
+                                  # 0 = the images' own size. Streaming: 0 =
+                                  # image_size.
+  config.data.cutout = 0          # Side of a square set to the mean pixel
+                                  # (0 after normalizing, as airbench) in
+                                  # each training image; 0 = off.
   config.data.shuffle_buffer = 10_000  # Streaming datasets only.
   config.data.storage = 'auto'    # image_folder: memory (decode once, cache,
                                   # hold in memory), stream (tf.data), or auto.

@@ -15,6 +15,7 @@ from localsgd_jax import optim
 from localsgd_jax import selection
 from localsgd_jax import train_step
 from localsgd_jax import workdir as workdir_lib
+from localsgd_jax.data import in_memory as data_in_memory
 from localsgd_jax.errors import UserError
 
 DTYPE_NAMES = ('float32', 'bfloat16')
@@ -37,6 +38,7 @@ def _one_of(field: str, value: Any, choices) -> None:
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises UserError for out-of-range values (names are checked later)."""
   validate_run(config)
+  validate_data(config.data)
   validate_optim(config.optim)
   validate_local(config.local)
   validate_selection(config.selection)
@@ -71,6 +73,24 @@ def validate_eval_tta(eval_tta: str, dataset) -> None:
         f'config.eval_tta={eval_tta!r} averages over mirrored images, but '
         f'{dataset.name} trains without horizontal flips (digits, or '
         'config.data.augment=False): set --config.eval_tta=none')
+
+
+def validate_data(d: ml_collections.ConfigDict) -> None:
+  """config.data: the augmentation fields (the rest where data is loaded)."""
+  _one_of('data.augmentation', d.get('augmentation', 'auto'),
+          data_in_memory.AUGMENTATIONS)
+  scale = d.get('rrc_scale', (0.35, 1.0))
+  _check(isinstance(scale, (tuple, list)) and len(scale) == 2
+         and all(isinstance(a, (int, float)) for a in scale)
+         and 0 < scale[0] <= scale[1] <= 1, 'data.rrc_scale', scale,
+         '(min, max) area fractions with 0 < min <= max <= 1, e.g. '
+         '(0.35, 1.0)')
+  for field, meaning in (('train_size', '0 for the images\' own size'),
+                         ('cutout', '0 for no cutout')):
+    value = d.get(field, 0)
+    _check(isinstance(value, int) and not isinstance(value, bool)
+           and value >= 0, f'data.{field}', value,
+           f'an integer >= 0 ({meaning})')
 
 
 def validate_optim(o: ml_collections.ConfigDict) -> None:

@@ -17,9 +17,12 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from localsgd_jax import config_validation
 from localsgd_jax import data
+from localsgd_jax.data import dataset as dataset_lib
 from localsgd_jax.data import image_decode
 from localsgd_jax.data import image_folder
+from localsgd_jax.data import in_memory
 from localsgd_jax.data import sources
 from localsgd_jax.data import tfds_source
 from localsgd_jax.errors import UserError
@@ -924,3 +927,401 @@ def test_default_config_has_data_options():
   assert (cfg.storage, cfg.max_memory_gb, cfg.cache_dir) == ('auto', 4.0, '')
   assert (cfg.train_per_class, cfg.holdout_per_class,
           cfg.holdout_seed) == (0, 0, 0)
+
+
+# ------------------------------------- random-resized crop, resize, cutout
+
+# Jitted: run eagerly, each of its ops would compile on its own.
+_jit_boxes = jax.jit(in_memory.random_resized_boxes,
+                     static_argnums=(1, 2, 3, 4))
+
+
+def _torchvision_box(rng, height, width, scale, ratio=(3 / 4, 4 / 3)):
+  """torchvision's RandomResizedCrop.get_params in NumPy (square images:
+  its fallback is the whole image, as ours)."""
+  area = height * width
+  for _ in range(10):
+    target = area * rng.uniform(*scale)
+    aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+    w = int(round(np.sqrt(target * aspect)))
+    h = int(round(np.sqrt(target / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      return (rng.integers(0, height - h + 1), rng.integers(0, width - w + 1),
+              h, w)
+  return 0, 0, height, width
+
+
+def _pil_resize(image, box, size):
+  """PIL's bilinear (antialiased) resize of box (top, left, h, w) of a float
+  (H, W, C) image to size (H', W'), channel by channel in mode F."""
+  top, left, h, w = (int(v) for v in box)
+  channels = [np.asarray(Image.fromarray(
+      np.ascontiguousarray(image[..., c], np.float32), 'F').resize(
+          (size[1], size[0]), Image.BILINEAR,
+          box=(left, top, left + w, top + h)))
+              for c in range(image.shape[-1])]
+  return np.stack(channels, axis=-1)
+
+
+def test_resolve_augmentation_by_image_size():
+  resolve = in_memory.resolve_augmentation
+  assert resolve('auto', (32, 32, 3)) == 'pad_crop'
+  assert resolve('auto', (64, 48, 3)) == 'pad_crop'
+  assert resolve('auto', (65, 64, 3)) == 'random_resized_crop'
+  assert resolve('auto', (128, 128, 3)) == 'random_resized_crop'
+  assert resolve('none', (128, 128, 3)) == 'none'
+  assert resolve('pad_crop', (128, 128, 3)) == 'pad_crop'
+  with pytest.raises(UserError, match='config.data.augmentation'):
+    resolve('rrc', (32, 32, 3))
+
+
+@pytest.mark.parametrize('height, width, scale', [
+    (32, 32, (0.35, 1.0)), (20, 36, (0.08, 1.0)), (16, 16, (0.1, 0.2))])
+def test_random_resized_boxes_in_image_and_scale(height, width, scale):
+  n = 20_000
+  boxes = np.asarray(_jit_boxes(jax.random.key(0), n, height, width, scale))
+  top, left, h, w = boxes.T
+  assert boxes.dtype == np.int32
+  assert np.all((top >= 0) & (left >= 0) & (h >= 1) & (w >= 1))
+  assert np.all((top + h <= height) & (left + w <= width))
+  whole = (h == height) & (w == width)
+  fraction = h * w / (height * width)
+  # Rounding w and h to pixels moves the area by at most about a pixel a
+  # side; the fall-back (whole image) is the only box outside the range.
+  slack = (h + w + 1) / (height * width)
+  inside = ((fraction >= scale[0] - slack) & (fraction <= scale[1] + slack))
+  assert np.all(inside | whole)
+  ratio = w / h
+  slack_ratio = (1 / h + 1 / w) * 4 / 3 + 1e-6
+  assert np.all(((ratio >= 3 / 4 - slack_ratio)
+                 & (ratio <= 4 / 3 + slack_ratio)) | whole)
+  # The corner is uniform over the box's positions: on average centred.
+  for corner, free in ((top, height - h), (left, width - w)):
+    movable = free > 0
+    np.testing.assert_allclose(np.mean(corner[movable] / free[movable]), 0.5,
+                               atol=0.02)
+
+
+def test_random_resized_boxes_match_torchvision_statistics():
+  """Area, aspect ratio and fall-back rate as torchvision's algorithm."""
+  n, size, scale = 20_000, 24, (0.35, 1.0)
+  ours = np.asarray(_jit_boxes(jax.random.key(1), n, size, size,
+                              scale)).astype(np.float64)
+  rng = np.random.default_rng(0)
+  ref = np.array([_torchvision_box(rng, size, size, scale)
+                  for _ in range(n)], np.float64)
+  for boxes in (ours, ref):
+    boxes[:, 0] = boxes[:, 2] * boxes[:, 3] / size ** 2  # area fraction
+    boxes[:, 1] = np.log(boxes[:, 3] / boxes[:, 2])  # log aspect ratio
+  for column in (0, 1):
+    np.testing.assert_allclose(ours[:, column].mean(), ref[:, column].mean(),
+                               atol=0.01)
+    # The largest gap between the two distribution functions (the values
+    # are discrete: boxes are whole pixels).
+    values = np.union1d(ours[:, column], ref[:, column])
+    cdf = lambda x: np.searchsorted(np.sort(x), values, side='right') / n
+    assert np.max(np.abs(cdf(ours[:, column]) - cdf(ref[:, column]))) < 0.02
+  whole = lambda b: np.mean(b[:, 0] == 1.0)
+  np.testing.assert_allclose(whole(ours), whole(ref), atol=0.01)
+
+
+def test_resize_boxes_match_pil():
+  rng = np.random.default_rng(0)
+  images = rng.uniform(0, 255, (5, 13, 17, 3)).astype(np.float32)
+  boxes = np.array([[0, 0, 13, 17],    # whole image, shrunk / enlarged
+                    [2, 3, 6, 5],      # small box, enlarged
+                    [7, 11, 6, 6],     # at the bottom-right edge
+                    [0, 0, 1, 1],      # one pixel
+                    [1, 0, 12, 16]], np.int32)
+  for size in ((8, 8), (13, 17)):  # shrinking and enlarging boxes
+    got = np.asarray(jax.jit(in_memory.resize_boxes, static_argnums=2)(
+        images, boxes, size))
+    assert got.shape == (5,) + size + (3,) and got.dtype == np.float32
+    for image, box, out in zip(images, boxes, got):
+      np.testing.assert_allclose(out, _pil_resize(image, box, size),
+                                 atol=2e-3, rtol=0)
+  # The whole image at its own size is the image itself.
+  np.testing.assert_array_equal(got[0], images[0])
+
+
+@pytest.fixture(scope='module')
+def rrc_folder(tmp_path_factory):
+  """A folder of 20 x 16 images, 4 train and 2 val per class, and the
+  config of its random-resized crops to 12 x 12."""
+  tmp_path = tmp_path_factory.mktemp('rrc')
+  root = tmp_path / 'data'
+  written = _write_folder(root, {'train': 4, 'val': 2}, size=(20, 16))
+  cfg = _folder_cfg(root, tmp_path, augmentation='random_resized_crop',
+                    train_size=12, rrc_scale=(0.2, 0.6))
+  return cfg, written
+
+
+@pytest.fixture(scope='module')
+def rrc_dataset(rrc_folder):
+  return data.load_dataset(rrc_folder[0], seed=3)
+
+
+def _step_boxes(dataset, epoch, step, batch):
+  """The crop boxes of a training step, from its documented key."""
+  key = jax.random.fold_in(dataset_lib.epoch_key(dataset.seed, epoch), step)
+  crop_key = jax.random.split(key, 3 if dataset.cutout else 2)[0]
+  h, w = dataset.stored_shape[:2]
+  return np.asarray(_jit_boxes(crop_key, batch, h, w, dataset.rrc_scale))
+
+
+def test_random_resized_crop_batches_match_reference(rrc_folder,
+                                                    rrc_dataset):
+  """Each training image is its source's box, resized by PIL, maybe
+  flipped; eval images are the whole images resized."""
+  written, ds = rrc_folder[1], rrc_dataset
+  assert ds.augmentation == 'random_resized_crop' and ds.flip
+  assert ds.image_shape == (12, 12, 3) and ds.stored_shape == (16, 20, 3)
+  source = np.stack([written[f'train/{c}/{i:02d}.png']
+                     for c in ('cat', 'dog', 'owl') for i in range(4)])
+  batch_size, flips = 6, []
+  for epoch in (0, 1):
+    order = np.asarray(ds.epoch_order(epoch))
+    for step, batch in enumerate(_epoch(ds, epoch, batch_size)):
+      idx = order[step * batch_size:(step + 1) * batch_size]
+      boxes = _step_boxes(ds, epoch, step, batch_size)
+      fractions = boxes[:, 2] * boxes[:, 3] / (16 * 20)
+      assert np.all(fractions < 0.7)  # not the whole image
+      for image, i, box in zip(batch['image'], idx, boxes):
+        want = _normalized(_pil_resize(source[i].astype(np.float32), box,
+                                       (12, 12)), ds)
+        flipped = np.allclose(image, want[:, ::-1], atol=1e-3)
+        assert flipped or np.allclose(image, want, atol=1e-3)
+        flips.append(flipped)
+  assert 0 < np.mean(flips) < 1
+  evals = [jax.tree.map(np.asarray, b) for b in ds.eval_batches(6)]
+  val = np.stack([written[f'val/{c}/{i:02d}.png']
+                  for c in ('cat', 'dog', 'owl') for i in range(2)])
+  want = np.stack([_pil_resize(v.astype(np.float32), (0, 0, 16, 20),
+                               (12, 12)) for v in val])
+  np.testing.assert_allclose(evals[0]['image'], _normalized(want, ds),
+                             atol=1e-3)
+
+
+def test_large_folder_images_get_random_resized_crops(tmp_path):
+  """'auto': 70-pixel images are random-resized-cropped, at their own size
+  unless train_size says otherwise; eval is then the images unchanged."""
+  root = tmp_path / 'data'
+  written = _write_folder(root, {'train': 1, 'val': 2}, size=(70, 66))
+  ds = data.load_dataset(_folder_cfg(root, tmp_path), seed=0)
+  assert ds.augmentation == 'random_resized_crop' and ds.crop_padding == 0
+  assert ds.image_shape == (66, 70, 3)
+  batch = jax.tree.map(np.asarray, next(ds.train_batches(0, 3)))
+  assert batch['image'].shape == (3, 66, 70, 3)
+  images, _ = _eval_images(ds)
+  val = np.stack([written[f'val/{c}/{i:02d}.png']
+                  for c in ('cat', 'dog', 'owl') for i in range(2)])
+  np.testing.assert_array_equal(images, _normalized(val, ds))
+
+
+def test_random_resized_crop_is_a_function_of_seed_epoch_step(
+    rrc_folder, rrc_dataset):
+  first = _epoch(rrc_dataset, 2, 4)
+  # A fresh dataset (as after a restart) builds the same batches.
+  again = data.load_dataset(rrc_folder[0], seed=3)
+  for a, b in zip(first, _epoch(again, 2, 4)):
+    np.testing.assert_array_equal(a['image'], b['image'])
+  # Step 1 alone, through the feed, as the train step builds it.
+  feed = again.train_feed(2, 4)
+  step1 = jax.jit(again.assemble)(feed.device, None, np.int32(1))
+  np.testing.assert_array_equal(np.asarray(step1['image']),
+                                first[1]['image'])
+  other_epoch = _epoch(again, 3, 4)
+  assert not np.array_equal(first[0]['image'], other_epoch[0]['image'])
+
+
+def test_train_size_resizes_pad_crop_and_eval(digits_arrays):
+  """Digits at train_size 16: batches of 16 x 16, eval the whole images
+  resized; pad_crop still crops at the stored size first."""
+  ds = data.load_dataset(_cfg(train_size=16, crop_padding=0), seed=0)
+  assert ds.augmentation == 'pad_crop' and ds.image_shape == (16, 16, 1)
+  x_train, _, x_test, _ = digits_arrays
+  batch = jax.tree.map(np.asarray, next(ds.train_batches(0, 8)))
+  idx = np.asarray(ds.epoch_order(0))[:8]
+  want = np.stack([_pil_resize(x.astype(np.float32), (0, 0, 32, 32),
+                               (16, 16)) for x in x_train[idx]])
+  np.testing.assert_allclose(batch['image'], _normalized(want, ds),
+                             atol=1e-3)
+  images, _ = _eval_images(ds)
+  want = np.stack([_pil_resize(x.astype(np.float32), (0, 0, 32, 32),
+                               (16, 16)) for x in x_test])
+  np.testing.assert_allclose(images, _normalized(want, ds), atol=1e-3)
+
+
+def _zero_squares(images, source):
+  """Per image: the (top, left, height, width) bounding box of the pixels
+  set to 0 that were not 0, and their count."""
+  changed = np.any(images != source, axis=-1)  # (B, H, W)
+  out = []
+  for mask, image in zip(changed, images):
+    assert np.all(image[mask] == 0)
+    rows, cols = np.nonzero(mask)
+    out.append((rows.min(), cols.min(), np.ptp(rows) + 1, np.ptp(cols) + 1,
+                mask.sum()))
+  return np.array(out)
+
+
+def test_cutout_zeroes_one_square_inside_the_image(digits_arrays):
+  """5-pixel cutout on digits (no flip) without a crop: each image differs
+  from its normalized source in one 5 x 5 square, set to 0 (the mean), at
+  positions that cover the image."""
+  ds = data.load_dataset(_cfg(crop_padding=0, cutout=5), seed=1)
+  assert ds.cutout == 5
+  x_train = digits_arrays[0]
+  corners = []
+  for epoch in (0, 1):
+    batch = jax.tree.map(np.asarray, next(ds.train_batches(epoch, 256)))
+    idx = np.asarray(ds.epoch_order(epoch))[:256]
+    squares = _zero_squares(batch['image'], _normalized(x_train[idx], ds))
+    np.testing.assert_array_equal(squares[:, 2:], [[5, 5, 25]] * 256)
+    assert np.all(squares[:, :2] + 5 <= 32)
+    corners.append(squares[:, :2])
+  corners = np.concatenate(corners)
+  assert corners.min() == 0 and corners.max() == 32 - 5
+  np.testing.assert_allclose(corners.mean(), (32 - 5) / 2, atol=1.0)
+  # Off when augmentation is off.
+  assert data.load_dataset(_cfg(augment=False, cutout=5), seed=1).cutout == 0
+
+
+def test_cutout_function_matches_reference():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(64, 9, 7, 2)).astype(np.float32)
+  got = np.asarray(in_memory.cutout(x, jax.random.key(4), 3))
+  squares = _zero_squares(got, x)
+  np.testing.assert_array_equal(squares[:, 2:], [[3, 3, 9]] * 64)
+  want = x.copy()
+  for image, (top, left, *_) in zip(want, squares):
+    image[top:top + 3, left:left + 3] = 0
+  np.testing.assert_array_equal(got, want)
+
+
+def test_streamed_cutout(tmp_path, tfds_module):
+  del tfds_module  # Only shares the TF import.
+  root = tmp_path / 'data'
+  _write_folder(root, {'train': 2, 'val': 1}, size=(16, 16))
+  ds = data.load_dataset(_folder_cfg(root, tmp_path, storage='stream',
+                                     image_size=8, cutout=4), seed=0)
+  assert ds.cutout == 4 and ds.rrc_scale == (0.35, 1.0)
+  batch = _epoch(ds, 0, 6)[0]
+  # IMAGENET_MEAN is not a whole pixel value: only cut-out pixels are 0.
+  zeros = np.all(batch['image'] == 0, axis=-1)  # (B, H, W)
+  np.testing.assert_array_equal(zeros.sum(axis=(1, 2)), np.full(6, 16))
+  for mask in zeros:
+    rows, cols = np.nonzero(mask)
+    assert np.ptp(rows) == np.ptp(cols) == 3
+  again = _epoch(ds, 0, 6)[0]
+  np.testing.assert_array_equal(again['image'], batch['image'])
+
+
+def test_augmentation_errors_that_need_the_data(tmp_path):
+  with pytest.raises(UserError, match='config.data.cutout=40') as err:
+    data.load_dataset(_cfg(cutout=40), seed=0)
+  assert '\n' not in str(err.value) and 'at most 32' in str(err.value)
+  root = tmp_path / 'data'
+  _write_folder(root, {'train': 2, 'val': 1})
+  with pytest.raises(UserError, match="augmentation='pad_crop'") as err:
+    data.load_dataset(_folder_cfg(root, tmp_path, storage='stream',
+                                  augmentation='pad_crop'), seed=0)
+  assert '\n' not in str(err.value)
+
+
+@pytest.mark.parametrize('field, value', [
+    ('augmentation', 'random_crop'), ('rrc_scale', (0.5, 0.2)),
+    ('rrc_scale', (0.0, 1.0)), ('rrc_scale', (0.3, 1.5)),
+    ('rrc_scale', (0.3,)), ('train_size', -1), ('cutout', -2)])
+def test_bad_augmentation_fields(field, value):
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.data[field] = value
+  with pytest.raises(UserError, match=rf'config\.data\.{field}=') as err:
+    config_validation.validate_config(config)
+  assert f'--config.data.{field}=' in str(err.value)
+  assert '\n' not in str(err.value)
+
+
+def test_default_config_augmentation_fields():
+  from configs import default  # pylint: disable=g-import-not-at-top
+  cfg = default.get_config().data
+  assert (cfg.augment, cfg.augmentation, cfg.crop_padding) == (True, 'auto',
+                                                                4)
+  assert (cfg.rrc_scale, cfg.train_size, cfg.cutout) == ((0.35, 1.0), 0, 0)
+
+
+# ------------------------------------------------------------ RGB conversion
+
+
+def _write_modes(folder, rng, size=(7, 6)):
+  """One image per PIL mode that folders hold; returns {name: expected RGB}.
+
+  `size` is (width, height). Expected pixels are built from the arrays the
+  images were made from, not by PIL's conversion."""
+  h, w = size[1], size[0]
+  folder.mkdir(parents=True)
+  expected = {}
+  gray = rng.integers(0, 256, (h, w), dtype=np.uint8)
+  rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+  alpha = rng.integers(0, 256, (h, w), dtype=np.uint8)
+  Image.fromarray(gray, 'L').save(folder / 'l.png')
+  expected['l.png'] = np.repeat(gray[..., None], 3, -1)
+  Image.fromarray(np.stack([gray, alpha], -1), 'LA').save(folder / 'la.png')
+  expected['la.png'] = np.repeat(gray[..., None], 3, -1)  # alpha dropped
+  Image.fromarray(np.dstack([rgb, alpha]), 'RGBA').save(folder / 'rgba.png')
+  expected['rgba.png'] = rgb
+  palette = rng.integers(0, 256, (256, 3), dtype=np.uint8)
+  indices = rng.integers(0, 256, (h, w), dtype=np.uint8)
+  for name, extra in (('p.png', {}), ('p_transparent.png',
+                                      {'transparency': int(indices[0, 0])})):
+    image = Image.fromarray(indices, 'P')
+    image.putpalette(palette.ravel().tolist())
+    image.save(folder / name, **extra)
+    expected[name] = palette[indices]  # transparency dropped
+  sixteen = rng.integers(0, 65536, (h, w), dtype=np.uint16)
+  sixteen[0, :4] = (0, 128, 65535, 65407)  # the ends and rounding cases
+  Image.fromarray(sixteen).save(folder / 'gray16.png')
+  scaled = np.round(sixteen.astype(np.float64) * 255 / 65535).astype(np.uint8)
+  expected['gray16.png'] = np.repeat(scaled[..., None], 3, -1)
+  # CMYK JPEG of a smooth image (small JPEG error): back to the RGB it was.
+  ramp = np.linspace(30, 220, h * w).reshape(h, w)
+  smooth = np.stack([ramp, ramp[::-1], np.full((h, w), 90.0)], -1)
+  Image.fromarray(smooth.astype(np.uint8)).convert('CMYK').save(
+      folder / 'cmyk.jpg', quality=100)
+  expected['cmyk.jpg'] = smooth.astype(np.uint8)
+  return expected
+
+
+def test_folder_rgb_conversion_of_every_mode(tmp_path):
+  rng = np.random.default_rng(0)
+  expected = _write_modes(tmp_path / 'train' / 'cat', rng)
+  with Image.open(tmp_path / 'train' / 'cat' / 'gray16.png') as image:
+    assert image.mode == 'I;16'
+    assert np.mean(np.asarray(image.convert('RGB')) == 255) > 0.9  # white
+  with Image.open(tmp_path / 'train' / 'cat' / 'cmyk.jpg') as image:
+    assert image.mode == 'CMYK'
+    cmyk = np.asarray(image).astype(np.int64)
+  split = image_folder.scan_split(str(tmp_path), 'train')
+  decoded = image_folder.decode_images(split.paths(), (6, 7, 3))
+  names = [os.path.basename(p) for p in split.paths()]
+  assert sorted(names) == sorted(expected)
+  for name, image in zip(names, decoded):
+    if name == 'cmyk.jpg':
+      # PIL's CMYK -> RGB: (255 - C)(255 - K) / 255, and the RGB the file
+      # was made from, up to the JPEG error.
+      want = (255 - cmyk[..., :3]) * (255 - cmyk[..., 3:]) / 255
+      np.testing.assert_allclose(image, want, atol=1)
+      np.testing.assert_allclose(image, expected[name], atol=8)
+    else:
+      np.testing.assert_array_equal(image, expected[name], err_msg=name)
+
+
+def test_to_rgb_refuses_what_has_no_8_bit_meaning():
+  as_int = Image.fromarray(np.array([[0, 65535], [257, 1]], np.int32), 'I')
+  np.testing.assert_array_equal(image_decode.to_rgb(as_int)[..., 0],
+                                [[0, 255], [1, 0]])
+  with pytest.raises(ValueError, match='16-bit range'):
+    image_decode.to_rgb(Image.fromarray(np.array([[70000]], np.int32), 'I'))
+  with pytest.raises(ValueError, match='mode F'):
+    image_decode.to_rgb(Image.fromarray(np.zeros((2, 2), np.float32), 'F'))

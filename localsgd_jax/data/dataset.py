@@ -274,7 +274,12 @@ class Dataset(abc.ABC):
   def _batches_of(self, feed: EpochFeed,
                   sharding: Optional[jax.sharding.Sharding]
                   ) -> Iterator[Batch]:
-    build = jax.jit(self.assemble, out_shardings=sharding)
+    # One jitted builder per sharding: a new jax.jit wrapper each epoch
+    # would compile the batch again each epoch (seconds on a CPU).
+    builders = self.__dict__.setdefault('_assemble_jits', {})
+    if sharding not in builders:
+      builders[sharding] = jax.jit(self.assemble, out_shardings=sharding)
+    build = builders[sharding]
     host = feed.host or itertools.repeat(None)
     for i, item in zip(range(feed.steps), host):
       yield build(feed.device, item, jnp.int32(i))

@@ -18,7 +18,7 @@ from localsgd_jax.errors import warn
 
 # Part of every cache key: bump it when the decoded bytes or the file order
 # for the same files would change (decoder options, sort rules, layout).
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: 16-bit grayscale PNGs scaled, no longer white
 
 
 def default_cache_dir() -> str:

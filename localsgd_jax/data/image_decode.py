@@ -1,7 +1,9 @@
 """Images decoded with PIL into one uint8 (N, H, W, 3) array.
 
-Every image must have one size (the in-memory pipeline does not resize);
-large lists are decoded by a pool of forked processes.
+Every image must have one size (the in-memory arrays hold one shape);
+large lists are decoded by a pool of forked processes. Every 8-bit mode
+becomes RGB by PIL's `convert('RGB')`; 16-bit grayscale PNGs are scaled
+to 8 bits (`to_rgb`).
 """
 import concurrent.futures
 import functools
@@ -25,6 +27,40 @@ _MAX_CHUNK = 1024
 def unreadable(path: str, e: Exception) -> UserError:
   return UserError(f'Cannot read image {path!r} ({type(e).__name__}: {e}); '
                    f'replace or delete the file.')
+
+
+# PIL's modes of 16-bit grayscale PNGs ('I' in older Pillow versions), whose
+# convert('RGB') clips every value above 255 to white.
+_SIXTEEN_BIT_GRAY = ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I')
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+  """The uint8 (H, W, 3) RGB pixels of a PIL image.
+
+  8-bit modes go through `convert('RGB')`, as torchvision's and tfds'
+  folder readers do: gray (L) is copied to the three channels, alpha (LA,
+  RGBA, a palette's transparency) is dropped, palettes (P) are looked up,
+  CMYK is PIL's (255 - C)(255 - K) / 255 per channel. 16-bit grayscale
+  (`_SIXTEEN_BIT_GRAY`) is scaled from 0..65535 to 0..255, rounded, where
+  `convert('RGB')` would clip it (nearly white).
+
+  Raises:
+    ValueError: pixels with no 8-bit meaning (floating point, or 32-bit
+      integers outside 0..65535).
+  """
+  if image.mode == 'RGB':
+    return np.asarray(image)  # convert() would only copy it
+  if image.mode in _SIXTEEN_BIT_GRAY:
+    values = np.asarray(image).astype(np.int64)  # (H, W)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+      raise ValueError(f'{image.mode} pixels outside the 16-bit range '
+                       f'0..65535 (min {values.min()}, max {values.max()})')
+    gray = ((values * 255 + 32767) // 65535).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=-1)
+  if image.mode == 'F':
+    raise ValueError('floating-point pixels (mode F) have no 8-bit RGB '
+                     'meaning; save the image as 8-bit RGB')
+  return np.asarray(image.convert('RGB'))
 
 
 def read_image_shape(path: str) -> Tuple[int, int, int]:
@@ -63,11 +99,9 @@ def _decode_chunk(paths: Sequence[str], height: int, width: int
   for i, path in enumerate(paths):
     try:
       with Image.open(path) as image:
-        # convert() of an RGB image would only copy it.
-        image = image.convert('RGB') if image.mode != 'RGB' else image
         if image.size != (width, height):
           return out, ('size', i, image.size)
-        out[i] = np.asarray(image)
+        out[i] = to_rgb(image)
     except Exception as e:  # pylint: disable=broad-except
       return out, ('read', i, type(e).__name__, str(e))
   return out, None
@@ -85,7 +119,7 @@ def decode_images(paths: Sequence[str], shape: Tuple[int, int, int], *,
                   reference: Optional[str] = None) -> np.ndarray:
   """Decodes images with PIL into one uint8 (N, H, W, 3) array.
 
-  Each image is `Image.open(path).convert('RGB')`. Large lists are decoded by
+  Each image is `to_rgb(Image.open(path))`. Large lists are decoded by
   a pool of forked processes. Measured on 2 cores with 45,000 32x32 JPEGs:
   one thread ~6 s, two threads 6.7-7.6 s (the per-image Python work holds
   the GIL, and the decode that releases it is tiny), two processes 4.0 s

@@ -57,7 +57,8 @@ def load_dataset(data_cfg: ml_collections.ConfigDict, *,
 
   Args:
     data_cfg: `config.data`, with fields `name`, `dir`, `image_size`,
-      `augment`, `crop_padding`, `tfds_data_dir`, `shuffle_buffer`,
+      `augment`, `augmentation`, `crop_padding`, `rrc_scale`, `train_size`,
+      `cutout`, `tfds_data_dir`, `shuffle_buffer`,
       `storage`, `max_memory_gb`, `cache_dir`, `train_per_class`,
       `holdout_per_class`, `holdout_seed` (missing optional fields take
       their defaults).
@@ -103,7 +104,11 @@ class _Options:
         dir=os.path.expanduser(str(data_cfg.get('dir', '') or '')),
         image_size=data_cfg.get('image_size', 32),
         augment=bool(data_cfg.get('augment', True)),
+        augmentation=data_cfg.get('augmentation', 'auto'),
         crop_padding=data_cfg.get('crop_padding', 4),
+        rrc_scale=tuple(data_cfg.get('rrc_scale', (0.35, 1.0))),
+        train_size=data_cfg.get('train_size', 0),
+        cutout=data_cfg.get('cutout', 0),
         tfds_data_dir=os.path.expanduser(
             str(data_cfg.get('tfds_data_dir', '') or '')),
         shuffle_buffer=data_cfg.get('shuffle_buffer', 10_000),
@@ -116,6 +121,7 @@ class _Options:
         holdout_seed=data_cfg.get('holdout_seed', 0),
     )
     for field, minimum in (('image_size', 1), ('crop_padding', 0),
+                           ('train_size', 0), ('cutout', 0),
                            ('shuffle_buffer', 1), ('train_per_class', 0),
                            ('holdout_per_class', 0), ('holdout_seed', 0)):
       value = getattr(opts, field)
@@ -182,7 +188,8 @@ def _in_memory(name: str, arrays: Tuple[Optional[np.ndarray], ...],
       name=name, train_images=x_train, train_labels=y_train,
       test_images=x_test, test_labels=y_test, num_classes=num_classes,
       seed=seed, augment=opts.augment, crop_padding=opts.crop_padding,
-      flip=flip)
+      flip=flip, augmentation=opts.augmentation, rrc_scale=opts.rrc_scale,
+      train_size=opts.train_size, cutout=opts.cutout)
   dataset.eval_split = eval_split
   if class_names is not None:
     dataset.class_names = tuple(class_names)
@@ -214,10 +221,34 @@ def _load_imagenet(opts: _Options, seed: int) -> StreamingDataset:
       num_train=splits['train'].num_examples,
       num_test=splits['validation'].num_examples,
       num_classes=builder.info.features['label'].num_classes,
-      image_size=opts.image_size, seed=seed, augment=opts.augment, flip=True,
-      shuffle_buffer=opts.shuffle_buffer)
+      seed=seed, flip=True, shuffle_buffer=opts.shuffle_buffer,
+      **_streaming_augmentation(opts, 'imagenet2012'))
   dataset.eval_split = 'validation'
   return dataset
+
+
+def _streaming_augmentation(opts: _Options, what: str) -> dict:
+  """The StreamingDataset arguments of the augmentation fields.
+
+  The fields mean what they mean in memory: train_size (when set) is the
+  output size, else image_size; 'auto' and random_resized_crop are the
+  random-resized crop (area in rrc_scale), 'none' the eval crop; pad_crop
+  needs images of one size and is refused.
+  """
+  if opts.augmentation not in ('auto', 'random_resized_crop', 'none'):
+    raise UserError(
+        f'config.data.augmentation={opts.augmentation!r} works on in-memory '
+        f'datasets only, but {what} from disk: use random_resized_crop (or '
+        f'auto) or none with --config.data.augmentation=...')
+  image_size = opts.train_size or opts.image_size
+  if opts.cutout > image_size:
+    raise UserError(
+        f'config.data.cutout={opts.cutout} is larger than the training images '
+        f'({image_size}x{image_size} pixels); set it to at most {image_size}, '
+        f'or 0 for no cutout, with --config.data.cutout=...')
+  return dict(image_size=image_size,
+              augment=opts.augment and opts.augmentation != 'none',
+              rrc_scale=opts.rrc_scale, cutout=opts.cutout)
 
 
 _FOLDER_TEST_SPLITS = ('test', 'val', 'validation')
@@ -230,8 +261,9 @@ def _load_image_folder(opts: _Options, seed: int) -> Dataset:
   """Images under DIR/train/<class>/ and DIR/test/<class>/ (or val/).
 
   storage 'memory' decodes the folder once (cached) and holds it in memory,
-  at its own image size; 'stream' reads it with tf.data every epoch,
-  random-resized-cropped to image_size; 'auto' holds it in memory when its
+  at its own image size (train_size resizes the batches); 'stream' reads it
+  with tf.data every epoch, random-resized-cropped to train_size or
+  image_size; 'auto' holds it in memory when its
   uint8 pixels (file count x the first image's H*W*3) fit max_memory_gb.
   """
   if not opts.dir:
@@ -302,8 +334,9 @@ def _stream_image_folder(opts: _Options, seed: int, test_split: str,
       name='image_folder', read=tfds_reader(builder, shuffle_files=False),
       train_split='train', test_split=test_split,
       num_train=counts['train'], num_test=counts[test_split],
-      num_classes=len(names), image_size=opts.image_size, seed=seed,
-      augment=opts.augment, flip=True, shuffle_buffer=opts.shuffle_buffer,
+      num_classes=len(names), seed=seed, flip=True,
+      shuffle_buffer=opts.shuffle_buffer,
+      **_streaming_augmentation(opts, f'{opts.dir!r} streams'),
       find_unreadable=lambda split: image_decode.find_unreadable(
           by_name[split].paths()) if split in by_name else None)
   dataset.class_names = tuple(names)

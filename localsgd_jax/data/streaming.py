@@ -14,8 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from localsgd_jax.data.dataset import Batch, Dataset, EpochFeed
-from localsgd_jax.data.dataset import _place, _prefetch, normalize
+from localsgd_jax.data.dataset import _place, _prefetch, epoch_key, normalize
 from localsgd_jax.data import tf_import
+from localsgd_jax.data.in_memory import cutout as cutout_batch
 from localsgd_jax.data.dataset import process_rows, replicate
 from localsgd_jax.errors import UserError
 
@@ -58,9 +59,12 @@ class StreamingDataset(Dataset):
   """A dataset read from disk by tf.data every epoch (ImageNet, folders).
 
   Training: shuffle (seeded by (seed, epoch)), decode, random-resized crop to
-  image_size, random flip. Eval: decode, center crop, resize. Crops and flips
-  use stateless TF ops keyed by (seed, epoch, example position), so the
-  batches of an epoch do not depend on thread timing or on earlier epochs.
+  image_size (area in `rrc_scale`, Inception's aspect ratios 3/4..4/3),
+  random flip; then on the device normalize and, with `cutout`, cut out a
+  square as the in-memory path does (keyed by (seed, epoch, step)). Eval:
+  decode, center crop, resize. Crops and flips use stateless TF ops keyed by
+  (seed, epoch, example position), so the batches of an epoch do not depend
+  on thread timing or on earlier epochs.
   TensorFlow is imported by the sources before one of these is built.
   """
 
@@ -68,6 +72,7 @@ class StreamingDataset(Dataset):
                test_split: str, num_train: int, num_test: int,
                num_classes: int, image_size: int, seed: int, augment: bool,
                flip: bool, shuffle_buffer: int,
+               rrc_scale: Tuple[float, float] = (0.08, 1.0), cutout: int = 0,
                mean: Tuple[float, ...] = IMAGENET_MEAN,
                std: Tuple[float, ...] = IMAGENET_STD,
                find_unreadable: Optional[
@@ -88,6 +93,10 @@ class StreamingDataset(Dataset):
         turns off the flip.
       flip: whether horizontal flips suit this data.
       shuffle_buffer: tf.data shuffle buffer size, in examples.
+      rrc_scale: (min, max) area of the random-resized crop, as fractions of
+        the image's area (Inception's and torchvision's 0.08..1 default).
+      cutout: side of the square set to 0 (the mean) in each normalized
+        training image; 0 = none.
       mean: per-channel mean in pixel units.
       std: per-channel std in pixel units.
       find_unreadable: split -> the error naming its first file that cannot
@@ -107,6 +116,8 @@ class StreamingDataset(Dataset):
     self.augment = bool(augment)
     self.flip = bool(flip and augment)
     self.shuffle_buffer = int(shuffle_buffer)
+    self.rrc_scale = tuple(float(a) for a in rrc_scale)
+    self.cutout = int(cutout) if augment else 0
     self.mean = np.asarray(mean, np.float32)
     self.std = np.asarray(std, np.float32)
     self._find_unreadable = find_unreadable
@@ -152,14 +163,14 @@ class StreamingDataset(Dataset):
     return ((height - crop + 1) // 2, (width - crop + 1) // 2, crop, crop)
 
   def _random_window(self, seed):
-    """A random-resized-crop window (Inception style: 8-100% area)."""
+    """A random-resized-crop window (Inception style, area in rrc_scale)."""
     tf = tf_import.tensorflow()
 
     def window(shape):
       begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
           shape, tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
           seed=seed, min_object_covered=0.1,
-          aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0),
+          aspect_ratio_range=(3 / 4, 4 / 3), area_range=self.rrc_scale,
           max_attempts=10, use_image_if_no_bounding_boxes=True)
       return begin[0], begin[1], size[0], size[1]
 
@@ -203,17 +214,21 @@ class StreamingDataset(Dataset):
                      f'not be decoded ({message}); replace or delete it.')
 
   def _train_feed(self, epoch, batch_size, steps, replicated, batch_sharding):
-    device = replicate({'mean': self.mean,
-                        'inv_std': np.float32(1.0) / self.std}, replicated)
+    fixed = {'mean': self.mean, 'inv_std': np.float32(1.0) / self.std}
+    if self.cutout:
+      fixed.update(seed=np.uint32(self.seed), epoch=np.uint32(epoch))
+    device = replicate(fixed, replicated)
     host = _prefetch(self._host_batches(epoch, batch_size, steps,
                                         batch_sharding), size=2)
     return EpochFeed(device=device, host=host, steps=steps)
 
   def assemble(self, device, host, i):
-    del i  # the host iterator already yields step i's batch
-    return {'image': normalize(host['image'], device['mean'],
-                               device['inv_std']),
-            'label': host['label'], 'mask': host['mask']}
+    # The host iterator already yields step i's batch; i keys the cutout.
+    image = normalize(host['image'], device['mean'], device['inv_std'])
+    if self.cutout:
+      key = jax.random.fold_in(epoch_key(device['seed'], device['epoch']), i)
+      image = cutout_batch(image, key, self.cutout)
+    return {'image': image, 'label': host['label'], 'mask': host['mask']}
 
   def _host_batches(self, epoch, batch_size, steps, sharding):
     """Placed uint8 batches of `epoch`, decoded and cropped by tf.data."""
