@@ -15,16 +15,16 @@ leaves every finished part):
   3. full CIFAR-10 (train/ 45k, evaluated on val/ 5k), ResNet-18, bfloat16:
      SGD, the documented default (configs/cifar10_resnet.py: the static
      schedule, its early units frozen) and the Hebbian rule (oja) on the
-     same schedule, for a fixed number of epochs, at batch
-     512 with learning rate 0.4 (the config's 128 / 0.1, scaled linearly).
+     same schedule, for a fixed number of epochs, at batch 512 (the
+     config's recipe; its learning rate follows the batch size).
+The decisive experiment (SGD's budget frontier, the schedule grid, 10
+seeds) is benchmarks/cifar_frontier.py; the ImageNet setting
+(Imagenette, ResNet-50, MobileNetV2) benchmarks/imagenette_suite.py.
 
 Files: suite.json (every figure), suite.log, comparison.md / .json and the
 three plots of the full runs. The runs themselves (checkpoints, metrics,
 TensorBoard) go to --runs_dir. Imports no TensorFlow.
 """
-import contextlib
-import datetime
-import io
 import json
 import os
 import shutil
@@ -39,13 +39,14 @@ import jax
 from localsgd_jax import benchmarking
 from localsgd_jax import comparison
 from localsgd_jax import flops
-from localsgd_jax import metrics as metrics_lib
 from localsgd_jax import models
 from localsgd_jax import report
 from localsgd_jax import selection
 from localsgd_jax import train_lib
 from localsgd_jax.configs import cifar10_resnet
 from localsgd_jax.configs import quickstart
+
+import suite_common  # benchmarks/suite_common.py  # pylint: disable=g-bad-import-order
 
 _OUT = flags.DEFINE_string('out', None, 'Output folder.', required=True)
 _DATA_DIR = flags.DEFINE_string(
@@ -61,28 +62,6 @@ _PARTS = flags.DEFINE_list('parts', ['smoke', 'step_bench', 'runs'],
                            'Which parts to run.')
 
 MODES = ('sgd', 'static', 'static_oja')
-
-
-class _Tee(io.TextIOBase):
-  """Writes to the console and to the suite's log file."""
-
-  def __init__(self, *streams):
-    self._streams = streams
-
-  def write(self, text):
-    for s in self._streams:
-      s.write(text)
-      s.flush()
-    return len(text)
-
-
-def _default_data_dir() -> str:
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  for path in (os.path.join(root, '.gpu', 'cifar10-jpg'),
-               os.path.join(root, '..', 'shared', 'data', 'cifar10-jpg')):
-    if os.path.isdir(path):
-      return os.path.normpath(path)
-  return ''
 
 
 def smoke(workdir: str) -> dict:
@@ -137,7 +116,6 @@ def full_runs(data_dir: str, runs_dir: str, epochs: int, small: bool,
   else:
     config.dtype = 'bfloat16'
     config.batch_size = 512
-    config.optim.learning_rate = 0.4  # 0.1 at batch 128, scaled linearly
     config.eval_batch_size = 1000
   for mode in MODES:
     cfg = comparison.mode_config(config, mode, config.seed)
@@ -160,24 +138,11 @@ def main(argv):
   out_dir = os.path.abspath(_OUT.value)
   os.makedirs(out_dir, exist_ok=True)
   runs_dir = _RUNS_DIR.value or out_dir.rstrip('/') + '_runs'
-  data_dir = _DATA_DIR.value or _default_data_dir()
-  results = {
-      'date': datetime.datetime.now().astimezone().isoformat(
-          timespec='seconds'),
-      'device': jax.devices()[0].device_kind,
-      'device_count': jax.device_count(),
-      'jax': jax.__version__,
-      'git_commit': train_lib.git_commit(),
-      'argv': sys.argv,
-      'parts': {},
-  }
+  data_dir = _DATA_DIR.value or suite_common.default_data_dir('cifar10-jpg')
+  record = suite_common.Record(out_dir, 'suite.json', argv=sys.argv)
+  results = record.results
 
-  def record(part, value):
-    results['parts'][part] = value
-    metrics_lib.write_json(os.path.join(out_dir, 'suite.json'), results)
-
-  log = open(os.path.join(out_dir, 'suite.log'), 'a')
-  with contextlib.redirect_stdout(_Tee(sys.__stdout__, log)):
+  with suite_common.tee(os.path.join(out_dir, 'suite.log')):
     print(f'suite on {results["device"]} x{results["device_count"]}, jax '
           f'{results["jax"]}, commit {results["git_commit"]}', flush=True)
     t_start = time.perf_counter()
@@ -198,10 +163,9 @@ def main(argv):
         raise app.UsageError(f'unknown part {part!r}')
       results.setdefault('part_time_s', {})[part] = time.perf_counter() - t0
       results['tensorflow_imported'] = 'tensorflow' in sys.modules
-      metrics_lib.write_json(os.path.join(out_dir, 'suite.json'), results)
+      record.write()
       print(f'--- {part} done in {time.perf_counter() - t0:.1f}s '
             f'({time.perf_counter() - t_start:.1f}s in all)', flush=True)
-  log.close()
 
 
 if __name__ == '__main__':

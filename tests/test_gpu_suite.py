@@ -49,3 +49,46 @@ def test_small_suite_writes_every_part(tmp_path):
   for name in ('comparison.md', 'comparison.json', 'suite.log',
                'accuracy_vs_epoch.png'):
     assert (out / name).exists()
+
+
+def test_small_frontier_runs_every_stage_and_resumes(tmp_path):
+  """benchmarks/frontier.py --small: recipe, grid, frontier and report,
+  then the same command with the runs' records alone skips every run."""
+  _image_folder(tmp_path / 'cifar', {'train': 16, 'val': 2})
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': '',
+         'XDG_CACHE_HOME': str(tmp_path / 'cache')}
+
+  def frontier(out, runs):
+    proc = subprocess.run(
+        ['python', os.path.join(ROOT, 'benchmarks', 'frontier.py'),
+         f'--out={out}', '--small', f'--data_dir={tmp_path / "cifar"}',
+         f'--runs_dir={runs}'],
+        capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    with open(out / 'stages.json') as f:
+      return json.load(f)['parts']
+
+  parts = frontier(tmp_path / 'out', tmp_path / 'runs')
+  recipe = parts['recipe']
+  assert set(recipe['runs']) == {'recipe_lr1x_cutout12',
+                                 'recipe_lr2x_cutout12'}
+  assert recipe['chosen'] in recipe['runs']
+  grid = parts['grid']
+  assert grid['mode'] in ('static_w50_k1_frozen', 'static_w50_k1_oja')
+  # 16 runs: 2 recipe, 6 grid (sgd, 2 schedules, 2 peers, sgd@1) and
+  # 4 + 4 frontier (sgd, the pair, sgd@1 per seed).
+  assert parts['runs']['trained'] == 16
+  with open(tmp_path / 'out' / 'comparison.json') as f:
+    entries = {e['mode']: e for e in json.load(f)['entries']}
+  assert set(entries) == {'sgd', 'static_w50_k1_frozen', 'static_w50_k1_oja'}
+  assert entries['sgd']['num_runs'] == 2
+  assert (tmp_path / 'out' / 'accuracy_vs_cost.png').exists()
+  # Finished runs lose their checkpoints; OUT/runs holds their records.
+  assert not (tmp_path / 'runs' / 'frontier' / 'sgd' / 'seed_0' /
+              'checkpoints').exists()
+  assert (tmp_path / 'out' / 'runs' / 'frontier' / 'sgd' / 'seed_1' /
+          'summary.json').exists()
+  again = frontier(tmp_path / 'out2', tmp_path / 'out' / 'runs')
+  assert again['runs']['trained'] == 0
+  assert again['runs']['skipped'] == 16
+  assert again['grid']['mode'] == grid['mode']

@@ -1,0 +1,379 @@
+"""Does LoCal+SGD beat SGD at any budget? The decisive experiment, resumable.
+
+  python benchmarks/frontier.py --out=OUT            # CIFAR-10, issue #19
+  python benchmarks/frontier.py --out=OUT \
+      --config=configs/imagenette_resnet50.py --budgets=20,30 \
+      --warmups=0.6 --ks=6,9 --seeds=3                # Imagenette, issue #20
+  python benchmarks/frontier.py --out=OUT --small     # a CPU, ~2 minutes
+
+One GPU, runs one at a time (their times are the isolated costs the report
+compares). Four stages, in this order:
+
+  recipe    the config's SGD recipe checked on a hold-out of train/ (never
+            val/): peak learning rate x --recipe_lr_scales and cutout in
+            {the config's, 0}, --grid_seeds seeds, the full budget; the best
+            mean hold-out accuracy wins (a tie keeps the config's values),
+            and the later stages train with it;
+  grid      on the same hold-out, --grid_seeds seeds: SGD at every budget
+            (its frontier: --budgets and the full one) and the static
+            schedules (SGD for a --warmups fraction of the budget, then
+            units [0, k) local, k in --ks, rule in --rules), each a fork of
+            its seed's full-budget SGD run at the end of its warm-up, plus
+            the FreezeOut and AutoFreeze peers (not forks: their own
+            schedules); the best schedule is the one furthest above SGD's
+            frontier at its own cost;
+  frontier  on val/, --seeds seeds: SGD at every budget, the best schedule
+            and the same schedule with the other --rules (the decisive pair
+            and its rule control);
+  report    comparison.md / .json and the plots of the frontier stage
+            (iso-accuracy speed-up against SGD's frontier with paired-
+            bootstrap intervals over seeds: localsgd_jax/aggregate.py),
+            copied to OUT.
+
+Resumable: a run already finished in --runs_dir (same config) is skipped,
+and no run starts after --time_limit_s, so a device call cut short loses
+only the run in progress and the same command goes on. Once all of a
+seed's runs are finished their checkpoints are deleted; summaries, metrics
+and configs stay, and are copied to OUT/runs: a later, fresh machine
+resumes with --runs_dir=<that copy>. OUT also gets stages.json (the
+choices and counts) and stages.log. GPUs: bfloat16 (the configs' float32
+stays on CPUs).
+"""
+import copy
+import math
+import os
+import shutil
+import sys
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from localsgd_jax import aggregate
+from localsgd_jax import modes as modes_lib
+from localsgd_jax import report
+from localsgd_jax import resume_check
+from localsgd_jax import runs as runs_lib
+from localsgd_jax import train_lib
+from localsgd_jax import workdir as workdir_lib
+
+import suite_common  # benchmarks/suite_common.py  # pylint: disable=g-bad-import-order
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', os.path.join(suite_common.ROOT, 'configs', 'cifar10_resnet.py'),
+    'The run config (its num_epochs is the full budget); overrides with '
+    '--config.x=y.', lock_config=True)
+_OUT = flags.DEFINE_string('out', None, 'Output folder.', required=True)
+_DATA_DIR = flags.DEFINE_string(
+    'data_dir', '', 'The image folder (train/, val/); default: the '
+    "config's data.dir, else .gpu/<folder> or ../shared/data/<folder> "
+    '(cifar10-jpg, or imagenette128 for imagenette configs).')
+_RUNS_DIR = flags.DEFINE_string(
+    'runs_dir', '', 'Where the runs go (default runs/frontier_<config>); the '
+    'same folder on the next call resumes the experiment.')
+_SMALL = flags.DEFINE_bool(
+    'small', False, 'The same stages on a CPU in about 2 minutes: tiny CNN, '
+    '12 images per class, budgets of 1 and 2 epochs, one schedule per '
+    'rule, 2 seeds.')
+_BUDGETS = flags.DEFINE_list(
+    'budgets', ['13', '16', '20'], 'SGD budgets below the full one '
+    '(epochs; fractions allowed).')
+_WARMUPS = flags.DEFINE_list(
+    'warmups', ['0.3', '0.45', '0.6'], 'Schedule grid: fractions of the '
+    'budget trained by SGD first.')
+_KS = flags.DEFINE_list('ks', ['3', '5', '7', '9'],
+                        'Schedule grid: transition indices k.')
+_RULES = flags.DEFINE_list('rules', ['frozen', 'oja'],
+                           'Schedule grid: local rules.')
+_RECIPE_LR = flags.DEFINE_list('recipe_lr_scales', ['1', '0.5', '2'],
+                               'Recipe stage: peak learning rate factors.')
+_SEEDS = flags.DEFINE_integer('seeds', 10, 'Seeds of the frontier stage.')
+_GRID_SEEDS = flags.DEFINE_integer('grid_seeds', 1,
+                                   'Seeds of the recipe and grid stages.')
+_HOLDOUT = flags.DEFINE_integer(
+    'holdout_per_class', 0, 'Hold-out images per class of train/ (0: 500 '
+    'for CIFAR-10, 100 otherwise).')
+_STAGES = flags.DEFINE_list('stages', ['recipe', 'grid', 'frontier',
+                                       'report'], 'Which stages to run.')
+_TIME_LIMIT = flags.DEFINE_float(
+    'time_limit_s', 540, 'No run starts after this many seconds (a device '
+    'call is limited to 600 s); 0 = no limit.')
+
+_T0 = time.perf_counter()
+PEERS = ('freeze', 'autofreeze')
+
+
+class _OutOfTime(Exception):
+  """The time limit passed: no more runs start; the finished ones stay."""
+
+
+def prepare(config, data_dir: str, small: bool):
+  """The config as this script runs it: the image folder, one evaluation
+  (after the last epoch), no progress bars; bf16 on GPUs; `small`: the
+  tiny CNN on 12 images per class for 2 epochs."""
+  config = copy.deepcopy(config)  # its references resolve at the end
+  config.data.name = 'image_folder'
+  config.data.dir = data_dir
+  config.log.progress = False
+  config.eval_every_epochs = 1000  # only after the last epoch
+  if small:
+    config.model.name = 'tiny'
+    config.num_epochs = 2
+    config.batch_size = 32
+    config.eval_batch_size = 64
+    config.data.train_per_class = 12
+    config.selection.k_max_flop_share = 0.0
+    config.optim.warmup_epochs = min(config.optim.warmup_epochs, 1)
+  elif jax.default_backend() == 'gpu':
+    config.dtype = 'bfloat16'
+  return config.copy_and_resolve_references()
+
+
+def sgd_run(config, seed: int, epochs: float):
+  """Plain SGD for `epochs` (fractional: a partial last epoch), one
+  checkpoint at the end."""
+  cfg = modes_lib.mode_config(config, modes_lib.BASELINE, seed,
+                              epochs=epochs)
+  cfg.checkpoint.every_epochs = cfg.num_epochs
+  return cfg
+
+
+def schedule_name(fraction: float, k: int, rule: str) -> str:
+  return f'static_w{round(100 * fraction)}_k{k}_{rule}'
+
+
+def schedule_run(config, seed: int, parent: str, warmup: int, k: int,
+                 rule: str):
+  """SGD for `warmup` epochs, then units [0, k) local with `rule`: a fork of
+  `parent` (the same seed's full-budget SGD run) after its epoch `warmup`."""
+  cfg = modes_lib.mode_config(config, 'static', seed)
+  cfg.selection.ramp = 'step'
+  cfg.selection.warmup_epochs = warmup
+  cfg.selection.k_max = k
+  cfg.selection.k_max_flop_share = 0.0
+  cfg.local.rule = rule
+  cfg.init_from = f'{parent}:{warmup}'
+  return cfg
+
+
+def _finished(path: str, cfg) -> bool:
+  """A finished run of `cfg` in `path`: by its checkpoints (the resume
+  check), or, once they are deleted (`_drop_checkpoints`), by its saved
+  config; where the data and a fork's parent lie may differ on another
+  machine (the parent is checked by the folder it is in)."""
+  if not os.path.exists(os.path.join(path, 'summary.json')):
+    return False
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    return workdir_lib.finished_run(path, cfg)
+  changes = resume_check.config_changes(
+      runs_lib.read_json(os.path.join(path, 'config.json')),
+      workdir_lib.as_dict(cfg))
+  moved = resume_check.DATA_LOCATION + ('init_from',)
+  return all(resume_check.matches(c.field, moved) for c in changes)
+
+
+class Runner:
+  """Trains runs one at a time, skipping finished ones, within the time
+  limit; one console line per run, the run's own output in its train.log."""
+
+  def __init__(self, time_limit_s: float):
+    self.time_limit_s = time_limit_s
+    self.trained, self.skipped = 0, 0
+
+  def __call__(self, cfg, path: str) -> Dict[str, Any]:
+    if _finished(path, cfg):
+      self.skipped += 1
+      return runs_lib.read_json(os.path.join(path, 'summary.json'))
+    elapsed = time.perf_counter() - _T0
+    if self.time_limit_s and elapsed > self.time_limit_s:
+      raise _OutOfTime(path)
+    print(f'=== {path} ({elapsed:.0f}s)', flush=True)
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, 'train.log'), 'a') as log:
+      with suite_common.redirect(log):
+        summary = train_lib.train_and_evaluate(cfg, path)
+    self.trained += 1
+    print(f'    {summary["eval_split"]} accuracy '
+          f'{summary["final_eval_accuracy"]:.4f}, '
+          f'{summary["total_time_s"]:.1f}s', flush=True)
+    return summary
+
+
+def recipe_stage(config, workdir: str, run, seeds: List[int],
+                 lr_scales: List[float],
+                 cutouts: Optional[List[int]] = None) -> Dict[str, Any]:
+  """Peak learning rate x cutout (default: the config's and 0) on the
+  hold-out: the best mean accuracy."""
+  lr = float(config.optim.learning_rate)
+  cutouts = list(dict.fromkeys(cutouts or [config.data.cutout, 0]))
+  results = {}
+  for scale in lr_scales:
+    for cutout in cutouts:
+      name = f'recipe_lr{scale:g}x_cutout{cutout}'
+      accs = []
+      for seed in seeds:
+        cfg = sgd_run(config, seed, config.num_epochs)
+        cfg.optim.learning_rate = lr * scale
+        cfg.data.cutout = cutout
+        accs.append(run(cfg, runs_lib.run_dir(workdir, name, seed))
+                    ['final_eval_accuracy'])
+      results[name] = {'lr_scale': scale, 'cutout': cutout,
+                       'holdout_accuracy': aggregate.mean(accs)}
+  given = f'recipe_lr{lr_scales[0]:g}x_cutout{cutouts[0]}'
+  best = max(results, key=lambda n: (results[n]['holdout_accuracy'],
+                                     n == given))
+  return {'runs': results, 'chosen': best, **results[best],
+          'learning_rate': lr * results[best]['lr_scale']}
+
+
+def seed_runs(config, workdir: str, run, seed: int, budgets: List[float],
+              schedules: List[Tuple[str, float, int, str]],
+              peers: List[str]) -> None:
+  """One seed's runs: SGD at the full budget (checkpoints at every warm-up
+  end), its forks, the peers and SGD at the other budgets. A seed's runs
+  finish together, so a stop leaves complete pairs."""
+  epochs = config.num_epochs
+  warmups = sorted({max(1, round(f * epochs)) for _, f, _, _ in schedules})
+  parent = runs_lib.run_dir(workdir, modes_lib.BASELINE, seed)
+  cfg = sgd_run(config, seed, epochs)
+  if warmups:
+    cfg.checkpoint.every_epochs = math.gcd(*warmups)
+    cfg.checkpoint.keep = epochs
+  run(cfg, parent)
+  for name, fraction, k, rule in schedules:
+    run(schedule_run(config, seed, parent, max(1, round(fraction * epochs)),
+                     k, rule), runs_lib.run_dir(workdir, name, seed))
+  for mode in peers:
+    run(modes_lib.mode_config(config, mode, seed),
+        runs_lib.run_dir(workdir, mode, seed))
+  for budget in budgets:
+    run(sgd_run(config, seed, budget),
+        runs_lib.run_dir(workdir, modes_lib.budget_mode(budget), seed))
+  for mode in os.listdir(workdir):  # the forks are done
+    path = runs_lib.run_dir(workdir, mode, seed)
+    if os.path.exists(os.path.join(path, 'summary.json')):
+      shutil.rmtree(os.path.join(path, 'checkpoints'), ignore_errors=True)
+
+
+def best_schedule(workdir: str, names: List[str]) -> Optional[Dict]:
+  """Of the schedules `names`, the one furthest above SGD's frontier at its
+  own cost (robust training time); one outside the budgets' costs is not
+  ranked."""
+  entries, _ = aggregate.analyze(runs_lib.load_runs(workdir))
+  scored = {}
+  for entry in entries:
+    v = (entry.get('vs_frontier') or {}).get('time')
+    if entry['mode'] in names and v and v.get('accuracy_diff') is not None:
+      scored[entry['mode']] = v
+  if not scored:
+    return None
+  mode = max(scored, key=lambda m: scored[m]['accuracy_diff'])
+  return {'mode': mode, 'accuracy_diff': scored[mode]['accuracy_diff'],
+          'iso_accuracy_speedup': scored[mode]['speedup'],
+          'ranked': sorted(((v['accuracy_diff'], m)
+                            for m, v in scored.items()), reverse=True)}
+
+
+def copy_records(runs_dir: str, out_dir: str) -> None:
+  """Every run's summary, metrics and config (no checkpoints) to OUT/runs:
+  what a later machine needs to skip it."""
+  keep = ('summary.json', 'metrics.jsonl', 'config.json', 'run.json',
+          'match.json', 'stages.json')
+  for root, _, files in os.walk(runs_dir):
+    for name in files:
+      if name in keep:
+        dest = os.path.join(out_dir, 'runs', os.path.relpath(root, runs_dir))
+        os.makedirs(dest, exist_ok=True)
+        shutil.copy(os.path.join(root, name), dest)
+
+
+def _data_dir(config) -> str:
+  """--data_dir, else the config's, else the shared folder for its stem."""
+  if _DATA_DIR.value or config.data.dir:
+    return _DATA_DIR.value or config.data.dir
+  return suite_common.default_data_dir(
+      'cifar10-jpg' if config.model.cifar_stem else 'imagenette128')
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.ERROR)  # Orbax's notes on every fork
+  small = _SMALL.value
+  config = prepare(_CONFIG.value, _data_dir(_CONFIG.value), small)
+  if not config.data.dir:
+    raise app.UsageError('no image folder: pass --data_dir')
+  out_dir = os.path.abspath(_OUT.value)
+  os.makedirs(out_dir, exist_ok=True)
+  runs_dir = os.path.abspath(_RUNS_DIR.value or os.path.join(
+      'runs', f'frontier_{config.model.name}'))
+  budgets = [1.0] if small else modes_lib.parse_budgets(_BUDGETS.value)
+  warmups = [0.5] if small else [float(w) for w in _WARMUPS.value]
+  ks = [1] if small else [int(k) for k in _KS.value]
+  schedules = [(schedule_name(f, k, r), f, k, r)
+               for f in warmups for k in ks for r in _RULES.value]
+  seeds = list(range(2 if small else _SEEDS.value))
+  grid_seeds = list(range(1 if small else _GRID_SEEDS.value))
+  holdout = _HOLDOUT.value or (4 if small else 500 if config.model.cifar_stem
+                               else 100)
+  held_out = config.copy_and_resolve_references()
+  held_out.data.holdout_per_class = holdout
+  # In runs_dir, so a copy of runs_dir carries the stages' choices too.
+  os.makedirs(runs_dir, exist_ok=True)
+  record = suite_common.Record(runs_dir, 'stages.json', argv=sys.argv)
+  run = Runner(0 if small else _TIME_LIMIT.value)
+  device = jax.devices()[0].device_kind
+  stages = _STAGES.value
+  with suite_common.tee(os.path.join(out_dir, 'stages.log')):
+    try:
+      if 'recipe' in stages:
+        record('recipe', recipe_stage(
+            held_out, os.path.join(runs_dir, 'recipe'), run, grid_seeds,
+            [1.0, 2.0] if small else [float(s) for s in _RECIPE_LR.value],
+            cutouts=[held_out.data.cutout] if small else None))
+      chosen = record.get('recipe')
+      for c in (config, held_out) if chosen else ():
+        c.optim.learning_rate = chosen['learning_rate']
+        c.data.cutout = chosen['cutout']
+      if 'grid' in stages:
+        grid_dir = os.path.join(runs_dir, 'grid')
+        for seed in grid_seeds:
+          seed_runs(held_out, grid_dir, run, seed, budgets, schedules,
+                    list(PEERS))
+        report.write_report(grid_dir, command=' '.join(sys.argv),
+                            device=device)
+        record('grid', best_schedule(grid_dir, [s[0] for s in schedules]))
+      if 'frontier' in stages:
+        best = record.get('grid')
+        if not best:
+          raise app.UsageError('the frontier stage needs the grid stage '
+                               'first (--stages=grid,frontier)')
+        _, fraction, k, _ = next(s for s in schedules
+                                 if s[0] == best['mode'])
+        pair = [(schedule_name(fraction, k, r), fraction, k, r)
+                for r in _RULES.value]
+        for seed in seeds:
+          seed_runs(config, os.path.join(runs_dir, 'frontier'), run, seed,
+                    budgets, pair, [])
+      if 'report' in stages:
+        front = os.path.join(runs_dir, 'frontier')
+        report.write_report(front, command=' '.join(sys.argv), device=device)
+        for name in ['comparison.md', 'comparison.json',
+                     *report.PLOTS.values()]:
+          if os.path.exists(os.path.join(front, name)):
+            shutil.copy(os.path.join(front, name), out_dir)
+    except _OutOfTime as stop:
+      print(f'time limit: stopped before {stop}; run the same command again '
+            'to go on', flush=True)
+      record('stopped_before', str(stop))
+    record('runs', {'trained': run.trained, 'skipped': run.skipped,
+                    'wall_s': time.perf_counter() - _T0})
+    copy_records(runs_dir, out_dir)
+    shutil.copy(record.path, out_dir)
+
+
+if __name__ == '__main__':
+  app.run(main)

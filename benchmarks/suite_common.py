@@ -1,0 +1,90 @@
+"""What the GPU scripts share: the data folder, the log tee, the JSON record.
+
+Used by gpu_suite.py, cifar_frontier.py and imagenette_suite.py (run as
+`python benchmarks/<script>.py`, which puts this folder on sys.path).
+"""
+import contextlib
+import datetime
+import io
+import json
+import os
+import sys
+from typing import Any
+
+import jax
+
+from localsgd_jax import metrics as metrics_lib
+from localsgd_jax import train_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def default_data_dir(name: str) -> str:
+  """.gpu/<name> (the bundle a GPU machine gets), else ../shared/data/<name>,
+  else ''."""
+  for path in (os.path.join(ROOT, '.gpu', name),
+               os.path.join(ROOT, '..', 'shared', 'data', name)):
+    if os.path.isdir(path):
+      return os.path.normpath(path)
+  return ''
+
+
+class _Tee(io.TextIOBase):
+  """Writes to the console and to a log file."""
+
+  def __init__(self, *streams):
+    self._streams = streams
+
+  def write(self, text):
+    for s in self._streams:
+      s.write(text)
+      s.flush()
+    return len(text)
+
+
+@contextlib.contextmanager
+def tee(log_path: str):
+  """Everything printed inside also goes to `log_path` (appended)."""
+  with open(log_path, 'a') as log:
+    with contextlib.redirect_stdout(_Tee(sys.__stdout__, log)):
+      yield
+
+
+@contextlib.contextmanager
+def redirect(stream):
+  """Standard output and error of the block go to `stream` (a run's log)."""
+  with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+    yield
+
+
+class Record:
+  """A JSON file of a script's results, rewritten after every part, so a
+  timeout leaves every finished part; an existing file is continued (its
+  parts are kept until a part of the same name is recorded again)."""
+
+  def __init__(self, out_dir: str, name: str, **meta: Any):
+    self.path = os.path.join(out_dir, name)
+    previous = {}
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        previous = json.load(f)
+    self.results = {
+        'date': datetime.datetime.now().astimezone().isoformat(
+            timespec='seconds'),
+        'device': jax.devices()[0].device_kind,
+        'device_count': jax.device_count(),
+        'jax': jax.__version__,
+        'git_commit': train_lib.git_commit(),
+        **meta,
+        'parts': previous.get('parts', {}),
+    }
+
+  def __call__(self, part: str, value: Any) -> None:
+    self.results['parts'][part] = value
+    self.write()
+
+  def get(self, part: str, default: Any = None) -> Any:
+    return self.results['parts'].get(part, default)
+
+  def write(self) -> None:
+    metrics_lib.write_json(self.path, self.results)
