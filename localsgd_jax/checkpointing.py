@@ -46,6 +46,24 @@ def _short(e: BaseException) -> str:
   return f'{type(e).__name__}: {text}' if text else type(e).__name__
 
 
+def _restore(manager: ocp.CheckpointManager, epoch: int, template: Any
+             ) -> Tuple[Any, Dict[str, Any]]:
+  """(state, host) of checkpoint `epoch`; its 'local_start' item (the local
+  units' kernels at the start of their local phase), where it has one, as
+  host['local_start'], placed like the state's (replicated) leaves."""
+  restored = manager.restore(epoch, args=_restore_args(template))
+  host = dict(restored['host'])
+  if host.get('local_start_units'):
+    meta = manager.item_metadata(epoch)['local_start']
+    sharding = jax.tree.leaves(template)[0].sharding
+    abstract = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+        getattr(meta, 'tree', meta))
+    host['local_start'] = manager.restore(epoch, args=ocp.args.Composite(
+        local_start=ocp.args.StandardRestore(abstract)))['local_start']
+  return restored['state'], host
+
+
 def _restore_args(template: Any) -> ocp.args.Composite:
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
   return ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
@@ -65,19 +83,29 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-        item_names=('state', 'host'))
+        item_names=('state', 'host', 'local_start'))
 
   def latest_epoch(self) -> Optional[int]:
     return self._manager.latest_step()
 
   def maybe_save(self, epoch: int, state: Any, host: Dict[str, Any],
-                 force: bool = False) -> bool:
-    """Saves after `epoch` finished epochs if it is due (or `force`)."""
+                 force: bool = False,
+                 local_start: Optional[Dict[str, Any]] = None) -> bool:
+    """Saves after `epoch` finished epochs if it is due (or `force`).
+
+    `local_start`: {unit: kernels} of the local units at the start of their
+    local phase (loop.TrainLoop.local_phase), saved as the 'local_start'
+    item; restored into host['local_start'].
+    """
     if not force and epoch % self.every_epochs:
       return False
-    self._manager.save(epoch, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host)),
-                       force=True)
+    local_start = local_start or {}
+    items = {'state': ocp.args.StandardSave(state),
+             'host': ocp.args.JsonSave(
+                 {**host, 'local_start_units': sorted(local_start)})}
+    if local_start:
+      items['local_start'] = ocp.args.StandardSave(local_start)
+    self._manager.save(epoch, args=ocp.args.Composite(**items), force=True)
     return True
 
   def restore_latest(self, template: Any
@@ -97,13 +125,13 @@ class Checkpointer:
     failed = []
     for epoch in epochs:
       try:
-        restored = self._manager.restore(epoch, args=_restore_args(template))
+        state, host = _restore(self._manager, epoch, template)
       except Exception as e:  # pylint: disable=broad-except
         failed.append((epoch, e))
         continue
       if failed:
         self._move_aside(failed, epoch)
-      return epoch, restored['state'], restored['host']
+      return epoch, state, host
     if failed:
       tried = '; '.join(f'after epoch {epoch}: {_short(e)}'
                         for epoch, e in failed)
@@ -166,13 +194,13 @@ def restore_from(workdir: str, epoch: Optional[int], template: Any
   manager = ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(read_only=True,
                                                       create=False),
-      item_names=('state', 'host'))
+      item_names=('state', 'host', 'local_start'))
   try:
-    restored = manager.restore(epoch, args=_restore_args(template))
+    state, host = _restore(manager, epoch, template)
   except Exception as e:  # pylint: disable=broad-except
     raise UserError(f'config.init_from: the checkpoint after epoch {epoch} '
                     f'in {directory} cannot be restored ({_short(e)}); fork '
                     'from another epoch of that run.') from None
   finally:
     manager.close()
-  return epoch, restored['state'], restored['host']
+  return epoch, state, host

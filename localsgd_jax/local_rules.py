@@ -21,7 +21,7 @@ in the cheap stabilising term that keeps the kernels bounded:
 The decorrelating term of gha costs a (C_out x C_out) product per layer, small
 beside the (k*k*C_in x C_out) correlation.
 """
-from typing import Callable
+from typing import Callable, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -131,20 +131,57 @@ def subsample_batch(x: jax.Array, y: jax.Array, fraction: float):
   return x[::stride], y[::stride]
 
 
-def weak_supervision_factor(mode: str, loss: jax.Array, loss_ema: jax.Array,
+def weak_supervision_factor(mode: str, loss: jax.Array, reference: jax.Array,
                             power: float) -> jax.Array:
   """Scales the local learning rate by how the training loss is doing.
 
-  'none': 1. 'scale': min(1, ema / loss) ** power: while the loss is above
-  its running average the local updates shrink. 'sign': +1 while the loss is
-  at or below its running average, -1 (anti-Hebbian) above it. No GEMM: the
-  loss is the one the SGD part already computed this step.
+  'none': 1. 'scale': min(1, reference / loss) ** power: a loss above its
+  reference shrinks the local updates. 'sign': +1 while the loss is at or
+  below its reference, -1 (anti-Hebbian) above it. No GEMM: the loss is the
+  one the SGD part already computed this step. `weak_supervision` gives the
+  reference: the running average of the losses before this one.
   """
   if mode == 'none':
     return jnp.ones((), jnp.float32)
-  ratio = loss_ema / jnp.maximum(loss, 1e-12)
+  ratio = reference / jnp.maximum(loss, 1e-12)
   if mode == 'scale':
     return jnp.minimum(1.0, ratio) ** power
   if mode == 'sign':
     return jnp.where(ratio >= 1.0, 1.0, -1.0).astype(jnp.float32)
   raise ValueError(f'unknown weak supervision mode {mode!r}')
+
+
+def weak_supervision(mode: str, loss: jax.Array, loss_ema: jax.Array,
+                     decay: float, power: float
+                     ) -> Tuple[jax.Array, jax.Array]:
+  """This step's weak-supervision factor and the updated loss average.
+
+  The reference is the running average of the PREVIOUS losses, `loss_ema`
+  before this step's loss enters it: the factor asks "is this loss above
+  the recent losses?". (Until 2026-12 the reference was the average after
+  the update, ema' = d ema + (1 - d) loss. That is below the loss exactly
+  when ema is, so it shrank the same steps, but by a factor d r + (1 - d)
+  instead of r = ema / loss: less, and never below 1 - d.)
+
+  What "recent" means is `decay` (d): the average spans ~1 / (1 - d) steps.
+  On a falling loss it lags above the current loss and the factor stays 1;
+  it drops below 1 only when the loss rises by more than that lag, e.g.
+  batch noise larger than the fall over the span (the epoch rows'
+  `ws_below_1_fraction` says how often).
+
+  Args:
+    mode: 'none', 'scale' or 'sign' (`weak_supervision_factor`).
+    loss: this step's training loss, float32 scalar.
+    loss_ema: the average before it; NaN before the run's first step (the
+      first factor is then 1 and the average starts at that loss).
+    decay: the average's decay per step.
+    power: 'scale' exponent.
+
+  Returns:
+    (factor, new loss_ema).
+  """
+  first = jnp.isnan(loss_ema)
+  reference = jnp.where(first, loss, loss_ema)
+  factor = weak_supervision_factor(mode, loss, reference, power)
+  new_ema = jnp.where(first, loss, loss_ema * decay + (1 - decay) * loss)
+  return factor, new_ema

@@ -30,6 +30,7 @@ import optax
 
 from localsgd_jax import data as data_lib
 from localsgd_jax import flops as flops_lib
+from localsgd_jax import local_phase
 from localsgd_jax import local_rules
 from localsgd_jax import metrics as metrics_lib
 from localsgd_jax import models
@@ -155,6 +156,8 @@ class EpochResult:
   last_stats: Dict[str, Any]       # the last period's selector statistics
   compile_time_s: float            # compiling (or loading) new programs
   train_time_s: float              # the steps, without compiling
+  # The local rule's epoch-end fields (local_phase.epoch_stats).
+  local_stats: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _checked_loss(acc, state, i: int, first_step: int,
@@ -247,6 +250,9 @@ class TrainLoop:
     self._local_flops: Dict[Tuple[int, bool], float] = {}
     self._extra_compile_s = 0.0
     self._zeros = jax.jit(self._make_zeros, out_shardings=self.replicated)
+    # Each local unit's kernels at the start of its local phase
+    # (checkpointed: train_lib saves and restores `local_phase.start`).
+    self.local_phase = local_phase.LocalPhase()
 
   def init_state(self, seed: int) -> train_step_lib.TrainState:
     """The initial train state of `seed`, replicated over the mesh.
@@ -331,6 +337,7 @@ class TrainLoop:
     steps = self.steps_in_epoch(epoch)
     period = _Period(selector, epoch, steps_per_epoch, state.params,
                      steps=steps)
+    self.local_phase.begin(period.k, state.params)
     counts = collections.Counter()
     check_every = self.config.log.check_finite_every
     hebbian_every = self.config.local.hebbian_every
@@ -355,17 +362,25 @@ class TrainLoop:
       if last or (selector.every_steps
                   and (i + 1) % selector.every_steps == 0):
         period.end(i, jax.device_get(acc), state.params)
+        self.local_phase.begin(period.k, state.params)
     progress.close()
     for key in counts:  # XLA counts of new programs: compile time, if any
       self.step_costs(key, state)
     epoch_compile = self.compile_time_s - compile_before
+    # Each local unit's filter change since its local phase began, and the
+    # weak-supervision factor of the steps that applied the rule.
+    local_stats = local_phase.epoch_stats(
+        self.local_phase, state.params, self.model.num_units,
+        period.host['ws_factor'][:sum(counts.values())], period.segments,
+        hebbian_every, frozen)
     return state, EpochResult(
         # The buffers hold a whole epoch: a partial one fills only `steps`.
         metrics={n: v[:steps] for n, v in period.host.items()},
         segments=period.segments,
         program_counts=dict(counts), decisions=period.decisions,
         last_stats=period.stats, compile_time_s=epoch_compile,
-        train_time_s=time.perf_counter() - t0 - epoch_compile)
+        train_time_s=time.perf_counter() - t0 - epoch_compile,
+        local_stats=local_stats)
 
   def weighted_costs(self, result: EpochResult, state) -> Dict[str, float]:
     """XLA's counts of the steps an epoch ran, weighted by how often each

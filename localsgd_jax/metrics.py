@@ -33,7 +33,15 @@ _TB_TAGS = {
     'eval_loss': 'eval/loss',
     'transition': 'selection/k',          # k at the epoch's start
     'images_per_s': 'time/images_per_s',
+    # The local rule (local_phase.py).
+    'local_filter_angle': 'local/filter_angle',
+    'local_filter_change': 'local/filter_change',
+    'ws_factor_local': 'local/ws_factor',
+    'ws_below_1_fraction': 'local/ws_below_1_fraction',
+    'local_rule_steps': 'local/rule_steps',
 }
+# Per-unit lists (None for SGD units): one tag per unit, '<tag>/unit_<i>'.
+_TB_PER_UNIT = ('local_filter_angle', 'local_filter_change')
 
 
 def tensorboard_tag(key: str) -> str:
@@ -101,6 +109,11 @@ class MetricsWriter:
         if (isinstance(value, (int, float)) and not isinstance(value, bool)
             and key not in _TB_SKIP):
           self._tb.add_scalar(tensorboard_tag(key), value, row['step'])
+        elif key in _TB_PER_UNIT and isinstance(value, list):
+          for unit, v in enumerate(value):
+            if v is not None:
+              self._tb.add_scalar(f'{tensorboard_tag(key)}/unit_{unit}', v,
+                                  row['step'])
       self._tb.flush()
 
   def write_losses(self, first_step: int, losses, every: int) -> None:
@@ -192,6 +205,10 @@ def epoch_row(epoch: int, result, evaluation: Dict[str, Any], eval_time: float,
       'learning_rate': float(m['learning_rate'][-1]),
       'local_lr': float(np.mean(m['local_lr'])),
       'ws_factor': float(np.mean(m['ws_factor'])),
+      # Per unit (None for SGD units): local_filter_angle and
+      # local_filter_change since its local phase began; the weak-
+      # supervision factor over the steps that applied the rule.
+      **getattr(result, 'local_stats', {}),
       # The last period's update statistic of its transition unit.
       'transition_update': result.last_stats['update_ratios'][k_last],
       'transition_consistency': result.last_stats['consistency'][k_last],
@@ -219,6 +236,25 @@ def run_summary(rows: List[Dict[str, Any]], **fields) -> Dict[str, Any]:
     summary.update(final_eval_accuracy_tta=tta[-1],
                    best_eval_accuracy_tta=max(tta))
   return {**summary, **fields}
+
+
+def local_summary(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+  """summary.json's local-rule fields: the last epoch's per-unit filter
+  changes (local_phase.py), and the weak-supervision factor over all the
+  run's local-rule steps (each epoch weighted by its number of them)."""
+  rows = sorted(rows, key=lambda r: r['epoch'])
+  last = rows[-1] if rows else {}
+  weighted = [r for r in rows if r.get('local_rule_steps')]
+  n = sum(r['local_rule_steps'] for r in weighted)
+
+  def mean(field):
+    return (sum(r['local_rule_steps'] * r[field] for r in weighted) / n
+            if n else None)
+  return {'local_filter_angle': last.get('local_filter_angle'),
+          'local_filter_change': last.get('local_filter_change'),
+          'ws_factor_local': mean('ws_factor_local'),
+          'ws_below_1_fraction': mean('ws_below_1_fraction'),
+          'local_rule_steps': n}
 
 
 def write_json(path: str, obj: Any) -> None:

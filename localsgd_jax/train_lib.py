@@ -238,6 +238,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
     writer.close()
   summary = metrics_lib.run_summary(
       rows, eval_split=getattr(parts.dataset, 'eval_split', 'test'),
+      **metrics_lib.local_summary(rows),  # filter changes, ws factor
       total_time_s=clock['elapsed_s'],
       compile_time_s=clock['compile_time_s'],
       **{key: clock.get(key, 0) for key in _CacheEvents.FIELDS.values()},
@@ -268,6 +269,7 @@ def _resume(config, workdir, run, parts, checkpointer, writer):
   if restored is not None:
     start_epoch, state, host = restored
     parts.selector.load_state_dict(host['selector'])
+    parts.loop.local_phase.load(host.get('local_start'))
     clock = {'elapsed_s': host['elapsed_s'],
              'compile_time_s': host['compile_time_s'],
              # Absent in checkpoints of older versions: counted from here.
@@ -323,5 +325,6 @@ def _train_epoch(config, workdir, parts, state, epoch, eval_step,
   checkpointer.maybe_save(
       epoch + 1, state,
       {'selector': parts.selector.state_dict(), **clock},
-      force=epoch + 1 == config.num_epochs)
+      force=epoch + 1 == config.num_epochs,
+      local_start=parts.loop.local_phase.start)
   return state, row

@@ -219,11 +219,10 @@ def make_train_step(model: base.Network, tx: optax.GradientTransformation,
       new_sgd_p[name] = jax.tree.map(lambda p, u: p - lr * u, sgd_p[name], upd)
       update_norms[name] = lr * optax.tree.norm(upd)
 
-    loss_ema = jnp.where(jnp.isnan(state.loss_ema), loss,
-                         state.loss_ema * local_cfg.loss_ema_decay
-                         + (1 - local_cfg.loss_ema_decay) * loss)
-    ws = local_rules.weak_supervision_factor(
-        local_cfg.weak_supervision, loss, loss_ema, local_cfg.ws_power)
+    # The factor compares this loss with the average of the previous ones.
+    ws, loss_ema = local_rules.weak_supervision(
+        local_cfg.weak_supervision, loss, state.loss_ema,
+        local_cfg.loss_ema_decay, local_cfg.ws_power)
     local_lr = local_cfg.learning_rate * local_cfg.hebbian_every * ws
     if local_cfg.follow_sgd_schedule:
       local_lr = local_lr * lr / peak_lr

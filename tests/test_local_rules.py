@@ -6,6 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from localsgd_jax import local_phase
 from localsgd_jax import local_rules
 from localsgd_jax import train_step
 
@@ -169,3 +170,119 @@ def test_frozen_is_a_mode_not_a_rule_function():
   with pytest.raises(ValueError, match='unknown local rule'):
     local_rules.hebbian_direction('frozen', jnp.ones((2, 4)),
                                   lambda a: jnp.ones((2, 4)), jnp.ones((5, 4)))
+
+
+def _ws_sequence(mode, losses, decay=0.5):
+  ema, factors, emas = jnp.float32(jnp.nan), [], []
+  for loss in losses:
+    f, ema = local_rules.weak_supervision(mode, jnp.float32(loss), ema, decay,
+                                          power=1.0)
+    factors.append(float(f))
+    emas.append(float(ema))
+  return factors, emas
+
+
+def test_weak_supervision_compares_with_the_previous_average():
+  """By hand, decay 0.5: averages 1, .9, .75, .625 on the falling losses
+  (factor 1 throughout); the loss 1.0 then sits above the average .625 of
+  the losses before it: factor .625 (the average after it, .8125, would
+  give .8125); the next loss .7 is below .8125 again: 1."""
+  factors, emas = _ws_sequence('scale', [1.0, 0.8, 0.6, 0.5, 1.0, 0.7])
+  np.testing.assert_allclose(emas, [1.0, 0.9, 0.75, 0.625, 0.8125, 0.75625],
+                             rtol=1e-6)
+  np.testing.assert_allclose(factors, [1, 1, 1, 1, 0.625, 1], rtol=1e-6)
+  signs, _ = _ws_sequence('sign', [1.0, 0.8, 0.6, 0.5, 1.0, 0.7])
+  assert signs == [1, 1, 1, 1, -1, 1]
+  none, _ = _ws_sequence('none', [1.0, 2.0, 4.0])
+  assert none == [1, 1, 1]
+
+
+def test_weak_supervision_stays_1_on_a_falling_loss():
+  losses = 2.0 * 0.97 ** np.arange(200)
+  factors, _ = _ws_sequence('scale', losses, decay=0.98)
+  assert factors == [1.0] * 200
+
+
+def _rotated(kernel, angles, rng):
+  """Each output filter rotated by its angle, in a plane through a random
+  direction orthogonal to it; its norm kept."""
+  w = kernel.reshape(-1, kernel.shape[-1])
+  out = np.empty_like(w)
+  for j in range(w.shape[1]):
+    u = w[:, j] / np.linalg.norm(w[:, j])
+    e = rng.normal(size=u.shape)
+    e -= (e @ u) * u
+    e /= np.linalg.norm(e)
+    out[:, j] = np.linalg.norm(w[:, j]) * (np.cos(angles[j]) * u
+                                           + np.sin(angles[j]) * e)
+  return out.reshape(kernel.shape)
+
+
+def test_filter_angle_and_change_of_a_known_rotation():
+  rng = np.random.default_rng(0)
+  start = {'units_0': {'conv': {'kernel': rng.normal(size=(3, 3, 2, 4))},
+                       'bn': {'scale': np.ones(4)}},
+           'units_1': {'conv1': {'kernel': rng.normal(size=(3, 3, 4, 3))},
+                       'conv2': {'kernel': rng.normal(size=(4, 2))}}}
+  angles = {'units_0': [1e-3, 0.05, 0.3, 1.2], 'units_1': [0.0, 0.01, 0.1,
+                                                           0.002, 2.5]}
+  now = {'units_0': {'conv': {'kernel': _rotated(
+      start['units_0']['conv']['kernel'], angles['units_0'], rng)},
+                     'bn': {'scale': np.ones(4)}},
+         'units_1': {'conv1': {'kernel': _rotated(
+             start['units_1']['conv1']['kernel'], angles['units_1'][:3],
+             rng)},
+                     'conv2': {'kernel': _rotated(
+                         start['units_1']['conv2']['kernel'],
+                         angles['units_1'][3:], rng)}}}
+  # The primary measure against arccos of the cosine, in float64.
+  for name, kernel in (('units_0', 'conv'), ('units_1', 'conv1')):
+    a = start[name][kernel]['kernel'].reshape(-1, start[name][kernel][
+        'kernel'].shape[-1])
+    b = now[name][kernel]['kernel'].reshape(a.shape)
+    by_hand = np.arccos(np.clip(np.sum(a * b, 0) / np.linalg.norm(a, axis=0)
+                                / np.linalg.norm(b, axis=0), -1, 1))
+    got = local_phase.filter_angles(
+        jnp.asarray(now[name][kernel]['kernel'], jnp.float32),
+        jnp.asarray(start[name][kernel]['kernel'], jnp.float32))
+    np.testing.assert_allclose(got, by_hand, rtol=1e-4, atol=2e-6)
+  f32 = lambda t: jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), t)
+  phase = local_phase.LocalPhase()
+  phase.begin(2, f32(start))
+  assert set(phase.start) == {'units_0', 'units_1'}
+  assert 'bn' not in phase.start['units_0']  # kernels only
+  got = phase.measure(f32(now), num_units=3)
+  np.testing.assert_allclose(got['local_filter_angle'][:2],
+                             [np.mean(angles['units_0']),
+                              np.mean(angles['units_1'])], rtol=1e-5)
+  # A norm-keeping rotation by t moves a filter by 2 |w| sin(t / 2).
+  for u, name in enumerate(('units_0', 'units_1')):
+    norms = np.concatenate([np.linalg.norm(k['kernel'].reshape(
+        -1, k['kernel'].shape[-1]), axis=0) for k in
+                            local_phase.kernels(start[name]).values()])
+    moved = 2 * norms * np.sin(np.asarray(angles[name]) / 2)
+    want = np.sqrt(np.sum(moved ** 2) / np.sum(norms ** 2))
+    np.testing.assert_allclose(got['local_filter_change'][u], want,
+                               rtol=1e-5)
+  assert got['local_filter_angle'][2] is None  # an SGD unit
+  # Unchanged kernels: exactly 0; k falling back forgets unit 1's start.
+  same = phase.measure(f32(start), num_units=3)
+  assert same['local_filter_angle'][:2] == [0.0, 0.0]
+  assert same['local_filter_change'][:2] == [0.0, 0.0]
+  phase.begin(1, f32(now))
+  assert set(phase.start) == {'units_0'}
+
+
+def test_ws_stats_cover_the_steps_that_apply_the_rule():
+  # k = 0 for steps 0-3, then k = 2; a Hebbian step every 2nd step.
+  mask = local_phase.local_rule_steps([(0, 0), (4, 2)], 9, 2, frozen=False)
+  assert mask.tolist() == [0, 0, 0, 0, 1, 0, 1, 0, 1]
+  assert not local_phase.local_rule_steps([(0, 2)], 4, 1, frozen=True).any()
+  ws = np.array([0.1, 0.1, 0.1, 0.1, 1.0, 0.2, 0.5, 0.2, 1.0])
+  got = local_phase.ws_stats(ws, mask)
+  assert got == {'ws_factor_local': pytest.approx(2.5 / 3),
+                 'ws_below_1_fraction': pytest.approx(1 / 3),
+                 'local_rule_steps': 3}
+  assert local_phase.ws_stats(ws, np.zeros(9, bool)) == {
+      'ws_factor_local': None, 'ws_below_1_fraction': None,
+      'local_rule_steps': 0}

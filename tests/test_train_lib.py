@@ -1,6 +1,7 @@
 """End-to-end runs of the trainer on the real (bundled) digits data."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -296,3 +297,58 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
   assert strip(_rows(crashed)) == strip(_rows(ref))
   jax.tree.map(np.testing.assert_array_equal, _final_params(crashed),
                _final_params(ref))
+
+
+_LOCAL_FROM_EPOCH_2 = {'selection.mode': 'static', 'selection.table': '0:0,1:2',
+                       'checkpoint.keep': 3}
+
+
+@pytest.mark.slow  # two runs: 3 epochs, then 1 resumed
+def test_local_filter_change_is_logged_and_survives_resume(tmp_path):
+  """Each local unit's filter angle and change since its local phase began
+  (epoch 2 on) in the rows, TensorBoard and summary.json; resumed from the
+  checkpoint after epoch 2 (inside the phase), epoch 3 measures from the
+  same start kernels, restored from the checkpoint: the same rows."""
+  from test_metrics import read_events  # pylint: disable=g-import-not-at-top
+  overrides = dict(_LOCAL_FROM_EPOCH_2, **{'local.rule': 'oja'})
+  ref = tmp_path / 'ref'
+  summary = train_lib.train_and_evaluate(_config(**overrides), str(ref))
+  rows = _rows(ref)
+  assert rows[0]['local_filter_angle'] == [None] * 4  # all SGD
+  assert rows[0]['local_rule_steps'] == 0
+  for row in rows[1:]:
+    assert row['local_filter_angle'][2:] == [None, None]
+    assert all(0 < a < 0.1 for a in row['local_filter_angle'][:2])
+    assert all(0 < c < 0.1 for c in row['local_filter_change'][:2])
+    assert row['local_rule_steps'] > 0
+    assert 0 <= row['ws_below_1_fraction'] <= 1
+  for field in ('local_filter_angle', 'local_filter_change'):
+    assert summary[field] == rows[-1][field]
+  assert summary['local_rule_steps'] == sum(r['local_rule_steps']
+                                            for r in rows)
+  scalars, _ = read_events(ref / 'tb')
+  assert [s for s, _ in scalars['local/filter_angle/unit_1']] == [
+      r['step'] for r in rows[1:]]
+  assert 'local/filter_angle/unit_2' not in scalars
+  assert os.path.isdir(ref / 'checkpoints' / '2' / 'local_start')
+  resumed = tmp_path / 'resumed'
+  shutil.copytree(ref, resumed)
+  shutil.rmtree(resumed / 'checkpoints' / '3')
+  again = train_lib.train_and_evaluate(_config(**overrides), str(resumed))
+
+  def strip(rows):
+    return [{k: v for k, v in r.items() if k not in TIME_FIELDS}
+            for r in rows]
+  assert strip(_rows(resumed)) == strip(rows)
+  assert again['local_filter_angle'] == summary['local_filter_angle']
+
+
+def test_frozen_units_measure_exactly_zero_change(tmp_path):
+  overrides = dict(_LOCAL_FROM_EPOCH_2, **{'local.rule': 'frozen',
+                                           'num_epochs': 2})
+  summary = train_lib.train_and_evaluate(_config(**overrides), str(tmp_path))
+  assert summary['local_filter_angle'] == [0.0, 0.0, None, None]
+  assert summary['local_filter_change'] == [0.0, 0.0, None, None]
+  # No step applies a rule: no weak-supervision statistics.
+  assert summary['ws_factor_local'] is None
+  assert summary['local_rule_steps'] == 0
