@@ -12,7 +12,10 @@ leaves every finished part):
      default's k, the largest}: XLA FLOPs and temporary bytes, median step
      times and ratios to k = 0, with the default local-rule settings and
      with a Hebbian update at every step on the whole batch;
-  3. full CIFAR-10 (train/ 45k, evaluated on val/ 5k), ResNet-18, bfloat16:
+  3. (--parts=imagenet_bench, not by default) the step bench of ResNet-50
+     and MobileNetV2 with the ImageNet stem at 224 and 128 px, bf16, batch
+     256, k in {0, the k holding half of the forward FLOPs, the largest};
+  4. full CIFAR-10 (train/ 45k, evaluated on val/ 5k), ResNet-18, bfloat16:
      SGD, the documented default (configs/cifar10_resnet.py: the static
      schedule, its early units frozen) and the Hebbian rule (oja) on the
      same schedule, for a fixed number of epochs, at batch 512 (the
@@ -100,6 +103,40 @@ def step_bench(small: bool) -> dict:
   return out
 
 
+def imagenet_bench(small: bool) -> dict:
+  """The step bench of the paper's ImageNet networks: ResNet-50 and
+  MobileNetV2 with the ImageNet stem at 224 px (ImageNet's resolution, 1000
+  classes) and 128 px (Imagenette's, 10), bfloat16, batch 256, synthetic
+  inputs; k in {0, the k whose units hold at most half of the forward
+  FLOPs, all units but the head}; the default local-rule settings beside
+  the frozen step. FLOPs from the CPU compile (flops.py)."""
+  local = cifar10_resnet.get_config().local
+  settings = [('tiny', 32, 32, 10)] if small else [
+      (name, size, 256, 1000 if size == 224 else 10)
+      for name in ('resnet50', 'mobilenet_v2') for size in (224, 128)]
+  out = {}
+  for name, size, batch, classes in settings:
+    model = models.create_model(name, classes, cifar_stem=small)
+    per_unit = flops.unit_flops(model, (size, size, 3))
+    k_half = selection.k_for_flop_share(per_unit, 0.5)
+    rows = benchmarking.measure_steps(
+        name, batch, image_size=size, num_classes=classes, cifar_stem=small,
+        dtype='float32' if small else 'bfloat16',
+        ks=sorted({0, k_half, model.num_units - 1}),
+        hebbian_fraction=local.hebbian_fraction,
+        hebbian_every=local.hebbian_every, repeats=3 if small else 5,
+        steps=2 if small else 5)
+    print(f'{name} at {size} px, batch {batch}, k_half {k_half} '
+          f'({sum(per_unit[:k_half]) / sum(per_unit):.0%} of the forward '
+          'FLOPs)')
+    print(benchmarking.format_table(rows), flush=True)
+    out[f'{name}_{size}'] = {
+        'k_half': k_half,
+        'k_half_forward_flop_share': sum(per_unit[:k_half]) / sum(per_unit),
+        'rows': rows}
+  return out
+
+
 def full_runs(data_dir: str, runs_dir: str, epochs: int, small: bool,
               out_dir: str, record) -> None:
   config = cifar10_resnet.get_config()
@@ -153,6 +190,8 @@ def main(argv):
         record('smoke', smoke(os.path.join(runs_dir, 'smoke')))
       elif part == 'step_bench':
         record('step_bench', step_bench(_SMALL.value))
+      elif part == 'imagenet_bench':
+        record('imagenet_bench', imagenet_bench(_SMALL.value))
       elif part == 'runs':
         if not data_dir:
           raise app.UsageError('no CIFAR-10 folder: pass --data_dir')

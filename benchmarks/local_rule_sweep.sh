@@ -28,7 +28,8 @@
 # (0 of 24 local steps below 1 in the quickstart; 10 of 24 at 0.9), which
 # would make them copies of the `_nows` runs.
 #
-#   bash benchmarks/local_rule_sweep.sh ../shared/data/cifar10-jpg runs/sweep
+#   bash benchmarks/local_rule_sweep.sh ../shared/data/cifar10-jpg runs/sweep \
+#       [--config.x=y ...]   # further arguments go to every run
 #   (env: EPOCHS=10 SEEDS=2 HOLDOUT=500 PER_CLASS=450 MODEL=resnet20;
 #   ONLY=REGEX runs the variants whose names match (frozen always runs);
 #   reruns skip finished runs)
@@ -51,7 +52,7 @@ common=(--config=configs/cifar10_resnet.py --config.data.name=image_folder
         --config.data.holdout_per_class="$HOLDOUT"
         --config.model.name="$MODEL" --config.num_epochs="$EPOCHS"
         --config.eval_every_epochs="$EPOCHS" --config.log.progress=false
-        ${tiny[@]+"${tiny[@]}"})
+        ${tiny[@]+"${tiny[@]}"} "${@:3}")
 python compare.py "${common[@]}" --modes=sgd --seeds="$SEEDS" \
     --workdir="$OUT" --config.checkpoint.every_epochs=1 \
     --config.checkpoint.keep="$EPOCHS"

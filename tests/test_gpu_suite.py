@@ -30,14 +30,20 @@ def test_small_suite_writes_every_part(tmp_path):
   proc = subprocess.run(
       ['bash', os.path.join(ROOT, 'benchmarks', 'gpu_suite.sh'), str(out),
        '--small', f'--data_dir={tmp_path / "cifar"}',
-       f'--runs_dir={tmp_path / "runs"}'],
+       f'--runs_dir={tmp_path / "runs"}',
+       '--parts=smoke,step_bench,imagenet_bench,runs'],
       capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
   with open(out / 'suite.json') as f:
     suite = json.load(f)
   assert suite['tensorflow_imported'] is False
   parts = suite['parts']
-  assert set(suite['part_time_s']) == {'smoke', 'step_bench', 'runs'}
+  assert set(suite['part_time_s']) == {'smoke', 'step_bench',
+                                       'imagenet_bench', 'runs'}
+  bench = parts['imagenet_bench']['tiny_32']
+  assert [r['k'] for r in bench['rows']] == sorted(
+      {0, bench['k_half'], 3})
+  assert bench['k_half_forward_flop_share'] <= 0.5
   assert parts['smoke']['final_eval_accuracy'] > 0.3  # digits learns
   for setting in ('default', 'every_step'):
     rows = parts['step_bench'][setting]
