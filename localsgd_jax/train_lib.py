@@ -255,6 +255,24 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   return summary
 
 
+def _check_whole_epochs(config, state, epoch: int, steps_per_epoch: int,
+                        fork: bool) -> None:
+  """Refuses to go on from a checkpoint taken after a partial last epoch
+  (config.last_epoch_fraction < 1) unless the run it ends is this one:
+  the next epoch would start mid-way, with the wrong batches."""
+  step = int(jax.device_get(state.step))
+  if step == epoch * steps_per_epoch or (
+      epoch == config.num_epochs
+      and step == loop_lib.num_train_steps(config, steps_per_epoch)):
+    return
+  what = ('config.init_from names' if fork else 'this workdir holds')
+  raise UserError(
+      f'{what} a checkpoint after a partial epoch {epoch} (step {step}, not '
+      f'{epoch * steps_per_epoch}): a run cannot go on from it. Fork from '
+      f'an earlier, whole epoch instead (config.init_from=WORKDIR:'
+      f'{epoch - 1}), in a new --workdir.')
+
+
 def _resume(config, workdir, run, parts, checkpointer, writer):
   """The epoch to start from, its state, the time so far and the rows.
 
@@ -268,6 +286,8 @@ def _resume(config, workdir, run, parts, checkpointer, writer):
     restored, parent_rows = run.restore_fork(state)
   if restored is not None:
     start_epoch, state, host = restored
+    _check_whole_epochs(config, state, start_epoch, parts.steps_per_epoch,
+                        parent_rows is not None)
     parts.selector.load_state_dict(host['selector'])
     parts.loop.local_phase.load(host.get('local_start'))
     clock = {'elapsed_s': host['elapsed_s'],

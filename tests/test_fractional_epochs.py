@@ -101,3 +101,17 @@ def test_fractional_run_trains_its_steps_and_resumes_bit_identical(tmp_path):
   assert strip(_rows(resumed)) == strip(rows)
   jax.tree.map(np.testing.assert_array_equal, _final_state(resumed),
                _final_state(ref))
+  # The same command again: finished, nothing to train.
+  assert train_lib.train_and_evaluate(_config(), ref)['num_steps'] == \
+      summary['num_steps']
+  # Going on past the partial epoch (more epochs, or a fork from it) would
+  # start epoch 4 mid-way: refused in one line, the run left as it was.
+  with pytest.raises(UserError, match='partial epoch 3'):
+    train_lib.train_and_evaluate(
+        _config(num_epochs=4, last_epoch_fraction=1.0,
+                resume_allow='num_epochs,last_epoch_fraction'), ref)
+  with pytest.raises(UserError, match='config.init_from names a checkpoint '
+                     'after a partial epoch'):
+    train_lib.train_and_evaluate(
+        _config(num_epochs=4, init_from=f'{ref}:3'), str(tmp_path / 'f'))
+  assert int(_final_state(ref)['step']) == round(2.5 * spe)
