@@ -60,6 +60,7 @@ from localsgd_jax import resume_check
 from localsgd_jax import runs as runs_lib
 from localsgd_jax import train_lib
 from localsgd_jax import workdir as workdir_lib
+from localsgd_jax.errors import UserError
 
 import suite_common  # benchmarks/suite_common.py  # pylint: disable=g-bad-import-order
 
@@ -375,5 +376,14 @@ def main(argv):
     shutil.copy(record.path, out_dir)
 
 
+def _main(argv):
+  """`main`, a bad input reported as one `error:` line (exit 2)."""
+  try:
+    main(argv)
+  except (UserError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(_main)

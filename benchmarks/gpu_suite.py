@@ -21,8 +21,8 @@ leaves every finished part):
      same schedule, for a fixed number of epochs, at batch 512 (the
      config's recipe; its learning rate follows the batch size).
 The decisive experiment (SGD's budget frontier, the schedule grid, 10
-seeds) is benchmarks/cifar_frontier.py; the ImageNet setting
-(Imagenette, ResNet-50, MobileNetV2) benchmarks/imagenette_suite.py.
+seeds), for CIFAR-10 and for Imagenette (--config), is
+benchmarks/frontier.py.
 
 Files: suite.json (every figure), suite.log, comparison.md / .json and the
 three plots of the full runs. The runs themselves (checkpoints, metrics,

@@ -1,6 +1,6 @@
 """What the GPU scripts share: the data folder, the log tee, the JSON record.
 
-Used by gpu_suite.py, cifar_frontier.py and imagenette_suite.py (run as
+Used by gpu_suite.py and frontier.py (run as
 `python benchmarks/<script>.py`, which puts this folder on sys.path).
 """
 import contextlib

@@ -9,7 +9,7 @@ triangular schedule (0.2 x peak -> peak at 20% of the steps -> 0), flip +
 4-pixel reflect translate + 12-pixel cutout, 26 epochs; flip + shift
 test-time augmentation reported apart (eval_accuracy_tta). Its values are
 the public ones, not yet checked on a hold-out of our data: that is the
-first stage of benchmarks/cifar_frontier.py, which needs a GPU.
+first stage of benchmarks/frontier.py, which needs a GPU.
 LoCal+SGD: static selection, plain SGD for the first 60% of the epochs, then
 the units holding the first 60% of the forward FLOPs leave the backward
 pass, frozen (--config.local.rule=oja runs the Hebbian rule instead;

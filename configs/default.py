@@ -24,9 +24,9 @@ def per_batch_lr(config: ml_collections.ConfigDict, lr: float,
 
   A lazy reference: `--config.batch_size=16` on the command line scales the
   rate linearly (the linear scaling rule), while an explicit
-  `--config.optim.learning_rate=...` still replaces it. batch / 128 and the
-  like are powers of two in the shipped configs, so the rate at their own
-  batch size is the exact float it was as a constant.
+  `--config.optim.learning_rate=...` still replaces it. At each shipped
+  config's own batch size the rate is the exact float of the constant
+  (tests/test_configs.py).
   """
   return config.get_ref('batch_size').to_float() * (lr / batch)
 

@@ -34,6 +34,7 @@ def get_config():
   config.data.augmentation = 'random_resized_crop'
   config.data.rrc_scale = (0.35, 1.0)
   config.data.train_size = 0      # the images' own 128 px
+  config.data.image_size = 128    # what a streamed folder is cropped to
   config.num_epochs = 40
   config.batch_size = 256
   config.eval_batch_size = 500
