@@ -29,7 +29,11 @@ DATA=${1:?usage: $0 DATA_DIR WORKDIR [SGD_WORKDIR]}
 OUT=${2:?usage: $0 DATA_DIR WORKDIR [SGD_WORKDIR]}
 EPOCHS=${EPOCHS:-10} WARMUP=${WARMUP:-6} K_MAX=${K_MAX:-} SEEDS=${SEEDS:-3}
 MODES=${MODES:-static dynamic freeze}
+# The proxy recipe of RESULTS.md, not the config's public ResNet-18 one.
 args=(--config=configs/cifar10_resnet.py --config.data.dir="$DATA"
+      --config.batch_size=128 --config.optim.learning_rate=0.1
+      --config.optim.schedule=cosine --config.optim.warmup_epochs=1
+      --config.data.cutout=0 --config.eval_tta=none
       --config.model.name=resnet20 --config.num_epochs="$EPOCHS"
       --config.selection.warmup_epochs="$WARMUP"
       --config.selection.ramp_epochs=1
