@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import jax
 import orbax.checkpoint as ocp
 
+from localsgd_jax import local_phase
 from localsgd_jax.errors import UserError
 
 DAMAGED_DIR = 'checkpoints_damaged'
@@ -53,12 +54,11 @@ def _restore(manager: ocp.CheckpointManager, epoch: int, template: Any
   host['local_start'], placed like the state's (replicated) leaves."""
   restored = manager.restore(epoch, args=_restore_args(template))
   host = dict(restored['host'])
-  if host.get('local_start_units'):
-    meta = manager.item_metadata(epoch)['local_start']
-    sharding = jax.tree.leaves(template)[0].sharding
-    abstract = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
-        getattr(meta, 'tree', meta))
+  units = host.pop('local_start_units', None)
+  if units:
+    # The copies have the shapes and shardings of those units' kernels.
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, {
+        u: local_phase.kernels(template.params[u]) for u in units})
     host['local_start'] = manager.restore(epoch, args=ocp.args.Composite(
         local_start=ocp.args.StandardRestore(abstract)))['local_start']
   return restored['state'], host
