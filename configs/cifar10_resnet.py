@@ -57,12 +57,7 @@ def get_config():
   # holding at most 60% of the forward FLOPs, so the schedule carries over
   # to other depths and budgets: ResNet-18 5 of 10 units (stem and stages
   # 1-2, 56%), ResNet-20 6 of 11 (59%, the k measured on the CIFAR subset).
-  config.selection.mode = 'static'
-  # At least one SGD epoch: a 1-epoch smoke run stays SGD rather than going
-  # local from random weights.
-  config.selection.warmup_epochs = default.at_least(
-      1, config.get_ref('num_epochs') * 3 // 5)
-  config.selection.ramp = 'step'
+  default.static_after_sgd(config)
   config.selection.k_max_flop_share = 0.6
   # Those units are frozen (forward only, learning rate 0), not trained by
   # the Hebbian rule: on a hold-out of CIFAR-10 training images no rule

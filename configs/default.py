@@ -18,6 +18,17 @@ def at_least(minimum: int, value):
   return (value + minimum + abs(value - minimum)) // 2
 
 
+def static_after_sgd(config: ml_collections.ConfigDict) -> None:
+  """The project's static schedule: plain SGD for the first 60% of the
+  epochs (following --config.num_epochs; at least one, so a 1-epoch smoke
+  run stays SGD rather than going local from random weights), then one
+  step to k_max. The configs set k_max or selection.k_max_flop_share."""
+  config.selection.mode = 'static'
+  config.selection.warmup_epochs = at_least(
+      1, config.get_ref('num_epochs') * 3 // 5)
+  config.selection.ramp = 'step'
+
+
 def per_batch_lr(config: ml_collections.ConfigDict, lr: float,
                  batch: int):
   """A learning rate `lr` at batch `batch`, scaled with config.batch_size.

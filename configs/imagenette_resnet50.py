@@ -44,10 +44,7 @@ def get_config():
   config.optim.weight_decay = 5e-4
   config.optim.decay_norm_and_bias = False
   config.optim.label_smoothing = 0.1
-  config.selection.mode = 'static'
-  config.selection.warmup_epochs = default.at_least(
-      1, config.get_ref('num_epochs') * 3 // 5)
-  config.selection.ramp = 'step'
+  default.static_after_sgd(config)
   config.selection.k_max_flop_share = 0.6
   config.local.rule = 'frozen'
   config.checkpoint.every_epochs = 5

@@ -26,9 +26,6 @@ def get_config():
   # tiny CNN: SGD for 60% of the epochs (at least one: a 1-epoch smoke run
   # stays SGD rather than going local from random weights), then its first
   # two convs learn locally. compare.py compares it with SGD.
-  config.selection.mode = 'static'
-  config.selection.warmup_epochs = default.at_least(
-      1, config.get_ref('num_epochs') * 3 // 5)
-  config.selection.ramp = 'step'
+  default.static_after_sgd(config)
   config.selection.k_max = 2
   return config
