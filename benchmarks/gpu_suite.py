@@ -28,7 +28,6 @@ Files: suite.json (every figure), suite.log, comparison.md / .json and the
 three plots of the full runs. The runs themselves (checkpoints, metrics,
 TensorBoard) go to --runs_dir. Imports no TensorFlow.
 """
-import json
 import os
 import shutil
 import sys

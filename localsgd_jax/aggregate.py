@@ -145,13 +145,6 @@ class _Targets:
     return self.by_seed.get(seed, self.default)
 
 
-def aggregate(runs_by_mode: Dict[str, Dict[int, Dict[str, Any]]],
-              target: Optional[float] = None, target_drop: float = 0.005
-              ) -> List[Dict[str, Any]]:
-  """Per-mode statistics from loaded runs (`analyze`'s entries)."""
-  return analyze(runs_by_mode, target, target_drop)[0]
-
-
 def analyze(runs_by_mode: Dict[str, Dict[int, Dict[str, Any]]],
             target: Optional[float] = None, target_drop: float = 0.005,
             resamples: int = BOOTSTRAP_RESAMPLES):

@@ -294,23 +294,21 @@ class TrainLoop:
     """
     k, hebbian = key
     if key not in self._local_flops:
-      # Off the CPU, the step's CPU compile for its count is compile time.
+      # The first count of each program compiles for the CPU (off the CPU:
+      # the step and the local forward): compile time, not training time.
       t0 = time.perf_counter()
       self.steps.costs(key)
-      self._extra_compile_s += time.perf_counter() - t0
-    costs = self.steps.costs(key)
-    if key not in self._local_flops:
       local = 0.0
       if k > 0:
-        t0 = time.perf_counter()
         image = jax.ShapeDtypeStruct(
             (self.batch_size, *self.dataset.image_shape), jnp.float32,
             sharding=self.batch_sharding)
         local = flops_lib.cpu_flops(self._local_forward.trace(
             partition.split(state.params, k)[0],
             partition.split(state.batch_stats, k)[0], image, k, hebbian))
-        self._extra_compile_s += time.perf_counter() - t0
+      self._extra_compile_s += time.perf_counter() - t0
       self._local_flops[key] = local
+    costs = self.steps.costs(key)
     return {'step_flops': costs['flops'],
             'step_temp_bytes': costs['temp_bytes'],
             'local_flop_fraction': self._local_flops[key]

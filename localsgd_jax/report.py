@@ -15,7 +15,6 @@ from localsgd_jax import aggregate as aggregate_lib
 from localsgd_jax import metrics as metrics_lib
 from localsgd_jax import plots as plots_lib
 from localsgd_jax import runs as runs_lib
-from localsgd_jax.aggregate import aggregate  # pylint: disable=unused-import
 from localsgd_jax.aggregate import analyze
 from localsgd_jax.errors import UserError
 # MODES too: the report tabulates what `modes` defines.
