@@ -560,7 +560,7 @@ def test_folder_parallel_decode_matches_serial(tmp_path):
 
 
 def _cache_files(tmp_path):
-  return sorted((tmp_path / 'cache').glob('*.npy'))
+  return sorted((tmp_path / 'cache').glob('*.npz'))
 
 
 def test_folder_cache_is_reused(tmp_path, monkeypatch):
@@ -608,7 +608,8 @@ def test_folder_cache_rebuilt_when_a_file_changes(tmp_path):
           != [p for p in before if '-train-' in p.name])
 
 
-@pytest.mark.parametrize('damage', ['truncated', 'garbage', 'wrong_shape'])
+@pytest.mark.parametrize('damage', ['truncated', 'garbage', 'wrong_shape',
+                                    'pixels', 'checksum'])
 def test_folder_corrupt_cache_is_rebuilt(tmp_path, capsys, damage):
   root = tmp_path / 'data'
   _write_folder(root, {'train': 3, 'val': 2})
@@ -621,8 +622,20 @@ def test_folder_corrupt_cache_is_rebuilt(tmp_path, capsys, damage):
     train_cache.write_bytes(content[:len(content) - 10])
   elif damage == 'garbage':
     train_cache.write_bytes(b'garbage' * 100)
-  else:
-    np.save(train_cache, np.zeros((2, 5, 6, 3), np.uint8))
+  elif damage == 'wrong_shape':
+    with open(train_cache, 'wb') as f:
+      np.savez(f, images=np.zeros((2, 5, 6, 3), np.uint8),
+               sha256=np.array('0' * 64))
+  elif damage == 'pixels':  # one byte of the pixels, the size unchanged
+    at = content.index(first.train_images.tobytes()) + 7
+    train_cache.write_bytes(content[:at] + bytes([content[at] ^ 0xFF])
+                            + content[at + 1:])
+  else:  # other pixels, rewritten with a valid zip but the old checksum
+    with np.load(train_cache) as cache:
+      stored = cache['sha256']
+    with open(train_cache, 'wb') as f:
+      np.savez(f, images=first.train_images[::-1], sha256=stored)
+  assert train_cache.read_bytes() != content
   capsys.readouterr()
   again = image_folder.load_image_folder(str(root), 'val',
                                          str(tmp_path / 'cache'))
@@ -630,7 +643,11 @@ def test_folder_corrupt_cache_is_rebuilt(tmp_path, capsys, damage):
   warnings = [line for line in capsys.readouterr().err.splitlines()
               if line.startswith('warning:')]
   assert len(warnings) == 1 and train_cache.name in warnings[0]
-  assert train_cache.read_bytes() == content  # rebuilt
+  with np.load(train_cache) as rebuilt:
+    np.testing.assert_array_equal(rebuilt['images'], first.train_images)
+  capsys.readouterr()  # and served from then on without a word
+  image_folder.load_image_folder(str(root), 'val', str(tmp_path / 'cache'))
+  assert 'warning:' not in capsys.readouterr().err
 
 
 def test_folder_unwritable_cache_dir_warns_once(tmp_path, capsys):

@@ -1,13 +1,16 @@
-"""The on-disk cache of a split's decoded images: one .npy file per split.
+"""The on-disk cache of a split's decoded images: one .npz file per split.
 
 The file is named by a hash of the split's (relative path, size, mtime_ns)
 list and `CACHE_VERSION`: a changed, added or removed file changes the name,
-so a stale cache is simply not found (and a new one removes it).
+so a stale cache is simply not found (and a new one removes it). It holds the
+images and the SHA-256 of their bytes: a cache damaged in place (same size,
+other pixels) is found out on reading and rebuilt, never served.
 """
 import glob
 import hashlib
 import os
 import tempfile
+import zipfile
 from typing import Optional, Tuple
 
 import numpy as np
@@ -18,7 +21,8 @@ from localsgd_jax.errors import warn
 
 # Part of every cache key: bump it when the decoded bytes or the file order
 # for the same files would change (decoder options, sort rules, layout).
-CACHE_VERSION = 2  # 2: 16-bit grayscale PNGs scaled, no longer white
+# 2: 16-bit grayscale PNGs scaled, no longer white; 3: .npz with a checksum.
+CACHE_VERSION = 3
 
 
 def default_cache_dir() -> str:
@@ -61,24 +65,36 @@ def _cache_prefix(split: FolderSplit) -> str:
 def cache_path(split: FolderSplit, cache_dir: str) -> str:
   """Where the decoded images of `split` are (or would be) cached."""
   return os.path.join(cache_dir,
-                      f'{_cache_prefix(split)}{cache_key(split)[:32]}.npy')
+                      f'{_cache_prefix(split)}{cache_key(split)[:32]}.npz')
+
+
+def _checksum(images: np.ndarray) -> str:
+  return hashlib.sha256(np.ascontiguousarray(images).data).hexdigest()
 
 
 def read_cache(path: str, expected_shape: Tuple[int, ...]
                 ) -> Optional[np.ndarray]:
-  """The cached images, or None if absent; a corrupt file is warned about."""
+  """The cached images, or None if absent; a damaged file is warned about.
+
+  Damaged: unreadable, of another shape or dtype, or its pixels no longer
+  match the checksum stored with them.
+  """
   if not os.path.isfile(path):
     return None
   try:
-    images = np.load(path, allow_pickle=False)
-  except (OSError, ValueError, EOFError) as e:
-    # Truncated and garbage files raise ValueError or EOFError.
+    with np.load(path, allow_pickle=False) as cache:
+      images, stored = cache['images'], str(cache['sha256'])
+  except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+    # Truncated and garbage files raise BadZipFile, ValueError or EOFError.
     problem = f'{type(e).__name__}: {e}'
   else:
-    if images.dtype == np.uint8 and images.shape == expected_shape:
+    if images.dtype != np.uint8 or images.shape != expected_shape:
+      problem = (f'it holds {images.dtype} {images.shape}, expected uint8 '
+                 f'{expected_shape}')
+    elif _checksum(images) != stored:
+      problem = 'its pixels do not match their checksum: damaged on disk'
+    else:
       return images
-    problem = (f'it holds {images.dtype} {images.shape}, expected uint8 '
-               f'{expected_shape}')
   warn(f'unreadable or corrupt image cache {path!r} ({problem[:200]}); '
         f'decoding the images again to rebuild it.')
   return None
@@ -110,7 +126,7 @@ def write_cache(split: FolderSplit, path: str, images: np.ndarray) -> bool:
     fd, tmp = tempfile.mkstemp(dir=folder, suffix='.tmp',
                                prefix='.' + os.path.basename(path))
     with os.fdopen(fd, 'wb') as f:
-      np.save(f, images, allow_pickle=False)
+      np.savez(f, images=images, sha256=np.array(_checksum(images)))
     # mkstemp makes the file private (0600); a cache is as readable as the
     # images it holds.
     os.chmod(tmp, 0o644)
@@ -130,7 +146,7 @@ def write_cache(split: FolderSplit, path: str, images: np.ndarray) -> bool:
   # Older caches of this folder and split are stale: they would never be
   # found again, and each holds a whole split.
   pattern = os.path.join(glob.escape(folder),
-                         glob.escape(_cache_prefix(split)) + '*.npy')
+                         glob.escape(_cache_prefix(split)) + '*.np[yz]')
   for stale in glob.glob(pattern):
     if stale != path:
       try:

@@ -9,13 +9,13 @@ A split decodes into uint8 (N, H, W, 3) images and int32 (N,) labels. Every
 image of a folder must have one size: the arrays feed the in-memory pipeline,
 which does not resize (stream mixed-size folders instead).
 
-The decoded images of a split are cached in one .npy file named by a hash of
+The decoded images of a split are cached in one .npz file named by a hash of
 its (relative path, size, mtime_ns) list and `CACHE_VERSION`: a changed,
 added or removed file changes the name, so a stale cache is simply not found.
 Labels are not cached; they follow from the scan that a load does anyway.
 
 The jobs sit in their own modules: `image_scan` (list and check the folder),
-`image_decode` (PIL, in a process pool) and `image_cache` (the .npy files);
+`image_decode` (PIL, in a process pool) and `image_cache` (the .npz files);
 this module loads a folder through them. Neither TensorFlow nor JAX is
 imported here.
 """
