@@ -46,6 +46,17 @@ def _check_supported(cfg: ml_collections.ConfigDict, mode: str) -> None:
         f'{", ".join(known)}); leave {mode!r} out of --modes')
 
 
+def _check_seed(path: str, seed: int) -> None:
+  # Before workdir.finished_run compares the configs: another seed's run is
+  # another sample, not a change of config to allow on resume.
+  mismatch = runs_lib.other_seed(path, seed)
+  if mismatch:
+    what, move = mismatch
+    raise UserError(f'{what}: move it aside ({move}) or use another '
+                    '--workdir; resume_allow cannot make one seed\'s run '
+                    'stand for another')
+
+
 def _check_args(modes: List[str], seeds: int, match_mode: str,
                 match_cost: str) -> None:
   if seeds < 1:
@@ -65,8 +76,8 @@ def _check_same_time_inputs(workdir: str, modes: List[str], seeds: List[int],
   """Before any training: sgd_same_time needs sgd and `match_mode` runs of
   every seed, listed in --modes or already finished in the workdir (e.g.
   forks that benchmarks/cifar_subset_comparison.sh trained)."""
-  finished, _ = runs_lib.find_runs(workdir) if os.path.isdir(workdir) \
-      else ({}, [])
+  finished, _, _ = runs_lib.find_runs(workdir) if os.path.isdir(workdir) \
+      else ({}, [], [])
   missing = [m for m in (BASELINE, match_mode) if m not in modes
              and not set(seeds) <= set(finished.get(m, {}))]
   if missing:
@@ -120,6 +131,12 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str,
           for seed in seed_list for mode, epochs in first]
   for _, mode, cfg in plan[:len(first)]:
     _check_supported(cfg, mode)
+  # A folder holding another seed's run (sgd_same_time's too) is refused
+  # before any training, never resumed or skipped as its folder's seed.
+  names = [m for m, _ in first] + ([SAME_TIME] if SAME_TIME in modes else [])
+  for seed in seed_list:
+    for mode in names:
+      _check_seed(run_dir(workdir, mode, seed), seed)
   # Before any training: a run trained under another config is refused
   # (never relabelled: workdir.check_resume's one-line error), and a
   # finished run of this very config is skipped, not reloaded and rewritten.

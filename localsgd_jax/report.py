@@ -17,6 +17,7 @@ from localsgd_jax import plots as plots_lib
 from localsgd_jax import runs as runs_lib
 from localsgd_jax.aggregate import analyze
 from localsgd_jax.errors import UserError
+from localsgd_jax.errors import warn
 # MODES too: the report tabulates what `modes` defines.
 from localsgd_jax.modes import BASELINE, MODES, SAME_TIME  # pylint: disable=unused-import
 from localsgd_jax.plots import PLOTS
@@ -313,7 +314,9 @@ def write_report(workdir: str, command: Optional[str] = None,
 
   Writes `comparison.json` ({'command', 'date', 'device', 'git_commit',
   'unfinished_runs', 'entries': [...], 'frontier': SGD's budget points or
-  None}), `comparison.md` and the PNGs in PLOTS. Each entry holds, for one
+  None}), `comparison.md` and the PNGs in PLOTS, and warns (one line each)
+  of the unfinished runs and of each folder holding another seed's run
+  (`runs.other_seed`), which the report leaves out. Each entry holds, for one
   mode (the `sgd@B` budget runs make up 'frontier' instead): mode, seeds,
   num_runs,
   eval_accuracy_mean/_std, best_eval_accuracy_mean,
@@ -350,7 +353,18 @@ def write_report(workdir: str, command: Optional[str] = None,
   if not os.path.isdir(workdir):
     raise UserError(f'{workdir} does not exist; run compare.py without '
                     '--report_only first to train the runs')
-  found, unfinished = runs_lib.find_runs(workdir)
+  found, unfinished, other_seed = runs_lib.find_runs(workdir)
+  if writer:  # what the report leaves out, on the console too
+    for what, move in other_seed:
+      warn(f'{what}: left out of the report; move it aside ({move}) and '
+           'run compare.py again to train the folder\'s own seed')
+    if unfinished:
+      many = len(unfinished) > 1
+      warn(f'{len(unfinished)} run{"s are" if many else " is"} unfinished '
+           f'(no summary.json yet: {", ".join(unfinished)}): the report '
+           'covers the finished ones; run compare.py with '
+           f'{"their" if many else "its"} mode and seed, without '
+           f'--report_only, to finish {"them" if many else "it"}')
   if not found:
     raise UserError(
         f'{workdir} holds no finished run (expected <mode>/seed_<n>/'

@@ -1,16 +1,20 @@
 """A comparison's run directories, read back: `workdir/<mode>/seed_<s>/`.
 
-Each run holds `summary.json` (written once, after its last epoch) and
+Each run holds `summary.json` (written once, after its last epoch),
 `metrics.jsonl` (one row per epoch, read by `metrics.read_rows`, the one
-reader of that file). A loaded run is a dict: 'summary', 'rows' (by epoch),
-'epoch_number' and 'cumulative_time_s' (per-epoch x values for plots).
+reader of that file) and the workdir's `config.json` and `run.json`, which
+record the seed it trained with (`other_seed`: a folder holding another
+seed's run is never paired as its folder's seed). A loaded run is a dict:
+'summary', 'rows' (by epoch), 'epoch_number' and 'cumulative_time_s'
+(per-epoch x values for plots).
 No JAX here: a report can be redrawn anywhere.
 """
 import collections
 import json
 import os
 import re
-from typing import Any, Dict, List, Optional, Sequence
+import shlex
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -19,6 +23,9 @@ from localsgd_jax.errors import UserError
 from localsgd_jax.modes import MODES
 
 _SEED_DIR = re.compile(r'^seed_(\d+)$')
+# The workdir's records of its run (resume_check.CONFIG_FILE, RECORD_FILE;
+# not imported: that module needs JAX).
+_CONFIG_FILE, _RECORD_FILE = 'config.json', 'run.json'
 Run = Dict[str, Any]
 RunsByMode = Dict[str, Dict[int, Run]]
 
@@ -37,9 +44,43 @@ def read_json(path: str) -> Any:
                     'comparison again') from None
 
 
+def other_seed(path: str, seed: int) -> Optional[Tuple[str, str]]:
+  """Whether the run in `path`, the folder of `seed`, is another seed's.
+
+  Its config.json records the seed it trains with; its run.json, a seed
+  changed on resume (`resume_allow=seed`, which older versions allowed).
+
+  Returns:
+    None, or (what the folder holds, e.g. '<path> holds the run of seed 1,
+    not seed 0 (its config.json)', the command that moves it aside).
+  """
+  seeds = []
+  config_path = os.path.join(path, _CONFIG_FILE)
+  if os.path.exists(config_path):
+    seeds.append((read_json(config_path).get('seed'), _CONFIG_FILE))
+  record_path = os.path.join(path, _RECORD_FILE)
+  if os.path.exists(record_path):
+    for resumed in read_json(record_path).get('resumed_with_changes', []):
+      old_new = resumed.get('changes', {}).get('seed') or []
+      seeds += [(s, _RECORD_FILE) for s in old_new[:1]]  # the seed before
+  for recorded, name in seeds:
+    if recorded is not None and recorded != seed:
+      aside = f'{path}.seed_{recorded}'
+      move = f'mv {shlex.quote(path)} {shlex.quote(aside)}'
+      return (f'{path} holds the run of seed {recorded}, not seed {seed} '
+              f'(its {name})', move)
+  return None
+
+
 def find_runs(workdir: str):
-  """{mode: {seed: run dir}} for finished runs, and a list of unfinished."""
-  finished, unfinished = {}, []
+  """The run folders of a comparison, by what they hold.
+
+  Returns:
+    ({mode: {seed: run dir}} for finished runs, the unfinished ones (paths
+    relative to `workdir`), and `other_seed`'s (what, move) for the folders
+    that hold another seed's run: neither finished nor unfinished).
+  """
+  finished, unfinished, other = {}, [], []
   for mode in sorted(os.listdir(workdir)):
     mode_dir = os.path.join(workdir, mode)
     if not os.path.isdir(mode_dir):
@@ -48,6 +89,10 @@ def find_runs(workdir: str):
       match = _SEED_DIR.match(name)
       path = os.path.join(mode_dir, name)
       if not match or not os.path.isdir(path):
+        continue
+      mismatch = other_seed(path, int(match.group(1)))
+      if mismatch:
+        other.append(mismatch)
         continue
       # summary.json is written once, after the last epoch: without it the
       # run crashed or is still going, and its numbers would not compare.
@@ -58,14 +103,14 @@ def find_runs(workdir: str):
   # Known modes in MODES order (sgd first), then any others by name.
   order = [m for m in MODES if m in finished] + sorted(
       m for m in finished if m not in MODES)
-  return {m: dict(sorted(finished[m].items())) for m in order}, sorted(
-      unfinished)
+  return ({m: dict(sorted(finished[m].items())) for m in order},
+          sorted(unfinished), sorted(other))
 
 
 def load_runs(workdir: str, modes: Optional[Sequence[str]] = None
               ) -> RunsByMode:
   """{mode: {seed: run}} of the finished runs (of `modes`, if given)."""
-  found, _ = find_runs(workdir)
+  found, _, _ = find_runs(workdir)
   runs_by_mode = {}
   for mode, by_seed in found.items():
     if modes is not None and mode not in modes:

@@ -46,8 +46,13 @@ RAMPS = ('linear', 'cosine', 'cubic', 'step')
 
 
 def parse_table(table: str) -> List[tuple]:
-  """'0:0,3:2,6:5' -> [(0, 0), (3, 2), (6, 5)], sorted by epoch."""
-  pairs = []
+  """'0:0,3:2,6:5' -> [(0, 0), (3, 2), (6, 5)], sorted by epoch.
+
+  Raises:
+    UserError: an entry is not "epoch:k", or an epoch is given twice (which
+      k it would use is ambiguous).
+  """
+  ks = {}
   for item in filter(None, (t.strip() for t in table.split(','))):
     try:
       epoch, k = (int(v) for v in item.split(':'))
@@ -55,8 +60,12 @@ def parse_table(table: str) -> List[tuple]:
       raise UserError(f'config.selection.table entry {item!r} is not '
                       '"epoch:k" (e.g. --config.selection.table=0:0,3:2)'
                       ) from None
-    pairs.append((epoch, k))
-  return sorted(pairs)
+    if epoch in ks:
+      raise UserError(f'config.selection.table: epoch {epoch} is given '
+                      f'twice ({epoch}:{ks[epoch]} and {epoch}:{k}); give '
+                      'each epoch once')
+    ks[epoch] = k
+  return sorted(ks.items())
 
 
 def k_for_flop_share(unit_flops: Sequence[float], share: float) -> int:

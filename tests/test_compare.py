@@ -126,6 +126,36 @@ def test_aggregation_numbers_are_exact(synthetic):
   assert _load(synthetic)['device'] == 'TPU v9'
 
 
+def _holds_seed(workdir, mode, folder_seed, seed, config=None):
+  """Makes the run in `mode`'s folder of `folder_seed` one of `seed`: its
+  config.json (`config`, or just the seed) and a checkpoint folder."""
+  path = comparison.run_dir(workdir, mode, folder_seed)
+  os.makedirs(os.path.join(path, 'checkpoints', '1'), exist_ok=True)
+  with open(os.path.join(path, 'config.json'), 'w') as f:
+    json.dump(comparison.workdir_lib.as_dict(comparison.mode_config(
+        config, mode, seed)) if config else {'seed': seed}, f)
+  return path
+
+
+def test_report_leaves_out_another_seeds_run(synthetic, capsys):
+  # sgd/seed_1 holds seed 2's run: paired with freeze seed 1 it would
+  # compare two seeds' samples as one.
+  path = _holds_seed(synthetic, 'sgd', 1, 2)
+  entries = report.write_report(synthetic)
+  sgd, freeze = entries
+  assert sgd['seeds'] == [0] and freeze['paired_seeds'] == [0]
+  warnings = capsys.readouterr().err.splitlines()
+  assert warnings[0] == (
+      f'warning: {path} holds the run of seed 2, not seed 1 (its '
+      f'config.json): left out of the report; move it aside (mv {path} '
+      f'{path}.seed_2) and run compare.py again to train the folder\'s own '
+      'seed')
+  # Moved aside, the folder is no run of the comparison.
+  os.rename(path, path + '.seed_2')
+  assert report.write_report(synthetic)[0]['seeds'] == [0]
+  assert 'seed_2' not in capsys.readouterr().err
+
+
 def test_no_baseline_gives_none(tmp_path):
   _write_run(str(tmp_path), 'freeze', 0, 0.7, 5.0,
              [{'transition': 1, **_times(1.0)}])
@@ -532,6 +562,18 @@ def test_report_only_cli_redraws(compared):
   assert os.path.exists(os.path.join(workdir, 'comparison.md'))
 
 
+def test_report_only_warns_of_unfinished_runs(synthetic):
+  # comparison.md lists freeze/seed_3 as not counted; the console says so.
+  out = _compare_cli(f'--workdir={synthetic}', '--report_only')
+  assert out.returncode == 0, out.stderr
+  assert out.stderr.splitlines() == [
+      'warning: 1 run is unfinished (no summary.json yet: freeze/seed_3): '
+      'the report covers the finished ones; run compare.py with its mode '
+      'and seed, without --report_only, to finish it']
+  assert 'freeze/seed_3' in open(os.path.join(synthetic,
+                                              'comparison.md')).read()
+
+
 def test_report_only_on_empty_dir_is_a_clear_error(tmp_path):
   out = _compare_cli(f'--workdir={tmp_path}', '--report_only')
   assert out.returncode == 2
@@ -581,6 +623,43 @@ def test_rerun_skips_finished_runs_and_refuses_changed_ones(tmp_path,
   assert 'holds a run of another config: num_epochs 1 -> 2' in message
   assert trained == [] and os.stat(summary).st_mtime_ns == stamp
   assert not os.path.exists(os.path.join(workdir, 'freeze'))
+
+
+def test_folder_of_another_seeds_run_is_refused(tmp_path):
+  # sgd/seed_0 holds a finished run of seed 1. resume_allow=seed would make
+  # it stand for seed 0 in every pair: refused before anything trains.
+  workdir = str(tmp_path)
+  _write_run(workdir, 'sgd', 0, 0.9, 10.0, [{'transition': 0, **_times(4)}])
+  path = _holds_seed(workdir, 'sgd', 0, 1, config=_small_config())
+
+  def refused(record):
+    with pytest.raises(UserError) as err:
+      comparison.run_comparison(_small_config(), workdir, ['sgd', 'freeze'],
+                                1)
+    assert str(err.value) == (
+        f'{path} holds the run of seed 1, not seed 0 (its {record}): move it '
+        f'aside (mv {path} {path}.seed_1) or use another --workdir; '
+        'resume_allow cannot make one seed\'s run stand for another')
+    assert not os.path.exists(os.path.join(workdir, 'freeze'))
+
+  refused('config.json')
+  # An older version's resume_allow=seed rewrote config.json to the new
+  # seed; run.json still records the seed the run started with.
+  _holds_seed(workdir, 'sgd', 0, 0, config=_small_config())
+  with open(os.path.join(path, 'run.json'), 'w') as f:
+    json.dump({'resumed_with_changes': [
+        {'after_epoch': 1, 'changes': {'seed': [1, 0]}}]}, f)
+  refused('run.json')
+
+
+def test_compare_cli_refuses_another_seeds_folder_in_one_line(tmp_path):
+  path = _holds_seed(str(tmp_path), 'sgd', 0, 1)
+  out = _compare_cli(f'--workdir={tmp_path}', '--modes=sgd', '--seeds=1')
+  assert out.returncode == 2 and 'Traceback' not in out.stderr
+  assert out.stderr.strip().splitlines() == [
+      f'error: {path} holds the run of seed 1, not seed 0 (its config.json): '
+      f'move it aside (mv {path} {path}.seed_1) or use another --workdir; '
+      'resume_allow cannot make one seed\'s run stand for another']
 
 
 def test_bad_selection_field_is_refused_before_sgd_trains(tmp_path):

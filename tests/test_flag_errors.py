@@ -2,7 +2,7 @@
 
 The CLI is the subject here, so these run train.py / compare.py; they fail
 while parsing flags, before JAX is imported, so each takes a fraction of a
-second.
+second (a bad config value: in config validation, a second or two).
 """
 import os
 import subprocess
@@ -50,6 +50,16 @@ def test_train_py_bad_flags(tmp_path, args, expected):
   workdir = tmp_path / 'run'
   line = _error_line(_run('train.py', f'--workdir={workdir}', *args))
   assert expected in line
+  assert not workdir.exists()
+
+
+def test_train_py_bad_config_value(tmp_path):
+  # Refused by config validation before anything is created.
+  workdir = tmp_path / 'run'
+  line = _error_line(_run('train.py', f'--workdir={workdir}',
+                          '--config.selection.table=0:0,3:2,3:4'))
+  assert line == ('error: config.selection.table: epoch 3 is given twice '
+                  '(3:2 and 3:4); give each epoch once')
   assert not workdir.exists()
 
 

@@ -63,6 +63,19 @@ def test_bad_config_names_the_field(kw, match):
     s.transition(3)
 
 
+def test_table_with_an_epoch_twice_is_refused():
+  # The last entry used to win silently: 3:4 replaced 3:2.
+  with pytest.raises(UserError) as err:
+    selection.parse_table('0:0,3:2,3:4')
+  assert str(err.value) == (
+      'config.selection.table: epoch 3 is given twice (3:2 and 3:4); give '
+      'each epoch once')
+  # The same pair twice is ambiguous in the config all the same.
+  with pytest.raises(UserError, match='epoch 0 is given twice'):
+    selection.Selector(_cfg(table='0:1, 0:1'), num_units=6, num_epochs=4)
+  assert selection.parse_table('3:2,0:0') == [(0, 0), (3, 2)]
+
+
 def test_state_round_trip():
   s = selection.Selector(_cfg(), num_units=6, num_epochs=4)
   s.observe(1, {'transition': 0, 'train_loss': 1.5})
