@@ -4,6 +4,9 @@
 completed epochs from 1, as the console does); on resume the file is
 rewritten with one row per epoch up to the restored checkpoint, so it always
 describes one consistent run, and readers take rows by epoch.
+
+A write that fails (a full disk) stops the run with a one-line `UserError`
+and leaves no torn file behind (`disk`).
 """
 import json
 import os
@@ -14,6 +17,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import tqdm
 
+from localsgd_jax import disk
+from localsgd_jax import tb_events
 from localsgd_jax.errors import UserError
 
 
@@ -71,12 +76,11 @@ class MetricsWriter:
   """
 
   def __init__(self, workdir: str, tensorboard: bool = True):
+    """Raises UserError if the TensorBoard folder cannot be written."""
     self.workdir = workdir
     self.path = os.path.join(workdir, 'metrics.jsonl')
-    self._tb = None
-    if tensorboard:
-      import tensorboardX  # pylint: disable=g-import-not-at-top
-      self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, 'tb'))
+    self._tb = (tb_events.EventFile(os.path.join(workdir, 'tb'))
+                if tensorboard else None)
 
   def read(self) -> List[Dict[str, Any]]:
     """The rows, one per epoch, by epoch (see `read_rows`)."""
@@ -92,18 +96,19 @@ class MetricsWriter:
     """
     rows = [r for r in (self.read() if rows is None else rows)
             if r['epoch'] <= num_epochs]
-    tmp = self.path + '.tmp'
-    with open(tmp, 'w') as f:
-      f.writelines(json.dumps(r) + '\n' for r in rows)
-    os.replace(tmp, self.path)
+    disk.replace_atomically(
+        self.path, ''.join(json.dumps(r) + '\n' for r in rows),
+        'the metrics file')
     return rows
 
   def write(self, row: Dict[str, Any]) -> None:
+    """Appends the epoch's row (and its TensorBoard scalars).
+
+    Raises:
+      UserError: the file cannot be written; it is left as it was.
+    """
     row = {k: _jsonable(v) for k, v in row.items()}
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(row) + '\n')
-      f.flush()
-      os.fsync(f.fileno())
+    disk.append_durably(self.path, json.dumps(row) + '\n', 'the metrics file')
     if self._tb is not None:
       for key, value in row.items():
         if (isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -258,12 +263,13 @@ def local_summary(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 
 def write_json(path: str, obj: Any) -> None:
-  """Writes JSON atomically (temporary file, then rename)."""
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2, default=_jsonable)
-    f.write('\n')
-  os.replace(tmp, path)
+  """Writes JSON atomically (temporary file, then rename).
+
+  Raises:
+    UserError: it cannot be written (e.g. a full disk); the old file stays.
+  """
+  text = json.dumps(obj, indent=2, default=_jsonable) + '\n'
+  disk.replace_atomically(path, text, 'the JSON file')
 
 
 class Progress:

@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Any, Dict, Optional
 
+from localsgd_jax import disk
 from localsgd_jax.errors import UserError
 from localsgd_jax.errors import warn
 
@@ -111,9 +112,15 @@ class RunLock:
         raise UserError(f'cannot write in the workdir {self.workdir!r} '
                         f'({e.strerror}); give a writable --workdir'
                         ) from None
-      with os.fdopen(fd, 'w') as f:
-        json.dump(info, f)
-        f.write('\n')
+      try:
+        with os.fdopen(fd, 'w') as f:
+          json.dump(info, f)
+          f.write('\n')
+      except OSError as e:  # a full disk: no half-written lock stays
+        os.remove(self.path)
+        raise disk.write_failed('the run lock', self.path, e,
+                                resumes='its last checkpoint, if any'
+                                ) from None
       self.info = info
       self._thread = threading.Thread(target=self._beat, daemon=True,
                                       name='run-lock-heartbeat')

@@ -1,11 +1,15 @@
 """A damaged latest checkpoint: the newest good one restores, the damaged
 ones are moved aside (never deleted), and a one-line error when none is
 good."""
+import errno
+import gc
 import glob
 import json
 import os
 import shutil
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from configs import quickstart
@@ -64,7 +68,15 @@ DAMAGE = {
     'garbled host state': lambda step: _garble(
         os.path.join(step, 'host', 'metadata')),
     'empty step folder': _empty,
+    'emptied array files': lambda step: [
+        open(path, 'w').close() for path in glob.glob(
+            os.path.join(step, 'state', 'ocdbt.process_0', 'd', '*'))],
 }
+
+
+def _json(path):
+  with open(path) as f:
+    return json.load(f)
 
 
 def _rows(workdir):
@@ -79,7 +91,9 @@ def test_damaged_latest_falls_back_and_moves_it_aside(run_copy, damage,
   DAMAGE[damage](os.path.join(checkpoints, '3'))
   rows = _rows(run_copy)
   summary = train_lib.train_and_evaluate(_config(), run_copy)
+  gc.collect()  # Orbax's abandoned reads would print as they are collected
   err = capsys.readouterr().err
+  assert 'Traceback' not in err and 'Event loop is closed' not in err
   moved = os.path.join(run_copy, 'checkpoints_damaged', '3')
   warning = [line for line in err.splitlines() if 'cannot be restored' in line]
   assert len(warning) == 1
@@ -119,3 +133,72 @@ def test_no_good_checkpoint_is_a_one_line_error(run_copy):
   assert checkpointing.step_folders(checkpoints) == [1, 2, 3]
   assert not os.path.exists(os.path.join(run_copy, 'checkpoints_damaged'))
   assert [r['epoch'] for r in _rows(run_copy)] == [1, 2, 3]
+
+
+def _save_non_finite(monkeypatch, epoch):
+  """Makes the run save the checkpoint after `epoch` with NaN in its
+  optimizer state, as bit flips inside an array file restore."""
+  save = checkpointing.Checkpointer.maybe_save
+
+  def damaged(self, e, state, *args, **kwargs):
+    if e == epoch:
+      state = state.replace(opt_state=jax.tree.map(
+          lambda x: x * jnp.nan if jnp.issubdtype(x.dtype, jnp.floating)
+          else x, state.opt_state))
+    return save(self, e, state, *args, **kwargs)
+  monkeypatch.setattr(checkpointing.Checkpointer, 'maybe_save', damaged)
+
+
+def test_a_checkpoint_with_nan_arrays_is_damaged(run_copy, tmp_path,
+                                                 monkeypatch, capsys):
+  # Not the "last good" one to lower the learning rate from: moved aside
+  # like any damaged checkpoint, and the run resumes from the one before.
+  rows = _rows(run_copy)
+  checkpoints = os.path.join(run_copy, 'checkpoints')
+  shutil.rmtree(os.path.join(checkpoints, '3'))
+  _save_non_finite(monkeypatch, 3)
+  train_lib.train_and_evaluate(_config(), run_copy)
+  monkeypatch.undo()
+  # A fork from it is refused.
+  with pytest.raises(UserError, match=r'epoch 3 .* cannot be restored \(its '
+                     r'arrays hold NaN/inf .*state\.opt_state') as err:
+    train_lib.train_and_evaluate(_config(init_from=f'{run_copy}:3'),
+                                 str(tmp_path / 'fork'))
+  assert '\n' not in str(err.value)
+  capsys.readouterr()
+  summary = train_lib.train_and_evaluate(_config(), run_copy)
+  warning = [line for line in capsys.readouterr().err.splitlines()
+             if 'cannot be restored' in line]
+  assert len(warning) == 1 and 'its arrays hold NaN/inf' in warning[0]
+  assert 'resuming from the one after epoch 2' in warning[0]
+  assert os.path.isdir(os.path.join(run_copy, 'checkpoints_damaged', '3'))
+  assert _rows(run_copy)[-1]['train_loss'] == rows[-1]['train_loss']
+  assert summary['final_eval_accuracy'] == rows[-1]['eval_accuracy']
+
+
+def test_a_full_disk_at_a_save_is_one_line(run_copy, monkeypatch):
+  # Orbax raises TensorStore's out-of-space error as a ValueError.
+  rows = _rows(run_copy)
+  checkpoints = os.path.join(run_copy, 'checkpoints')
+
+  def full(self, *args, **kwargs):
+    raise ValueError('RESOURCE_EXHAUSTED: Error writing local file '
+                     '"/x/d/abc": No space left on device '
+                     "[os_error_code='28']")
+  monkeypatch.setattr(checkpointing.ocp.CheckpointManager, 'save', full)
+  with pytest.raises(UserError) as err:
+    train_lib.train_and_evaluate(
+        _config(num_epochs=5, resume_allow='num_epochs'), run_copy)
+  message = str(err.value)
+  assert '\n' not in message
+  assert message.startswith('cannot write the checkpoint after epoch 4 to '
+                            f'{checkpoints}: No space left on device (')
+  assert ' free there; the last checkpoint takes ' in message
+  assert 'resumes from the checkpoint after epoch 3, kept intact' in message
+  # The save failed after epoch 4: no epoch 5 was trained.
+  assert [r['epoch'] for r in _rows(run_copy)][-1] == 4
+  assert checkpointing.step_folders(checkpoints) == [1, 2, 3]
+  assert _rows(run_copy)[:3] == rows
+  # The workdir's record is still the 3-epoch run's: its command resumes.
+  assert _json(os.path.join(run_copy, 'config.json'))['num_epochs'] == 3
+  assert os.path.exists(os.path.join(run_copy, 'summary.json'))

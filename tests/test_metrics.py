@@ -3,15 +3,18 @@
 The event files are read with TensorBoard's own Event protobuf (the records
 are TFRecords: length, CRC, payload, CRC), without importing TensorFlow.
 """
+import errno
 import json
 import os
 import struct
 
+import pytest
 from tensorboard.compat.proto import event_pb2
 
 from localsgd_jax import metrics as metrics_lib
 from localsgd_jax import train_lib
 from localsgd_jax.configs import quickstart
+from localsgd_jax.errors import UserError
 
 
 def read_events(tb_dir):
@@ -158,3 +161,42 @@ def test_summary_without_tta_has_no_tta_fields():
   summary = metrics_lib.run_summary(rows)
   assert summary['final_eval_accuracy_tta'] == 0.65  # by epoch, not order
   assert summary['best_eval_accuracy_tta'] == 0.72
+
+
+def _no_space(*args, **kwargs):
+  raise OSError(errno.ENOSPC, 'No space left on device')
+
+
+def test_a_full_disk_at_a_metrics_row_is_one_line(tmp_path, monkeypatch):
+  writer = metrics_lib.MetricsWriter(str(tmp_path), tensorboard=False)
+  writer.write({'epoch': 1, 'train_loss': 0.5})
+  before = (tmp_path / 'metrics.jsonl').read_bytes()
+  monkeypatch.setattr(os, 'fsync', _no_space)  # after the write
+  with pytest.raises(UserError) as err:
+    writer.write({'epoch': 2, 'train_loss': 0.4})
+  message = str(err.value)
+  assert '\n' not in message
+  assert message.startswith(f'cannot write the metrics file {tmp_path}'
+                            '/metrics.jsonl: No space left on device (')
+  assert 'free there). Free some space on that disk' in message
+  # No torn row is left behind.
+  assert (tmp_path / 'metrics.jsonl').read_bytes() == before
+
+
+def test_a_full_disk_at_the_start_is_one_line(tmp_path, monkeypatch):
+  # TensorBoard's event file is the first thing a run writes.
+  from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(record_writer, 'RecordWriter', _no_space)
+  config = quickstart.get_config()
+  config.num_epochs = 1
+  config.data.image_size = 8
+  config.log.progress = False
+  workdir = tmp_path / 'run'
+  with pytest.raises(UserError) as err:
+    train_lib.train_and_evaluate(config, str(workdir))
+  message = str(err.value)
+  assert '\n' not in message
+  assert message.startswith('cannot write the TensorBoard events '
+                            f'{workdir}/tb/events.out.tfevents.')
+  assert 'No space left on device' in message
+  assert not workdir.exists()  # nothing left behind
