@@ -57,15 +57,15 @@ def run(body: Callable[[ml_collections.ConfigDict], None]) -> None:
       logging.set_verbosity(logging.WARNING)
     # Imported here so that --help answers without loading JAX.
     from localsgd_jax import distributed  # pylint: disable=g-import-not-at-top
-    from localsgd_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+    from localsgd_jax.errors import Stopped, UserError  # pylint: disable=g-import-not-at-top
     try:
       # Before any JAX computation: the backends read the process topology.
       distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
                              _PROCESS_ID.value)
       body(CONFIG.value)
-    except UserError as e:
+    except (UserError, Stopped) as e:
       print(f'error: {e}', file=sys.stderr)
-      sys.exit(2)
+      sys.exit(e.exit_code)  # 2; 128 + N after signal N (Stopped)
 
   if _DEFINE_ERROR is not None:
     _fail(flag_errors.describe(sys.argv, _DEFINE_ERROR, _DEFAULT_CONFIG))

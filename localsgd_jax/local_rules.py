@@ -108,13 +108,22 @@ def apply_update(kernel: jax.Array, direction: jax.Array, lr: jax.Array,
 
   Norm preservation rescales every output filter back to its norm before the
   update, so plain Hebbian growth cannot blow up the layer's scale (BatchNorm
-  after a conv makes the scale irrelevant to the forward pass anyway).
+  after a conv makes the scale irrelevant to the forward pass anyway). A
+  filter too large for its sum of squares (above ~1e19 in float32, a very
+  large local learning rate) has its norm taken after scaling by its
+  largest entry, instead of overflowing to inf and turning the filter into
+  zeros; an update that is itself inf or NaN stays so, for the run's finite
+  check to stop.
   """
   new = kernel + lr * direction.astype(kernel.dtype)
   if normalize:
     axes = tuple(range(kernel.ndim - 1))
     old_norm = jnp.sqrt(jnp.sum(jnp.square(kernel), axis=axes))
     new_norm = jnp.sqrt(jnp.sum(jnp.square(new), axis=axes))
+    largest = jnp.max(jnp.abs(new), axis=axes)
+    scaled_norm = largest * jnp.sqrt(jnp.sum(
+        jnp.square(new / jnp.maximum(largest, 1e-30)), axis=axes))
+    new_norm = jnp.where(jnp.isinf(new_norm), scaled_norm, new_norm)
     new = new * (old_norm / jnp.maximum(new_norm, 1e-12))
   return new
 

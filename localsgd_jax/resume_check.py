@@ -32,10 +32,11 @@ SGD_NEUTRAL = ('selection', 'local')
 DATA_LOCATION = ('data.dir', 'data.tfds_data_dir', 'data.storage',
                  'data.max_memory_gb')
 # Changes that cannot continue a run, resume_allow or not: the checkpoint
-# would not fit the model or the data, or it would be another run.
+# would not fit the model or the data, or it would be another run (a run of
+# another seed is another sample, never the same run continued).
 FIXED = ('model', 'data.name', 'data.image_size', 'data.train_per_class',
          'data.holdout_per_class', 'data.holdout_seed', 'optim.name',
-         'init_from')
+         'init_from', 'seed')
 DATA_CONTENTS = 'data contents'  # a change of the data's fingerprint
 
 _ABSENT = object()

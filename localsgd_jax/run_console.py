@@ -54,10 +54,11 @@ def describe_data(dataset, seconds: float) -> str:
           f'{seconds:.1f}s')
 
 
-def _ranges(ks) -> str:
-  """[0, 0, 2, 2, 2] -> 'k=0 in epochs 1-2, k=2 in epochs 3-5'."""
-  parts, start = [], 0
-  for e in range(1, len(ks) + 1):
+def _ranges(ks, first: int = 0) -> str:
+  """[0, 0, 2, 2, 2] -> 'k=0 in epochs 1-2, k=2 in epochs 3-5'; the k of
+  epochs `first + 1` on (`ks` holds every epoch's)."""
+  parts, start = [], first
+  for e in range(first + 1, len(ks) + 1):
     if e == len(ks) or ks[e] != ks[start]:
       epochs = (f'epoch {start + 1}' if e == start + 1 else
                 f'epochs {start + 1}-{e}')
@@ -67,15 +68,23 @@ def _ranges(ks) -> str:
 
 
 def describe_selection(config: ml_collections.ConfigDict,
-                       selector: selection.Selector) -> str:
-  """What k will do, in one line: 'k' units [0, k) learn locally."""
+                       selector: selection.Selector,
+                       start_epoch: int = 0) -> str:
+  """What k will do, in one line: 'k' units [0, k) learn locally.
+
+  A resumed run's line describes the epochs still to train: the ones done
+  may have followed another schedule (config.resume_allow).
+  """
   sel = config.selection
+  done = (f'epochs 1-{start_epoch} done; ' if 0 < start_epoch
+          < config.num_epochs else '')
   if sel.mode == 'sgd':
     return 'Selection: sgd: k=0 (plain SGD) in every epoch'
   if selector.adaptive:
     when = (f'every {selector.every_steps} steps' if selector.every_steps
             else 'after each epoch')
-    return (f'Selection: {sel.mode}: k starts at 0 and is decided {when} '
+    start = 'k goes on from the checkpoint' if done else 'k starts at 0'
+    return (f'Selection: {sel.mode}: {done}{start} and is decided {when} '
             f'from the training statistics (at most {selector.k_max}; SGD '
             f'warm-up {sel.warmup_epochs} epochs)')
   ks = [selector.transition(e) for e in range(config.num_epochs)]
@@ -83,8 +92,9 @@ def describe_selection(config: ml_collections.ConfigDict,
            f'; k_max {selector.k_max}: units 0..{selector.k_max - 1} hold '
            f'{selector.k_max_flops:.0%} of the forward FLOPs, at most '
            f'k_max_flop_share {sel.k_max_flop_share:g}')
-  return (f'Selection: {sel.mode}: {_ranges(ks)} (units 0..k-1 learn '
-          f'locally{share})')
+  first = start_epoch if done else 0
+  return (f'Selection: {sel.mode}: {done}{_ranges(ks, first)} (units 0..k-1 '
+          f'learn locally{share})')
 
 
 def announce_run(config: ml_collections.ConfigDict, model, state,
@@ -98,7 +108,7 @@ def announce_run(config: ml_collections.ConfigDict, model, state,
        f'{params / 1e6:.2f}M parameters; batch {config.batch_size} on '
        f'{num_devices} {platform} device{"s" if num_devices > 1 else ""}, '
        f'{steps_per_epoch} steps per epoch')
-  say(describe_selection(config, selector))
+  say(describe_selection(config, selector, start_epoch))
   if start_epoch >= config.num_epochs:
     say(f'Nothing to train: all {config.num_epochs} epochs are done; a new '
          '--workdir starts a new run.')

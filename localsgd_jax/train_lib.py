@@ -20,6 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from localsgd_jax import checkpointing
 from localsgd_jax import data
+from localsgd_jax import errors
 from localsgd_jax import flops as flops_lib
 from localsgd_jax import loop as loop_lib
 from localsgd_jax import metrics as metrics_lib
@@ -164,16 +165,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   validate_config(config)
   workdir_lib.check_path(workdir)  # one-line errors; creates nothing yet
   enable_compilation_cache(config.compile_cache_dir)
-  parts = _build(config)
-  # The config and the data are checked: only now is the workdir created,
-  # locked, and compared with the run it may hold (workdir.py).
-  run = workdir_lib.open_run(
-      workdir, config, fingerprint=workdir_lib.data_fingerprint(parts.dataset),
-      steps_per_epoch=parts.steps_per_epoch, primary=parts.primary)
-  try:
-    return _train(config, workdir, run, parts)
-  finally:
-    run.close()  # the workdir's lock
+  with errors.signals_stop_the_run():
+    parts = _build(config)
+    # The config and the data are checked: only now is the workdir created,
+    # locked, and compared with the run it may hold (workdir.py).
+    run = workdir_lib.open_run(
+        workdir, config,
+        fingerprint=workdir_lib.data_fingerprint(parts.dataset),
+        steps_per_epoch=parts.steps_per_epoch, primary=parts.primary)
+    failed = True
+    try:
+      summary = _train(config, workdir, run, parts)
+      failed = False
+      return summary
+    except errors.Stopped as e:
+      raise e.saying(_what_was_saved(workdir)) from None
+    finally:
+      run.close(failed)  # the lock; a workdir that never trained goes
+
+
+def _what_was_saved(workdir: str) -> str:
+  directory = os.path.join(workdir, 'checkpoints')
+  epochs = checkpointing.step_folders(directory)
+  if not epochs:
+    return ('no checkpoint had been written yet: the same command starts '
+            'the run again')
+  return (f'the checkpoint after epoch {epochs[-1]} is kept in {directory}: '
+          'the same command resumes from it')
 
 
 def _build(config: ml_collections.ConfigDict) -> _Parts:
@@ -222,16 +240,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   start_epoch, state, clock, rows = _resume(config, workdir, run, parts,
                                             checkpointer, writer)
   commit = git_commit()
-  if parts.primary:
-    with open(os.path.join(workdir, 'git_commit.txt'), 'w') as f:
-      f.write(commit + '\n')
   eval_step = jax.jit(train_step_lib.make_eval_step(
       parts.model, config.get('eval_tta', 'none')))
   try:
     with _CacheEvents(clock):
       for epoch in range(start_epoch, config.num_epochs):
-        state, row = _train_epoch(config, workdir, parts, state, epoch,
-                                  eval_step, checkpointer, writer, clock)
+        state, row = _train_epoch(config, workdir, run, parts, state, epoch,
+                                  eval_step, checkpointer, writer, clock,
+                                  commit)
         rows.append(row)
   finally:
     checkpointer.close()
@@ -247,6 +263,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
       train_epochs=parts.loop.num_steps / parts.steps_per_epoch,
       num_steps=parts.loop.num_steps, num_units=parts.model.num_units,
       num_devices=parts.num_devices, git_commit=commit,
+      history_missing_epochs=_missing_epochs(rows, start_epoch),
       config=json.loads(config.to_json_best_effort()),
       **run.summary_fields())  # the fork and the changes allowed on resume
   if parts.primary:
@@ -303,17 +320,47 @@ def _resume(config, workdir, run, parts, checkpointer, writer):
   rows = (writer.truncate(start_epoch, parent_rows) if parts.primary else
           [r for r in (writer.read() if parent_rows is None else parent_rows)
            if r['epoch'] <= start_epoch])
+  missing = _missing_epochs(rows, start_epoch)
+  if missing and parts.primary:
+    source = (run.fork['parent'] if parent_rows is not None else workdir)
+    errors.warn(
+        f'{os.path.join(source, "metrics.jsonl")} lacks the rows of '
+        f'{len(missing)} of the {start_epoch} epochs the checkpoint holds '
+        f'(epochs {_spans(missing)}: deleted, or not copied with the '
+        'checkpoints): the run goes on, but summary.json counts only the '
+        'epochs on record (its history_missing_epochs lists the others); '
+        'restore that file before resuming to keep the whole history.')
   if parts.primary:
     writer.write_config(config.to_json_best_effort(indent=2),
                         start_epoch * parts.steps_per_epoch)
   return start_epoch, state, clock, rows
 
 
-def _train_epoch(config, workdir, parts, state, epoch, eval_step,
-                 checkpointer, writer, clock):
+def _missing_epochs(rows, num_epochs: int):
+  """The epochs 1..num_epochs without a row in `rows`."""
+  have = {r['epoch'] for r in rows}
+  return [e for e in range(1, num_epochs + 1) if e not in have]
+
+
+def _spans(epochs) -> str:
+  """[1, 2, 3, 7] -> '1-3, 7'."""
+  spans, start = [], None
+  for i, e in enumerate(epochs):
+    if start is None:
+      start = e
+    if i + 1 == len(epochs) or epochs[i + 1] != e + 1:
+      spans.append(str(e) if e == start else f'{start}-{e}')
+      start = None
+  return ', '.join(spans)
+
+
+def _train_epoch(config, workdir, run, parts, state, epoch, eval_step,
+                 checkpointer, writer, clock, commit):
   """One epoch: its steps, evaluation, metrics row and checkpoint.
 
   Returns the new state and the epoch's row; `clock` is updated in place.
+  The run's record (config.json, run.json) is written once its first
+  checkpoint is (`Run.commit`).
   """
   t0 = time.perf_counter()
   progress = metrics_lib.Progress(epoch, config.num_epochs,
@@ -342,9 +389,9 @@ def _train_epoch(config, workdir, parts, state, epoch, eval_step,
   clock['elapsed_s'] += time.perf_counter() - t0
   clock['compile_time_s'] += result.compile_time_s
   console.print_epoch(row, result, config.num_epochs)
-  checkpointer.maybe_save(
-      epoch + 1, state,
-      {'selector': parts.selector.state_dict(), **clock},
+  if checkpointer.maybe_save(
+      epoch + 1, state, {'selector': parts.selector.state_dict(), **clock},
       force=epoch + 1 == config.num_epochs,
-      local_start=parts.loop.local_phase.start)
+      local_start=parts.loop.local_phase.start):
+    run.commit(commit)  # the checkpoint is on disk: now the record
   return state, row

@@ -25,6 +25,7 @@ config and the data were checked: a bad command creates nothing.
 """
 import difflib
 import os
+import shutil
 from typing import Any, Dict, List, Optional, Tuple
 
 import ml_collections
@@ -33,6 +34,7 @@ import numpy as np
 from localsgd_jax import checkpointing
 from localsgd_jax import metrics as metrics_lib
 from localsgd_jax.errors import UserError
+from localsgd_jax.errors import warn
 # The workdir's parts, re-exported: the lock and the resume checks.
 from localsgd_jax.resume_check import (  # pylint: disable=unused-import
     CONFIG_FILE, DATA_CONTENTS, DATA_LOCATION, FIXED, RECORD_FILE,
@@ -83,25 +85,38 @@ def _check_fork(workdir: str, parent: str, new: Dict[str, Any],
   if not os.path.isdir(os.path.join(parent, 'checkpoints')):
     raise UserError(f'config.init_from: {parent!r} is not the workdir of a '
                     'run (it has no checkpoints/)')
-  differs = {}
   parent_config = read_json(os.path.join(parent, CONFIG_FILE))
+  parent_data = (read_json(os.path.join(parent, RECORD_FILE)) or {}).get(
+      'data')
+  changes = []
   if parent_config is not None:
     changes = [c for c in config_changes(parent_config, new)
                if c.field != 'init_from']
-    parent_record = read_json(os.path.join(parent, RECORD_FILE)) or {}
-    if fingerprint is not None and parent_record.get('data') is not None:
-      changes = [c for c in changes if not matches(c.field, DATA_LOCATION)]
-      data_change = fingerprint_change(parent_record['data'], fingerprint)
-      if data_change is not None:
-        changes.append(data_change)
-    fixed = [c for c in changes
-             if c.field == DATA_CONTENTS or matches(c.field, FIXED)]
-    if fixed:
-      raise UserError(
-          f'config.init_from: cannot fork {parent!r} into this config: '
-          f'{", ".join(map(str, fixed))}; a fork keeps the model, the data '
-          'and the optimizer.')
-    differs = {c.field: c.record() for c in changes}
+  if fingerprint is not None and parent_data is not None:
+    changes = [c for c in changes if not matches(c.field, DATA_LOCATION)]
+    data_change = fingerprint_change(parent_data, fingerprint)
+    if data_change is not None:
+      changes.append(data_change)
+  # A fork may take another seed (its data order and augmentation from
+  # the fork on; recorded below), which no resume may.
+  fixed = [c for c in changes if c.field == DATA_CONTENTS
+           or (matches(c.field, FIXED) and c.field != 'seed')]
+  if fixed:
+    raise UserError(
+        f'config.init_from: cannot fork {parent!r} into this config: '
+        f'{", ".join(map(str, fixed))}; a fork keeps the model, the data '
+        'and the optimizer.')
+  differs = {c.field: c.record() for c in changes}
+  if parent_config is None:
+    # A run of an older version: only its data (run.json) and, when it is
+    # restored, its model (the checkpoint's shapes) can be checked.
+    differs = None
+    checked = ('its data matches the one in its run.json' if parent_data
+               is not None and fingerprint is not None else
+               'its data cannot be checked either (no run.json)')
+    warn(f'config.init_from: {parent!r} has no {CONFIG_FILE} (a run of an '
+         f'older version): its config cannot be compared with this one; '
+         f'{checked}; forking it as the same model, data and optimizer.')
   commit = ''
   try:
     with open(os.path.join(parent, 'git_commit.txt')) as f:
@@ -137,7 +152,10 @@ class Run:
     self.fork = fork
     self.primary = primary
     self.lock = RunLock(workdir) if primary else None
+    self.created = False  # whether open_run made the workdir (process 0)
     self._record: Dict[str, Any] = {}
+    self._start_epoch = 0
+    self._committed = False
 
   @property
   def forks(self) -> bool:
@@ -153,8 +171,10 @@ class Run:
     self.fork['epoch'] = restored[0]
     rows = [r for r in metrics_lib.read_rows(
         os.path.join(parent, 'metrics.jsonl')) if r['epoch'] <= restored[0]]
-    differs = ', '.join(f'{k} {v[0]!r} -> {v[1]!r}' for k, v in
-                        self.fork['differs_from_parent'].items()) or 'nothing'
+    changes = self.fork['differs_from_parent']
+    differs = ('unknown: it has no config.json' if changes is None else
+               ', '.join(f'{k} {v[0]!r} -> {v[1]!r}' for k, v in
+                         changes.items()) or 'nothing')
     if self.primary:
       print(f'Forking {parent} after epoch {restored[0]} (differs from it '
             f'in: {differs}); recorded in '
@@ -162,11 +182,15 @@ class Run:
     return restored, rows
 
   def started(self, start_epoch: int) -> None:
-    """Records the run's config, data and history before its first step.
+    """Prepares the run's record (config, data, history) before its first
+    step; `commit` writes it after the run's first checkpoint.
 
-    Writes config.json and run.json and removes a summary.json the epochs
-    to come will supersede (an extended run is unfinished until it ends).
+    Nothing is written here: a run that stops before its first checkpoint
+    (a NaN, a signal, a full disk) leaves config.json, run.json and
+    summary.json as it found them, so the command that made them still
+    resumes.
     """
+    self._start_epoch = start_epoch
     if not self.primary:
       return
     path = os.path.join(self.workdir, RECORD_FILE)
@@ -181,13 +205,33 @@ class Run:
           {'after_epoch': start_epoch, 'changes': fields, 'time': now()})
       print(f'Resuming after epoch {start_epoch} with '
             f'{", ".join(map(str, self.resume.allowed))} '
-            f'(config.resume_allow); recorded in {path}', flush=True)
+            f'(config.resume_allow); recorded in {path} with the next '
+            'checkpoint', flush=True)
     self._record = record
-    metrics_lib.write_json(path, record)
+
+  def commit(self, git_commit: str) -> None:
+    """Writes config.json, run.json and git_commit.txt, and removes the
+    summary.json the epochs since `started` supersede (an extended run is
+    unfinished until it ends). Called once the run's first checkpoint is
+    saved (a save that fails leaves the old record); later calls do
+    nothing.
+
+    From then on the workdir holds this run's config and checkpoints.
+    """
+    if self._committed:
+      return
+    self._committed = True
+    if not self.primary:
+      return
+    metrics_lib.write_json(os.path.join(self.workdir, RECORD_FILE),
+                           self._record)
     metrics_lib.write_json(os.path.join(self.workdir, CONFIG_FILE),
                            self.config)
+    with open(os.path.join(self.workdir, 'git_commit.txt'), 'w') as f:
+      f.write(git_commit + '\n')
     summary = os.path.join(self.workdir, SUMMARY_FILE)
-    if start_epoch < self.config['num_epochs'] and os.path.exists(summary):
+    if (self._start_epoch < self.config['num_epochs']
+        and os.path.exists(summary)):
       os.remove(summary)
 
   def summary_fields(self) -> Dict[str, Any]:
@@ -195,9 +239,17 @@ class Run:
     return {key: self._record[key] for key in ('fork', 'resumed_with_changes')
             if key in self._record}
 
-  def close(self) -> None:
+  def close(self, failed: bool = False) -> None:
+    """Releases the lock. `failed` (the run stopped on an error) in a
+    workdir this run created, before it saved a checkpoint, removes the
+    workdir again (a fork that diverges, a full disk): a command that fails
+    before it has anything to resume from leaves nothing behind."""
     if self.lock is not None:
       self.lock.release()
+    if (failed and self.created and not self._committed
+        and not checkpointing.step_folders(
+            os.path.join(self.workdir, 'checkpoints'))):
+      shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def open_run(workdir: str, config: ml_collections.ConfigDict, *,
@@ -222,13 +274,14 @@ def open_run(workdir: str, config: ml_collections.ConfigDict, *,
       fork['epoch'] = target[1]
     run = Run(workdir, new, fingerprint, resume, fork, primary)
     if primary:
+      run.created = not os.path.exists(workdir)
       create(workdir)
       run.lock.acquire()
   except UserError as e:
     error = e
   if not _all_agree(error is None):
     if run is not None:
-      run.close()
+      run.close(failed=True)  # a workdir made here goes again
     raise error or UserError(f'another process could not start the run in '
                              f'{workdir!r}; see the error of process 0')
   return run

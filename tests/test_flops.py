@@ -161,6 +161,17 @@ def test_cifar_config_picks_the_early_units_of_either_depth(name, k_max):
   line = run_console.describe_selection(config, selector)
   assert f'k_max {k_max}: units 0..{k_max - 1} hold' in line
   assert 'k_max_flop_share 0.6' in line
+  # A resumed run's line speaks of the epochs to come only: the ones done
+  # may have had another schedule (resume_allow=selection.warmup_epochs).
+  ks = [selector.transition(e) for e in range(config.num_epochs)]
+  switch = ks.index(k_max)  # the first local epoch, from 0
+  done = switch + 2
+  line = run_console.describe_selection(config, selector, start_epoch=done)
+  assert (f'static: epochs 1-{done} done; k={k_max} in epochs '
+          f'{done + 1}-{config.num_epochs} (units') in line
+  line = run_console.describe_selection(config, selector, start_epoch=2)
+  assert (f'epochs 1-2 done; k=0 in epochs 3-{switch}, k={k_max} in epochs '
+          f'{switch + 1}-{config.num_epochs}') in line
 
 
 def test_k_max_and_flop_share_together_are_refused():

@@ -132,6 +132,23 @@ def test_apply_update_normalize_keeps_filter_norms():
   np.testing.assert_allclose(raw, k + 0.3 * d, rtol=1e-6)
 
 
+def test_apply_update_survives_a_norm_overflow():
+  # An update past ~1e19 overflows the sum of squares to inf: without care,
+  # k * old / inf is exact zeros and the run trains on at chance.
+  k = jax.random.normal(jax.random.key(5), (3, 3, 4, 6))
+  d = jax.random.normal(jax.random.key(6), k.shape)
+  norms = jnp.linalg.norm(k.reshape(-1, 6), axis=0)
+  new = local_rules.apply_update(k, d, jnp.float32(1e25), normalize=True)
+  np.testing.assert_allclose(jnp.linalg.norm(new.reshape(-1, 6), axis=0),
+                             norms, rtol=1e-5)
+  # The filters turned to the update's direction (the rate dwarfs k).
+  unit = d / jnp.linalg.norm(d.reshape(-1, 6), axis=0)
+  np.testing.assert_allclose(new / norms, unit, atol=1e-5)
+  # An update that is itself inf stays non-finite, for the finite check.
+  inf = local_rules.apply_update(k, d, jnp.float32(jnp.inf), normalize=True)
+  assert not np.isfinite(np.asarray(inf)).any()
+
+
 def test_oja_filters_converge_to_unit_norm():
   """Oja's decay stabilises the kernel norm where plain Hebb would grow."""
   rng = np.random.default_rng(0)

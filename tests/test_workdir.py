@@ -7,6 +7,7 @@ steps an epoch), so each takes a second or two.
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from localsgd_jax import train_lib
 from localsgd_jax import workdir as workdir_lib
 from localsgd_jax.errors import UserError
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIME_FIELDS = {'epoch_time_s', 'eval_time_s', 'compile_time_s',
                'images_per_s'}
 
@@ -86,8 +88,8 @@ def test_same_config_and_neutral_changes_resume(run_copy, capsys):
 
 @pytest.mark.parametrize('overrides,listed', [
     ({'batch_size': 32}, 'batch_size 48 -> 32'),
-    ({'selection.mode': 'static', 'seed': 3},
-     "seed 0 -> 3, selection.mode 'sgd' -> 'static'"),
+    ({'selection.mode': 'static', 'batch_size': 32},
+     "batch_size 48 -> 32, selection.mode 'sgd' -> 'static'"),
     ({'optim.learning_rate': 0.2}, 'optim.learning_rate 0.05 -> 0.2'),
     ({'dtype': 'bfloat16'}, "dtype 'float32' -> 'bfloat16'"),
 ])
@@ -112,6 +114,8 @@ def test_changed_config_is_refused_with_the_ways_on(run_copy, overrides,
     ({'model.name': 'resnet20'}, 'model.name'),
     ({'data.train_per_class': 12}, 'data.train_per_class'),
     ({'optim.name': 'adamw'}, 'optim.name'),
+    # Another seed's run is another sample, never this one continued.
+    ({'seed': 3}, 'seed'),
 ])
 def test_a_change_that_cannot_continue_needs_a_new_workdir(
     run_copy, overrides, fixed):
@@ -158,20 +162,72 @@ def test_fewer_epochs_than_the_checkpoint_are_refused(run_copy):
   assert f'--config.init_from={run_copy}:1' in message
 
 
-def test_extended_run_is_unfinished_until_it_ends(run_copy, monkeypatch):
-  # A run extended and stopped must not count as finished from the old
-  # summary.json.
+def _stop_in_epoch(monkeypatch, n):
+  """Makes the n-th epoch a run trains (from 1) stop with KeyboardInterrupt."""
   from localsgd_jax import loop as loop_lib  # pylint: disable=g-import-not-at-top
+  run_epoch, calls = loop_lib.TrainLoop.run_epoch, []
 
   def stop(*args, **kwargs):
-    raise KeyboardInterrupt
+    calls.append(1)
+    if len(calls) == n:
+      raise KeyboardInterrupt
+    return run_epoch(*args, **kwargs)
   monkeypatch.setattr(loop_lib.TrainLoop, 'run_epoch', stop)
+
+
+def _files(workdir):
+  return {name: open(os.path.join(workdir, name)).read()
+          for name in ('config.json', 'run.json', 'summary.json',
+                       'git_commit.txt', 'metrics.jsonl')
+          if os.path.exists(os.path.join(workdir, name))}
+
+
+def test_extended_run_is_unfinished_until_it_ends(run_copy, monkeypatch):
+  # A run extended, checkpointed and then stopped must not count as
+  # finished from the old summary.json.
+  _stop_in_epoch(monkeypatch, 2)
   with pytest.raises(KeyboardInterrupt):
     train_lib.train_and_evaluate(
-        _config(num_epochs=3, resume_allow='num_epochs'), run_copy)
+        _config(num_epochs=4, resume_allow='num_epochs'), run_copy)
+  assert [r['epoch'] for r in _rows(run_copy)] == [1, 2, 3]
   assert not os.path.exists(os.path.join(run_copy, 'summary.json'))
   assert not os.path.exists(os.path.join(run_copy, 'run.lock'))
-  assert not workdir_lib.finished_run(run_copy, _config(num_epochs=3))
+  assert not workdir_lib.finished_run(run_copy, _config(num_epochs=4))
+  assert _json(os.path.join(run_copy, 'config.json'))['num_epochs'] == 4
+
+
+@pytest.mark.parametrize('how', ['nan', 'interrupted'])
+def test_a_resume_that_stops_before_its_first_checkpoint_changes_nothing(
+    run_copy, monkeypatch, how):
+  # Its config.json, run.json and summary.json stay the original run's, so
+  # the original command still resumes (as finished).
+  before = _files(run_copy)
+  if how == 'nan':
+    overrides = {'num_epochs': 3, 'optim.learning_rate': 1e30,
+                 'optim.schedule': 'constant',
+                 'resume_allow': 'num_epochs,optim'}
+    with pytest.raises(UserError, match='became'):
+      train_lib.train_and_evaluate(_config(**overrides), run_copy)
+  else:
+    _stop_in_epoch(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+      train_lib.train_and_evaluate(
+          _config(num_epochs=3, resume_allow='num_epochs'), run_copy)
+  assert _files(run_copy) == before
+  monkeypatch.undo()
+  summary = train_lib.train_and_evaluate(_config(), run_copy)
+  after = _files(run_copy)
+  assert after.pop('summary.json') and summary['num_epochs'] == 2
+  assert after == {k: v for k, v in before.items() if k != 'summary.json'}
+
+
+def test_a_fork_that_fails_leaves_no_workdir(finished, tmp_path):
+  fork = tmp_path / 'fork'
+  with pytest.raises(UserError, match='became'):
+    train_lib.train_and_evaluate(_config(**{
+        'init_from': f'{finished}:1', 'optim.learning_rate': 1e30,
+        'optim.schedule': 'constant'}), str(fork))
+  assert not fork.exists()
 
 
 def test_workdir_without_saved_config_resumes_with_a_warning(run_copy,
@@ -239,9 +295,9 @@ def test_moved_data_folder_with_the_same_files_resumes(tmp_path):
   with pytest.raises(UserError) as err:
     train_lib.train_and_evaluate(config(data_b), workdir)
   message = _one_line(err)
-  assert 'another config: data contents (content differ).' in message
+  assert 'another config: data contents (content differ)' in message
   assert 'cannot change within a run' in message
-  # The workdir now records folder b: back in a (the run's data) passes.
+  # A resume with nothing to train records nothing: back in a passes.
   train_lib.train_and_evaluate(config(data_a), workdir)
 
 
@@ -273,10 +329,12 @@ def test_fork_records_what_differs_from_the_parent(finished, tmp_path):
   fork = str(tmp_path / 'fork_static')
   train_lib.train_and_evaluate(_config(**{
       'init_from': finished + ':1', 'selection.mode': 'static',
-      'selection.table': '0:0,1:2'}), fork)
+      'selection.table': '0:0,1:2', 'seed': 1}), fork)
   record = _json(os.path.join(fork, 'run.json'))['fork']
+  # Another seed too: a fork may take one, a resume may not.
   assert record['differs_from_parent'] == {
-      'selection.mode': ['sgd', 'static'], 'selection.table': ['', '0:0,1:2']}
+      'seed': [0, 1], 'selection.mode': ['sgd', 'static'],
+      'selection.table': ['', '0:0,1:2']}
   assert [r['transition'] for r in _rows(fork)] == [0, 2]
 
 
@@ -293,6 +351,30 @@ def test_fork_errors(finished, tmp_path, init_from, match):
   with pytest.raises(UserError, match=match) as err:
     train_lib.train_and_evaluate(_config(init_from=init_from), workdir)
   _one_line(err)
+
+
+def test_fork_from_a_parent_without_a_config(finished, tmp_path, capsys):
+  # An older version's run: its config cannot be compared, but its data
+  # (run.json) still is, and nothing claims it "differs in: nothing".
+  parent = str(tmp_path / 'old_parent')
+  shutil.copytree(finished, parent)
+  os.remove(os.path.join(parent, 'config.json'))
+  fork = str(tmp_path / 'fork')
+  train_lib.train_and_evaluate(_config(init_from=f'{parent}:1'), fork)
+  captured = capsys.readouterr()
+  assert (f"{parent!r} has no config.json" in captured.err
+          and 'its data matches the one in its run.json' in captured.err)
+  assert 'differs from it in: unknown: it has no config.json' in captured.out
+  assert _json(os.path.join(fork, 'run.json'))['fork'][
+      'differs_from_parent'] is None
+  # Other data is refused by the fingerprint alone.
+  other = str(tmp_path / 'fork_other_data')
+  with pytest.raises(UserError, match='cannot fork .*data contents') as err:
+    train_lib.train_and_evaluate(
+        _config(**{'init_from': f'{parent}:1', 'data.image_size': 12}),
+        other)
+  _one_line(err)
+  assert not os.path.exists(other)
 
 
 def test_fork_keeps_model_and_data(finished, tmp_path):
@@ -439,6 +521,19 @@ def test_metrics_rows_are_keyed_by_epoch(tmp_path, capsys):
     metrics_lib.read_rows(path)
 
 
+def test_resume_without_the_metrics_history_says_so(run_copy, capsys):
+  os.remove(os.path.join(run_copy, 'metrics.jsonl'))
+  summary = train_lib.train_and_evaluate(
+      _config(num_epochs=3, resume_allow='num_epochs'), run_copy)
+  warnings = [line for line in capsys.readouterr().err.splitlines()
+              if line.startswith('warning:')]
+  assert len(warnings) == 1
+  assert 'metrics.jsonl lacks the rows of 2 of the 2 epochs' in warnings[0]
+  assert '(epochs 1-2:' in warnings[0]
+  assert summary['history_missing_epochs'] == [1, 2]
+  assert [r['epoch'] for r in _rows(run_copy)] == [3]
+
+
 def test_resume_drops_a_torn_metrics_line(run_copy, capsys):
   with open(os.path.join(run_copy, 'metrics.jsonl'), 'a') as f:
     f.write('{"epoch": 3, "train_lo')
@@ -480,3 +575,38 @@ def test_bad_config_creates_no_workdir(tmp_path):
     with pytest.raises(UserError):
       train_lib.train_and_evaluate(_config(**overrides), str(workdir))
     assert not workdir.exists(), overrides
+
+
+# ------------------------------------------------------------- signals
+
+
+@pytest.mark.slow
+def test_sigterm_says_what_was_saved_and_the_run_resumes(tmp_path):
+  workdir = tmp_path / 'run'
+  command = [sys.executable, os.path.join(ROOT, 'train.py'),
+             '--config=configs/quickstart.py', f'--workdir={workdir}',
+             '--config.num_epochs=25', '--config.data.image_size=16',
+             '--config.data.train_per_class=10', '--config.batch_size=48',
+             '--config.log.progress=False', '--config.log.tensorboard=False']
+  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+  first = workdir / 'checkpoints' / '1'
+  deadline = time.time() + 300
+  while not first.exists() and process.poll() is None:
+    assert time.time() < deadline, 'no checkpoint after 300 s'
+    time.sleep(0.05)
+  process.send_signal(signal.SIGTERM)
+  _, err = process.communicate(timeout=120)
+  assert process.returncode == 128 + signal.SIGTERM, err
+  assert 'Traceback' not in err
+  last = err.strip().splitlines()[-1]
+  assert last.startswith('error: SIGTERM received: training stopped; the '
+                         'checkpoint after epoch '), err
+  saved = int(last.split('checkpoint after epoch ')[1].split()[0])
+  assert saved < 25 and f'is kept in {workdir}/checkpoints' in last
+  assert not (workdir / 'run.lock').exists()
+  again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+  assert again.returncode == 0, again.stderr
+  assert f'Resuming from the checkpoint after epoch {saved}' in again.stdout
+  assert [r['epoch'] for r in _rows(str(workdir))] == list(range(1, 26))
