@@ -57,13 +57,14 @@ def main(config):
   # pylint: disable=g-import-not-at-top
   import jax
   from localsgd_jax import comparison
+  from localsgd_jax import distributed
   from localsgd_jax import report
   if _REPORT_ONLY.value:
     # The runs' own command line stays in the report, not this redraw's.
     entries = report.write_report(
         _WORKDIR.value, target=_TARGET.value, target_drop=_TARGET_DROP.value,
         this_device=jax.devices()[0].device_kind,
-        writer=jax.process_index() == 0)
+        writer=distributed.is_primary())
   else:
     command = shlex.join(['python'] + sys.argv)
     entries = comparison.run_comparison(

@@ -44,7 +44,6 @@ batch-proportional part.
   python benchmarks/cost_table.py --out_dir=benchmarks/results
   python benchmarks/cost_table.py --models=resnet20 --resolutions=32 --small
 """
-import collections
 import functools
 import json
 import os

@@ -55,6 +55,7 @@ from ml_collections import config_flags
 
 from localsgd_jax import aggregate
 from localsgd_jax import modes as modes_lib
+from localsgd_jax import plots
 from localsgd_jax import report
 from localsgd_jax import resume_check
 from localsgd_jax import runs as runs_lib
@@ -174,7 +175,7 @@ def _finished(path: str, cfg) -> bool:
     return workdir_lib.finished_run(path, cfg)
   changes = resume_check.config_changes(
       runs_lib.read_json(os.path.join(path, 'config.json')),
-      workdir_lib.as_dict(cfg))
+      resume_check.as_dict(cfg))
   moved = resume_check.DATA_LOCATION + ('init_from',)
   return all(resume_check.matches(c.field, moved) for c in changes)
 
@@ -365,7 +366,7 @@ def main(argv):
         front = os.path.join(runs_dir, 'frontier')
         report.write_report(front, command=' '.join(sys.argv), device=device)
         for name in ['comparison.md', 'comparison.json',
-                     *report.PLOTS.values()]:
+                     *plots.PLOTS.values()]:
           if os.path.exists(os.path.join(front, name)):
             shutil.copy(os.path.join(front, name), out_dir)
     except _OutOfTime as stop:

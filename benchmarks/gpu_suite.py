@@ -39,10 +39,12 @@ from absl import logging
 import jax
 
 from localsgd_jax import benchmarking
-from localsgd_jax import comparison
 from localsgd_jax import flops
 from localsgd_jax import models
+from localsgd_jax import modes as modes_lib
+from localsgd_jax import plots
 from localsgd_jax import report
+from localsgd_jax import runs as runs_lib
 from localsgd_jax import selection
 from localsgd_jax import train_lib
 from localsgd_jax.configs import cifar10_resnet
@@ -154,17 +156,17 @@ def full_runs(data_dir: str, runs_dir: str, epochs: int, small: bool,
     config.batch_size = 512
     config.eval_batch_size = 1000
   for mode in MODES:
-    cfg = comparison.mode_config(config, mode, config.seed)
+    cfg = modes_lib.mode_config(config, mode, config.seed)
     print(f'=== full run: {mode}', flush=True)
     summary = train_lib.train_and_evaluate(
-        cfg, comparison.run_dir(runs_dir, mode, cfg.seed))
+        cfg, runs_lib.run_dir(runs_dir, mode, cfg.seed))
     record(mode, {k: summary[k] for k in (
         'final_eval_accuracy', 'best_eval_accuracy', 'eval_split',
         'total_time_s', 'compile_time_s')})
     report.write_report(runs_dir, command=' '.join(sys.argv),
                         device=jax.devices()[0].device_kind)
     for name in ['comparison.md', 'comparison.json',
-                 *report.PLOTS.values()]:
+                 *plots.PLOTS.values()]:
       shutil.copy(os.path.join(runs_dir, name), out_dir)
 
 

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from localsgd_jax import config_validation
 from localsgd_jax import local_rules
 from localsgd_jax import models
 from localsgd_jax.configs import default
@@ -52,7 +53,7 @@ def measure_steps(model_name: str, batch_size: int, *, image_size: int = 32,
   config.local.rule = rule or config.local.rule  # '' = the default rule
   rule = config.local.rule
   config.local.hebbian_fraction = hebbian_fraction
-  train_lib.validate_config(config)
+  config_validation.validate_config(config)
   model = models.create_model(model_name, num_classes, cifar_stem=cifar_stem,
                               dtype=train_lib.DTYPES[dtype])
   num_units = model.num_units
@@ -83,10 +84,11 @@ def measure_steps(model_name: str, batch_size: int, *, image_size: int = 32,
     compiled = variants[name].get(k, state, batch)
     # FLOPs from the CPU compile of each program, temporary bytes from the
     # device's (StepCache.costs).
-    costs = variants[name].costs((k, k > 0))
+    costs = variants[name].costs(ts.program_key(k, True))
     if name == 'hebbian':
       results[k].update(costs)
-      results[k]['compile_time_s'] = variants[name].compile_time_s[(k, k > 0)]
+      results[k]['compile_time_s'] = variants[name].compile_time_s[
+          ts.program_key(k, True)]
     else:
       results[k]['frozen_' + 'flops'] = costs['flops']
     state, _ = _time_steps(compiled, state, batch, 1)  # warm-up
@@ -95,7 +97,8 @@ def measure_steps(model_name: str, batch_size: int, *, image_size: int = 32,
   for _ in range(repeats):
     order.shuffle(jobs)
     for name, k in jobs:
-      state, t = _time_steps(variants[name].compiled[(k, k > 0)], state, batch, steps)
+      state, t = _time_steps(variants[name].compiled[ts.program_key(k, True)],
+                             state, batch, steps)
       times[(name, k)].append(t)
   for (name, k), ts_ in times.items():
     prefix = '' if name == 'hebbian' else 'frozen_'

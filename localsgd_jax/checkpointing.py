@@ -24,7 +24,6 @@ import logging
 import os
 import re
 import shutil
-import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 import jax
@@ -34,6 +33,7 @@ import orbax.checkpoint as ocp
 from localsgd_jax import disk
 from localsgd_jax import local_phase
 from localsgd_jax.errors import UserError
+from localsgd_jax.errors import warn
 
 DAMAGED_DIR = 'checkpoints_damaged'
 # Leaves that hold NaN before the run's first step (train_step.TrainState:
@@ -272,10 +272,9 @@ class Checkpointer:
           n += 1
         shutil.move(source, target)
         where = f'moved to {target}'
-      print(f'warning: the checkpoint after epoch {epoch} in '
-            f'{self.directory} cannot be restored ({_short(e)}); {where}; '
-            f'resuming from the one after epoch {resumed}.',
-            file=sys.stderr, flush=True)
+      warn(f'the checkpoint after epoch {epoch} in {self.directory} cannot '
+           f'be restored ({_short(e)}); {where}; resuming from the one after '
+           f'epoch {resumed}.')
     self._manager.reload()
 
   def close(self) -> None:

@@ -16,6 +16,8 @@ import jax
 import ml_collections
 
 from localsgd_jax import aggregate as aggregate_lib
+from localsgd_jax import config_validation
+from localsgd_jax import distributed
 from localsgd_jax import metrics as metrics_lib
 from localsgd_jax import modes as modes_lib
 from localsgd_jax import report
@@ -24,9 +26,7 @@ from localsgd_jax import selection
 from localsgd_jax import train_lib
 from localsgd_jax import workdir as workdir_lib
 from localsgd_jax.errors import UserError
-# MODES, mode_config and run_dir are also this module's API (compare.py,
-# benchmarks/gpu_suite.py, the notebooks).
-from localsgd_jax.modes import BASELINE, MODES, SAME_TIME  # pylint: disable=unused-import
+from localsgd_jax.modes import BASELINE, MODES, SAME_TIME
 from localsgd_jax.modes import budget_mode, mode_config, parse_budgets
 from localsgd_jax.modes import parse_modes
 from localsgd_jax.runs import run_dir
@@ -37,7 +37,7 @@ MATCH_COSTS = ('time', 'flops')
 def _check_supported(cfg: ml_collections.ConfigDict, mode: str) -> None:
   # Catches a mode this version cannot train before hours of other runs,
   # not at the moment its turn comes.
-  train_lib.validate_config(cfg)
+  config_validation.validate_config(cfg)
   known = getattr(selection, 'MODES', None)
   if known is not None and cfg.selection.mode not in known:
     raise UserError(
@@ -138,7 +138,7 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str,
     for mode in names:
       _check_seed(run_dir(workdir, mode, seed), seed)
   # Before any training: a run trained under another config is refused
-  # (never relabelled: workdir.check_resume's one-line error), and a
+  # (never relabelled: resume_check.check_resume's one-line error), and a
   # finished run of this very config is skipped, not reloaded and rewritten.
   finished = {run_dir(workdir, mode, seed) for seed, mode, cfg in plan
               if workdir_lib.finished_run(run_dir(workdir, mode, seed), cfg)}
@@ -162,7 +162,7 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str,
   return report.write_report(
       workdir, command=command, device=jax.devices()[0].device_kind,
       target=target, target_drop=target_drop,
-      writer=jax.process_index() == 0)
+      writer=distributed.is_primary())
 
 
 def _same_time_epochs(workdir: str, num_epochs: int, match_mode: str,

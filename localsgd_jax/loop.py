@@ -350,8 +350,8 @@ class TrainLoop:
     for i in range(steps):
       if feed.host is not None:
         operand['host'] = next(feed.host)
-      key = (period.k,
-             period.k > 0 and not frozen and i % hebbian_every == 0)
+      key = train_step_lib.program_key(
+          period.k, not frozen and i % hebbian_every == 0)
       if key not in self.steps.compiled:
         progress.note(compile_message(*key, hebbian_every, frozen))
       state, acc = self.steps((state, acc), operand, *key)

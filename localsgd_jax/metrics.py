@@ -20,6 +20,7 @@ import tqdm
 from localsgd_jax import disk
 from localsgd_jax import tb_events
 from localsgd_jax.errors import UserError
+from localsgd_jax.errors import warn
 
 
 def _jsonable(value: Any) -> Any:
@@ -170,9 +171,8 @@ def read_rows(path: str) -> List[Dict[str, Any]]:
       epoch = row['epoch']
     except (ValueError, KeyError, TypeError) as e:
       if i == len(numbered) - 1:
-        print(f'warning: dropped the torn last line (line {n}) of {path}; '
-              'the run stopped while writing it.', file=sys.stderr,
-              flush=True)
+        warn(f'dropped the torn last line (line {n}) of {path}; the run '
+             'stopped while writing it.')
         break
       raise UserError(f'{path} line {n} is not a metrics row ({e}); delete '
                       'that line (its epoch is then missing from the '
@@ -260,6 +260,23 @@ def local_summary(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
           'ws_factor_local': mean('ws_factor_local'),
           'ws_below_1_fraction': mean('ws_below_1_fraction'),
           'local_rule_steps': n}
+
+
+def read_json(path: str, fix: str = 'restore it, or move it aside'
+              ) -> Optional[Any]:
+  """The JSON object in `path`, or None if there is no such file.
+
+  Raises:
+    UserError: it cannot be read or is not valid JSON; the message ends in
+      `fix`, what to do about it.
+  """
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return None
+  except (OSError, ValueError) as e:
+    raise UserError(f'{path} cannot be read ({e}); {fix}.') from None
 
 
 def write_json(path: str, obj: Any) -> None:

@@ -5,7 +5,7 @@ Every top-level key of params / batch_stats / opt_state is a unit
 """
 from typing import Any, Dict, Tuple
 
-from localsgd_jax.models.base import unit_index  # pylint: disable=unused-import
+from localsgd_jax.models.base import unit_index
 
 Tree = Dict[str, Any]
 

@@ -18,8 +18,7 @@ from localsgd_jax import runs as runs_lib
 from localsgd_jax.aggregate import analyze
 from localsgd_jax.errors import UserError
 from localsgd_jax.errors import warn
-# MODES too: the report tabulates what `modes` defines.
-from localsgd_jax.modes import BASELINE, MODES, SAME_TIME  # pylint: disable=unused-import
+from localsgd_jax.modes import BASELINE, SAME_TIME
 from localsgd_jax.plots import PLOTS
 
 
@@ -342,7 +341,7 @@ def write_report(workdir: str, command: Optional[str] = None,
     this_device: this machine's accelerator, for a first report made by a
       redraw (the caller asks JAX; this module does not import it).
     writer: whether this process writes the files (one writer when several
-      processes share them: callers pass jax.process_index() == 0).
+      processes share them: callers pass distributed.is_primary()).
 
   Returns:
     The entries.

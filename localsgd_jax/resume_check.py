@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import ml_collections
 
 from localsgd_jax import checkpointing
+from localsgd_jax import metrics as metrics_lib
 from localsgd_jax.errors import UserError
 from localsgd_jax.errors import warn
 
@@ -156,14 +157,10 @@ def fingerprint_change(old: Dict[str, Any], new: Dict[str, Any]
 
 
 def read_json(path: str) -> Optional[Dict[str, Any]]:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except FileNotFoundError:
-    return None
-  except (OSError, ValueError) as e:
-    raise UserError(f'{path} cannot be read ({e}); restore it, or move it '
-                    'aside to resume without the check it serves.') from None
+  """A workdir record (config.json, run.json, summary.json), or None."""
+  return metrics_lib.read_json(
+      path, 'restore it, or move it aside to resume without the check it '
+      'serves')
 
 
 @dataclasses.dataclass

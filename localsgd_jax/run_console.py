@@ -4,14 +4,15 @@ Start-up and summary lines come from process 0 only (`say`); the epoch line
 from every process, as before the split (each host's log is complete).
 """
 import os
-import sys
 from typing import Any, Dict
 
 import jax
 import ml_collections
 import numpy as np
 
+from localsgd_jax import distributed
 from localsgd_jax import selection
+from localsgd_jax.errors import warn
 
 
 def print_epoch(row: Dict[str, Any], result, num_epochs: int) -> None:
@@ -31,7 +32,7 @@ def print_epoch(row: Dict[str, Any], result, num_epochs: int) -> None:
 
 def say(message: str) -> None:
   """A start-up or summary line, from process 0 only."""
-  if jax.process_index() == 0:
+  if distributed.is_primary():
     print(message, flush=True)
 
 
@@ -114,11 +115,10 @@ def announce_run(config: ml_collections.ConfigDict, model, state,
          '--workdir starts a new run.')
   elif start_epoch == 0:
     reason = selector.local_from_init()
-    if reason and jax.process_index() == 0:
-      print(f'warning: local learning from random initialization: {reason}; '
-            'the shipped configs train by SGD first (an SGD warm-up: '
-            '--config.selection.warmup_epochs=1, or a table starting 0:0).',
-            file=sys.stderr, flush=True)
+    if reason and distributed.is_primary():
+      warn(f'local learning from random initialization: {reason}; the '
+           'shipped configs train by SGD first (an SGD warm-up: '
+           '--config.selection.warmup_epochs=1, or a table starting 0:0).')
 
 
 def print_summary(summary: Dict[str, Any], rows, workdir: str,

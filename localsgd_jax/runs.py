@@ -10,7 +10,6 @@ seed's run is never paired as its folder's seed). A loaded run is a dict:
 No JAX here: a report can be redrawn anywhere.
 """
 import collections
-import json
 import os
 import re
 import shlex
@@ -19,7 +18,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from localsgd_jax import metrics as metrics_lib
-from localsgd_jax.errors import UserError
 from localsgd_jax.modes import MODES
 
 _SEED_DIR = re.compile(r'^seed_(\d+)$')
@@ -36,12 +34,8 @@ def run_dir(workdir: str, mode: str, seed: int) -> str:
 
 
 def read_json(path: str) -> Any:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except json.JSONDecodeError as e:
-    raise UserError(f'{path} is not valid JSON ({e}); delete it and run the '
-                    'comparison again') from None
+  """A run's JSON file (None if absent): `metrics.read_json`."""
+  return metrics_lib.read_json(path, 'delete it and run the comparison again')
 
 
 def other_seed(path: str, seed: int) -> Optional[Tuple[str, str]]:

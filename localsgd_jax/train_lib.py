@@ -20,16 +20,18 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from localsgd_jax import checkpointing
 from localsgd_jax import data
+from localsgd_jax import distributed
 from localsgd_jax import errors
 from localsgd_jax import flops as flops_lib
 from localsgd_jax import loop as loop_lib
 from localsgd_jax import metrics as metrics_lib
 from localsgd_jax import models
+from localsgd_jax import resume_check
 from localsgd_jax import run_console as console
 from localsgd_jax import selection
 from localsgd_jax import train_step as train_step_lib
 from localsgd_jax import workdir as workdir_lib
-# validate_config is also this module's API (tests, notebooks, benchmarks).
+from localsgd_jax import workdir_lock
 from localsgd_jax.config_validation import validate_config
 from localsgd_jax.config_validation import validate_eval_tta
 from localsgd_jax.errors import UserError
@@ -163,7 +165,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     The summary also written to `workdir/summary.json`.
   """
   validate_config(config)
-  workdir_lib.check_path(workdir)  # one-line errors; creates nothing yet
+  workdir_lock.check_path(workdir)  # one-line errors; creates nothing yet
   enable_compilation_cache(config.compile_cache_dir)
   with errors.signals_stop_the_run():
     parts = _build(config)
@@ -171,7 +173,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     # locked, and compared with the run it may hold (workdir.py).
     run = workdir_lib.open_run(
         workdir, config,
-        fingerprint=workdir_lib.data_fingerprint(parts.dataset),
+        fingerprint=resume_check.data_fingerprint(parts.dataset),
         steps_per_epoch=parts.steps_per_epoch, primary=parts.primary)
     failed = True
     try:
@@ -226,7 +228,7 @@ def _build(config: ml_collections.ConfigDict) -> _Parts:
       # count (the padding is masked out), so e.g. 500 works on 8 GPUs.
       eval_batch_size=-(-config.eval_batch_size // len(devices))
       * len(devices),
-      primary=jax.process_index() == 0)
+      primary=distributed.is_primary())
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str,

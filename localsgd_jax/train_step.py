@@ -353,6 +353,12 @@ def _abstract(leaf):
   return jax.ShapeDtypeStruct(np.shape(leaf), np.result_type(leaf))
 
 
+def program_key(k: int, hebbian: bool) -> Tuple[int, bool]:
+  """Which compiled step runs k local units with or without the Hebbian
+  pass: `StepCache`'s key. k = 0 has no local units, so no Hebbian pass."""
+  return (k, hebbian and k > 0)
+
+
 class StepCache:
   """One compiled executable per transition index, compiled once.
 
@@ -388,7 +394,7 @@ class StepCache:
 
   def get(self, k: int, state: TrainState, batch: Batch,
           hebbian: bool = True):
-    key = (k, hebbian and k > 0)  # k = 0 has no local units either way
+    key = program_key(k, hebbian)
     if key not in self.compiled:
       t0 = time.perf_counter()
       self.compiled[key] = self._jitted.lower(state, batch, *key).compile()

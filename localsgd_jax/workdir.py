@@ -3,22 +3,22 @@
 Besides the training outputs a workdir holds (process 0 writes them):
 
 * `config.json`: the resolved config of its run. On resume the new config
-  is compared with it (`check_resume`). A field that changes the result
+  is compared with it (`resume_check.py`). A field that changes the result
   (model, data, batch size, optimizer and schedule, epochs, selection, local
   rule, seed, dtype, ...) stops the run with a one-line error that lists the
   changes and the ways on: a new workdir, or, for changes that can continue
   the run, `config.resume_allow` naming them (the change is then recorded).
-  Fields that do not change the result (`RESULT_NEUTRAL`: evaluation batch
-  and cadence, logging, checkpointing, caches; the selection and local-rule
-  fields of a plain-SGD run) pass, and so do the data's location fields
-  (`DATA_LOCATION`) when the data itself is the same.
-* `run.json`: the data's fingerprint (`data_fingerprint`), the run it was
-  forked from (`config.init_from`: parent workdir and epoch) and each change
-  allowed on resume, with the epoch it took effect after.
-* `run.lock` while a run uses the workdir (`RunLock`): host, PID and start
-  time. A second run on the workdir stops with a one-line error; a lock left
-  by a run that died (same host and a dead PID, or no heartbeat for
-  `STALE_AFTER_S`) is reported and taken over.
+  Fields that do not change the result (`resume_check.RESULT_NEUTRAL`:
+  evaluation batch and cadence, logging, checkpointing, caches; the
+  selection and local-rule fields of a plain-SGD run) pass, and so do the
+  data's location fields (`DATA_LOCATION`) when the data itself is the same.
+* `run.json`: the data's fingerprint (`resume_check.data_fingerprint`),
+  the run it was forked from (`config.init_from`: parent workdir and epoch)
+  and each change allowed on resume, with the epoch it took effect after.
+* `run.lock` while a run uses the workdir (`workdir_lock.RunLock`): host,
+  PID and start time. A second run on the workdir stops with a one-line
+  error; a lock left by a run that died (same host and a dead PID, or no
+  heartbeat for `STALE_AFTER_S`) is reported and taken over.
 
 `open_run` does all of this before the first step, and only after the
 config and the data were checked: a bad command creates nothing.
@@ -35,14 +35,11 @@ from localsgd_jax import checkpointing
 from localsgd_jax import metrics as metrics_lib
 from localsgd_jax.errors import UserError
 from localsgd_jax.errors import warn
-# The workdir's parts, re-exported: the lock and the resume checks.
-from localsgd_jax.resume_check import (  # pylint: disable=unused-import
+from localsgd_jax.resume_check import (
     CONFIG_FILE, DATA_CONTENTS, DATA_LOCATION, FIXED, RECORD_FILE,
-    RESULT_NEUTRAL, SGD_NEUTRAL, SUMMARY_FILE, Change, Resume, as_dict,
-    check_resume, config_changes, data_fingerprint, fingerprint_change,
-    flatten, matches, read_json)
-from localsgd_jax.workdir_lock import (  # pylint: disable=unused-import
-    HEARTBEAT_S, LOCK_FILE, STALE_AFTER_S, RunLock, check_path, create, now)
+    SUMMARY_FILE, Resume, as_dict, check_resume, config_changes,
+    fingerprint_change, flatten, matches, read_json)
+from localsgd_jax.workdir_lock import RunLock, create, now
 
 
 # -------------------------------------------------------------------- forks

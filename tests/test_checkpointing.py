@@ -1,7 +1,6 @@
 """A damaged latest checkpoint: the newest good one restores, the damaged
 ones are moved aside (never deleted), and a one-line error when none is
 good."""
-import errno
 import gc
 import glob
 import json

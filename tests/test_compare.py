@@ -11,7 +11,11 @@ import pytest
 from configs import quickstart
 from localsgd_jax import aggregate
 from localsgd_jax import comparison
+from localsgd_jax import modes
+from localsgd_jax import plots
 from localsgd_jax import report
+from localsgd_jax import resume_check
+from localsgd_jax import runs
 from localsgd_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +30,7 @@ def _load(workdir):
 
 
 def _assert_pngs(workdir):
-  for name in report.PLOTS.values():
+  for name in plots.PLOTS.values():
     path = os.path.join(workdir, name)
     with open(path, 'rb') as f:
       head = f.read(8)
@@ -129,10 +133,10 @@ def test_aggregation_numbers_are_exact(synthetic):
 def _holds_seed(workdir, mode, folder_seed, seed, config=None):
   """Makes the run in `mode`'s folder of `folder_seed` one of `seed`: its
   config.json (`config`, or just the seed) and a checkpoint folder."""
-  path = comparison.run_dir(workdir, mode, folder_seed)
+  path = runs.run_dir(workdir, mode, folder_seed)
   os.makedirs(os.path.join(path, 'checkpoints', '1'), exist_ok=True)
   with open(os.path.join(path, 'config.json'), 'w') as f:
-    json.dump(comparison.workdir_lib.as_dict(comparison.mode_config(
+    json.dump(resume_check.as_dict(modes.mode_config(
         config, mode, seed)) if config else {'seed': seed}, f)
   return path
 
@@ -362,7 +366,7 @@ def test_report_with_budgets_and_without(tmp_path):
   workdir = str(tmp_path)
   for mode, by_seed in _frontier_runs().items():
     for seed, run in by_seed.items():
-      path = comparison.run_dir(workdir, mode, seed)
+      path = runs.run_dir(workdir, mode, seed)
       os.makedirs(path)
       with open(os.path.join(path, 'metrics.jsonl'), 'w') as f:
         f.writelines(json.dumps(r) + '\n' for r in run['rows'])
@@ -391,16 +395,16 @@ def test_report_with_budgets_and_without(tmp_path):
 
 
 def test_budgets_parse_to_fractional_run_lengths():
-  assert comparison.parse_budgets(['13', '8', '12.6', '8']) == [8, 12.6, 13]
+  assert modes.parse_budgets(['13', '8', '12.6', '8']) == [8, 12.6, 13]
   with pytest.raises(UserError, match='--sgd_budgets'):
-    comparison.parse_budgets(['0'])
-  cfg = comparison.mode_config(quickstart.get_config(), 'sgd', 0,
+    modes.parse_budgets(['0'])
+  cfg = modes.mode_config(quickstart.get_config(), 'sgd', 0,
                                epochs=12.6)
   assert (cfg.num_epochs, cfg.last_epoch_fraction) == (13, 0.6)
   # Fields derived from num_epochs follow the run's length.
   assert cfg.selection.warmup_epochs == 13 * 3 // 5
-  assert comparison.budget_mode(12.6) == 'sgd@12.6'
-  assert comparison.budget_mode(8.0) == 'sgd@8'
+  assert modes.budget_mode(12.6) == 'sgd@12.6'
+  assert modes.budget_mode(8.0) == 'sgd@8'
 
 
 def test_unknown_mode_lists_valid_ones(tmp_path):
@@ -412,7 +416,7 @@ def test_unknown_mode_lists_valid_ones(tmp_path):
 
 
 def test_modes_apply_their_overrides():
-  cfg = comparison.mode_config(quickstart.get_config(), 'freeze', seed=7)
+  cfg = modes.mode_config(quickstart.get_config(), 'freeze', seed=7)
   assert (cfg.selection.mode, cfg.selection.ramp, cfg.local.rule,
           cfg.seed) == ('static', 'cubic', 'frozen', 7)
 
@@ -452,7 +456,7 @@ def test_comparison_of_real_runs(compared):
   summaries = {}
   for mode in ('sgd', 'freeze'):
     for seed in (0, 1):
-      with open(os.path.join(comparison.run_dir(workdir, mode, seed),
+      with open(os.path.join(runs.run_dir(workdir, mode, seed),
                              'summary.json')) as f:
         summaries[mode, seed] = json.load(f)
       assert summaries[mode, seed]['config']['seed'] == seed
@@ -468,7 +472,7 @@ def test_comparison_of_real_runs(compared):
   md = open(os.path.join(workdir, 'comparison.md')).read()
   for mode in ('sgd', 'freeze'):
     assert f'| {mode} | 2 | ' in md
-  for name in report.PLOTS.values():
+  for name in plots.PLOTS.values():
     assert f']({name})' in md
 
 
@@ -494,7 +498,7 @@ def test_sgd_same_time_gets_the_matched_modes_cost(tmp_path):
   flops = {}
   for mode in ('sgd', 'static'):
     rows = [json.loads(line) for line in open(os.path.join(
-        comparison.run_dir(workdir, mode, 0), 'metrics.jsonl'))]
+        runs.run_dir(workdir, mode, 0), 'metrics.jsonl'))]
     steps = rows[0]['step']
     flops[mode] = sum(r['step_flops'] * steps for r in rows)
   assert match['cost_ratio'] == pytest.approx(flops['static'] / flops['sgd'])
@@ -507,7 +511,7 @@ def test_sgd_same_time_gets_the_matched_modes_cost(tmp_path):
   assert same['num_epochs'] == match['num_epochs'] and same['match'] == match
   assert same['train_epochs'] == pytest.approx(match['epochs'])
   rows = [json.loads(line) for line in open(os.path.join(
-      comparison.run_dir(workdir, 'sgd_same_time', 0), 'metrics.jsonl'))]
+      runs.run_dir(workdir, 'sgd_same_time', 0), 'metrics.jsonl'))]
   assert rows[-1]['step'] == match['steps']
   assert same['mean_transition'] == 0
 
@@ -527,7 +531,7 @@ def test_comparison_with_sgd_budgets(tmp_path):
   assert [(p['label'], p['epochs']) for p in frontier] == [
       ('sgd@1', 1.0), ('sgd@1.5', 1.5), ('sgd', 2.0)]
   rows = [json.loads(line) for line in open(os.path.join(
-      comparison.run_dir(workdir, 'sgd@1.5', 0), 'metrics.jsonl'))]
+      runs.run_dir(workdir, 'sgd@1.5', 0), 'metrics.jsonl'))]
   assert rows[-1]['step'] == round(1.5 * rows[0]['step'])
   assert [p['flops_mean'] for p in frontier] == pytest.approx(
       [frontier[2]['flops_mean'] * f for f in (0.5, 0.75, 1.0)])
@@ -551,7 +555,7 @@ def _compare_cli(*args):
 @pytest.mark.slow  # the fixture's runs, then a subprocess
 def test_report_only_cli_redraws(compared):
   workdir, entries = compared
-  for name in (*report.PLOTS.values(), 'comparison.md'):
+  for name in (*plots.PLOTS.values(), 'comparison.md'):
     os.remove(os.path.join(workdir, name))
   out = _compare_cli(f'--workdir={workdir}', '--report_only')
   assert out.returncode == 0, out.stderr
@@ -601,7 +605,7 @@ def test_rerun_skips_finished_runs_and_refuses_changed_ones(tmp_path,
                                                             monkeypatch):
   workdir = str(tmp_path)
   comparison.run_comparison(_small_config(), workdir, ['sgd'], 1)
-  summary = os.path.join(comparison.run_dir(workdir, 'sgd', 0),
+  summary = os.path.join(runs.run_dir(workdir, 'sgd', 0),
                          'summary.json')
   stamp = os.stat(summary).st_mtime_ns
   trained = []
@@ -679,8 +683,8 @@ def test_forks_share_the_sgd_warm_up(tmp_path):
   config.init_from = os.path.join(workdir, 'sgd', 'seed_{seed}') + ':1'
   comparison.run_comparison(config, workdir, ['static'], 2)
   for seed in (0, 1):
-    sgd = comparison.run_dir(workdir, 'sgd', seed)
-    static = comparison.run_dir(workdir, 'static', seed)
+    sgd = runs.run_dir(workdir, 'sgd', seed)
+    static = runs.run_dir(workdir, 'static', seed)
     with open(os.path.join(static, 'summary.json')) as f:
       fork = json.load(f)['fork']
     assert fork['parent'] == os.path.abspath(sgd) and fork['epoch'] == 1

@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 
+from localsgd_jax import config_validation
 from localsgd_jax import data
 from localsgd_jax import models
 from localsgd_jax import train_lib
@@ -26,7 +27,7 @@ def test_expected_configs_exist():
 @pytest.mark.parametrize('name', CONFIGS)
 def test_config_is_valid(name):
   config = importlib.import_module(f'configs.{name}').get_config()
-  train_lib.validate_config(config)
+  config_validation.validate_config(config)
   assert config.model.name in models.MODELS
   assert config.data.name in data.VALID_NAMES
   assert (importlib.import_module(f'configs.{name}').__doc__ or '').strip()
@@ -122,7 +123,7 @@ def test_eval_tta_is_validated_and_refused_without_flips(tmp_path):
   config = importlib.import_module('configs.quickstart').get_config()
   config.eval_tta = 'mirror'
   with pytest.raises(UserError, match='config.eval_tta=.mirror.'):
-    train_lib.validate_config(config)
+    config_validation.validate_config(config)
   config.eval_tta = 'flip'  # digits: trained without flips
   with pytest.raises(UserError, match='eval_tta=none') as e:
     train_lib.train_and_evaluate(config, str(tmp_path / 'run'))

@@ -20,8 +20,10 @@ import pytest
 from localsgd_jax import config_validation
 from localsgd_jax import data
 from localsgd_jax.data import dataset as dataset_lib
+from localsgd_jax.data import image_cache
 from localsgd_jax.data import image_decode
 from localsgd_jax.data import image_folder
+from localsgd_jax.data import image_scan
 from localsgd_jax.data import in_memory
 from localsgd_jax.data import sources
 from localsgd_jax.data import tfds_source
@@ -544,10 +546,10 @@ def test_folder_decode_matches_pil(tmp_path):
 
 def test_folder_parallel_decode_matches_serial(tmp_path):
   _write_folder(tmp_path, {'train': 5})
-  split = image_folder.scan_split(str(tmp_path), 'train')
-  serial = image_folder.decode_images(split.paths(), (5, 6, 3),
+  split = image_scan.scan_split(str(tmp_path), 'train')
+  serial = image_decode.decode_images(split.paths(), (5, 6, 3),
                                       num_workers=1)
-  parallel = image_folder.decode_images(split.paths(), (5, 6, 3),
+  parallel = image_decode.decode_images(split.paths(), (5, 6, 3),
                                         num_workers=2)
   np.testing.assert_array_equal(parallel, serial)
   # Errors from workers name the first bad file in load order.
@@ -556,7 +558,7 @@ def test_folder_parallel_decode_matches_serial(tmp_path):
   Image.fromarray(np.zeros((3, 3, 3), np.uint8)).save(
       tmp_path / 'train' / 'owl' / '01.png')
   with pytest.raises(UserError, match=r'dog/03\.png.* 3x3 .*6x5'):
-    image_folder.decode_images(split.paths(), (5, 6, 3), num_workers=2)
+    image_decode.decode_images(split.paths(), (5, 6, 3), num_workers=2)
 
 
 def _cache_files(tmp_path):
@@ -666,11 +668,11 @@ def test_folder_unwritable_cache_dir_warns_once(tmp_path, capsys):
 
 def test_folder_default_cache_dir(monkeypatch, tmp_path):
   monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
-  assert image_folder.default_cache_dir() == str(tmp_path / 'xdg' /
+  assert image_cache.default_cache_dir() == str(tmp_path / 'xdg' /
                                                  'localsgd_jax')
   monkeypatch.delenv('XDG_CACHE_HOME')
   monkeypatch.setenv('HOME', str(tmp_path / 'home'))
-  assert image_folder.default_cache_dir() == str(
+  assert image_cache.default_cache_dir() == str(
       tmp_path / 'home' / '.cache' / 'localsgd_jax')
 
 
@@ -1320,8 +1322,8 @@ def test_folder_rgb_conversion_of_every_mode(tmp_path):
   with Image.open(tmp_path / 'train' / 'cat' / 'cmyk.jpg') as image:
     assert image.mode == 'CMYK'
     cmyk = np.asarray(image).astype(np.int64)
-  split = image_folder.scan_split(str(tmp_path), 'train')
-  decoded = image_folder.decode_images(split.paths(), (6, 7, 3))
+  split = image_scan.scan_split(str(tmp_path), 'train')
+  decoded = image_decode.decode_images(split.paths(), (6, 7, 3))
   names = [os.path.basename(p) for p in split.paths()]
   assert sorted(names) == sorted(expected)
   for name, image in zip(names, decoded):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from localsgd_jax import config_validation
 from localsgd_jax import flops
 from localsgd_jax import metrics
 from localsgd_jax import models
@@ -179,17 +180,17 @@ def test_k_max_and_flop_share_together_are_refused():
   config.selection.k_max = 4
   with pytest.raises(UserError, match='k_max=4 and k_max_flop_share=0.6 '
                      'both set') as err:
-    train_lib.validate_config(config)
+    config_validation.validate_config(config)
   assert '\n' not in str(err.value)
   config.selection.k_max_flop_share = 0.0  # the fix the message names
-  train_lib.validate_config(config)
+  config_validation.validate_config(config)
 
 
 def test_flop_share_out_of_range_is_refused():
   config = cifar10_resnet.get_config()
   config.selection.k_max_flop_share = 1.0
   with pytest.raises(UserError, match='k_max_flop_share'):
-    train_lib.validate_config(config)
+    config_validation.validate_config(config)
 
 
 def test_a_run_uses_the_k_max_its_flop_share_gives(tmp_path, capsys):

@@ -9,6 +9,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import quickstart
+from localsgd_jax import config_validation
 from localsgd_jax import loop
 from localsgd_jax import optim
 from localsgd_jax import train_lib
@@ -54,9 +55,9 @@ def test_schedule_ends_at_the_last_step_of_a_fractional_run():
 
 def test_fraction_is_validated():
   with pytest.raises(UserError, match='last_epoch_fraction'):
-    train_lib.validate_config(_config(last_epoch_fraction=0.0))
+    config_validation.validate_config(_config(last_epoch_fraction=0.0))
   with pytest.raises(UserError, match='last_epoch_fraction'):
-    train_lib.validate_config(_config(last_epoch_fraction=1.5))
+    config_validation.validate_config(_config(last_epoch_fraction=1.5))
 
 
 def _rows(workdir):

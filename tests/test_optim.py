@@ -6,9 +6,9 @@ import pytest
 
 from configs import default
 from localsgd_jax import checkpointing
+from localsgd_jax import config_validation
 from localsgd_jax import models
 from localsgd_jax import optim
-from localsgd_jax import train_lib
 from localsgd_jax import train_step as ts
 from localsgd_jax.errors import UserError
 
@@ -66,7 +66,7 @@ def test_triangular_start_end_and_peak_are_configurable():
 ])
 def test_triangular_bad_fields_are_one_line_errors(fields, field):
   with pytest.raises(UserError, match=f'config.{field}=') as e:
-    train_lib.validate_config(_triangular(**fields))
+    config_validation.validate_config(_triangular(**fields))
   assert '\n' not in str(e.value)
 
 

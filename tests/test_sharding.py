@@ -24,8 +24,8 @@ from localsgd_jax import optim
 from localsgd_jax import partition
 from localsgd_jax import train_lib
 from localsgd_jax import train_step as ts
+from localsgd_jax.data import dataset as dataset_lib
 from localsgd_jax.data import in_memory
-from localsgd_jax.data import pipeline
 from localsgd_jax.data import streaming
 
 SHAPE = (16, 16, 1)
@@ -212,8 +212,8 @@ def _assert_rows_rebuild_global(monkeypatch, make_iter, batch_size):
 
 
 def test_process_rows_of_one_process_is_everything(mesh):
-  assert pipeline.process_rows(NamedSharding(mesh, P('data')), 16) is None
-  assert pipeline.process_rows(None, 16) is None
+  assert dataset_lib.process_rows(NamedSharding(mesh, P('data')), 16) is None
+  assert dataset_lib.process_rows(None, 16) is None
 
 
 def test_in_memory_train_batches_do_not_depend_on_the_sharding(digits, mesh):

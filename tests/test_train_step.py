@@ -12,6 +12,7 @@ from localsgd_jax import models
 from localsgd_jax import optim
 from localsgd_jax import partition
 from localsgd_jax import train_step as ts
+from localsgd_jax.models import base as models_base
 
 SHAPE = (16, 16, 1)
 
@@ -58,8 +59,8 @@ def test_partition_covers_every_parameter_once(name):
     got = [jax.tree_util.keystr(p) for t in (local, sgd) for p, _ in
            jax.tree_util.tree_leaves_with_path(t)]
     assert sorted(got) == sorted(leaves)  # every leaf exactly once
-    assert all(partition.unit_index(n) < k for n in local)
-    assert all(partition.unit_index(n) >= k for n in sgd)
+    assert all(models_base.unit_index(n) < k for n in local)
+    assert all(models_base.unit_index(n) >= k for n in sgd)
     assert partition.merge(local, sgd).keys() == params.keys()
 
 

@@ -18,9 +18,12 @@ import pytest
 from PIL import Image
 
 from configs import quickstart
+from localsgd_jax import config_validation
 from localsgd_jax import metrics as metrics_lib
+from localsgd_jax import resume_check
 from localsgd_jax import train_lib
 from localsgd_jax import workdir as workdir_lib
+from localsgd_jax import workdir_lock
 from localsgd_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -242,23 +245,23 @@ def test_workdir_without_saved_config_resumes_with_a_warning(run_copy,
 
 
 def test_config_changes_ignore_neutral_and_new_default_fields():
-  saved = workdir_lib.as_dict(_config())
-  new = workdir_lib.as_dict(_config(**{
+  saved = resume_check.as_dict(_config())
+  new = resume_check.as_dict(_config(**{
       'eval_batch_size': 7, 'log.progress': True, 'checkpoint.keep': 9,
       'data.cache_dir': '/elsewhere', 'resume_allow': 'seed'}))
-  assert workdir_lib.config_changes(saved, new) == []
+  assert resume_check.config_changes(saved, new) == []
   # Between plain-SGD runs the selection and local-rule fields do nothing.
   new['selection']['warmup_epochs'] = 5
   new['local']['rule'] = 'gha'
-  assert workdir_lib.config_changes(saved, new) == []
+  assert resume_check.config_changes(saved, new) == []
   new['selection']['mode'] = 'static'
-  assert [c.field for c in workdir_lib.config_changes(saved, new)] == [
+  assert [c.field for c in resume_check.config_changes(saved, new)] == [
       'local.rule', 'selection.mode', 'selection.warmup_epochs']
-  new = workdir_lib.as_dict(_config())
+  new = resume_check.as_dict(_config())
   del saved['init_from']  # a run from before the field existed
-  assert workdir_lib.config_changes(saved, new) == []
+  assert resume_check.config_changes(saved, new) == []
   new['init_from'] = 'x:1'
-  assert [c.field for c in workdir_lib.config_changes(saved, new)] == [
+  assert [c.field for c in resume_check.config_changes(saved, new)] == [
       'init_from']
 
 
@@ -395,7 +398,7 @@ def test_init_from_syntax():
     workdir_lib.parse_init_from('runs/{mode}:3', 0)
   with pytest.raises(UserError, match='no config field.*did you mean '
                      'num_epochs'):
-    train_lib.validate_config(_config(resume_allow='num_epoch'))
+    config_validation.validate_config(_config(resume_allow='num_epoch'))
 
 
 # ------------------------------------------------------------- the lock
@@ -444,10 +447,10 @@ def test_lock_from_another_host_goes_stale_by_age(tmp_path, capsys):
   workdir = str(tmp_path)
   _write_lock(workdir, host='elsewhere', pid=1)
   with pytest.raises(UserError, match='in use by another run'):
-    workdir_lib.RunLock(workdir).acquire()
-  old = time.time() - 2 * workdir_lib.STALE_AFTER_S
+    workdir_lock.RunLock(workdir).acquire()
+  old = time.time() - 2 * workdir_lock.STALE_AFTER_S
   os.utime(os.path.join(workdir, 'run.lock'), (old, old))
-  lock = workdir_lib.RunLock(workdir)
+  lock = workdir_lock.RunLock(workdir)
   lock.acquire()
   assert 'not touched for 30 min' in capsys.readouterr().err
   held = _json(lock.path)
@@ -462,7 +465,7 @@ def test_stale_lock_taken_over_by_two_runs_at_once(tmp_path, monkeypatch):
   A must put B's fresh lock back and stop, not take it."""
   workdir = str(tmp_path)
   _write_lock(workdir, host='elsewhere', pid=1)
-  old = time.time() - 2 * workdir_lib.STALE_AFTER_S
+  old = time.time() - 2 * workdir_lock.STALE_AFTER_S
   path = os.path.join(workdir, 'run.lock')
   os.utime(path, (old, old))
   rename = os.rename
@@ -475,13 +478,13 @@ def test_stale_lock_taken_over_by_two_runs_at_once(tmp_path, monkeypatch):
 
   monkeypatch.setattr(os, 'rename', other_run_first)
   with pytest.raises(UserError, match='in use by another run .host b-host'):
-    workdir_lib.RunLock(workdir).acquire()
+    workdir_lock.RunLock(workdir).acquire()
   assert _json(path)['host'] == 'b-host'
   assert os.listdir(workdir) == ['run.lock']  # nothing left aside
 
 
 def test_lock_heartbeat_keeps_it_fresh(tmp_path):
-  lock = workdir_lib.RunLock(str(tmp_path), heartbeat_s=0.05)
+  lock = workdir_lock.RunLock(str(tmp_path), heartbeat_s=0.05)
   lock.acquire()
   old = time.time() - 1000
   os.utime(lock.path, (old, old))

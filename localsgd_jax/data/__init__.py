@@ -11,12 +11,12 @@ train loop.
 """
 
 from localsgd_jax.data.dataset import Dataset
+from localsgd_jax.data.files import load_cifar_dir
+from localsgd_jax.data.files import load_digits_arrays
 from localsgd_jax.data.in_memory import InMemoryDataset
-from localsgd_jax.data.streaming import StreamingDataset
-from localsgd_jax.data.sources import load_cifar_dir
 from localsgd_jax.data.sources import load_dataset
-from localsgd_jax.data.sources import load_digits_arrays
 from localsgd_jax.data.sources import VALID_NAMES
+from localsgd_jax.data.streaming import StreamingDataset
 
 __all__ = [
     'Dataset',

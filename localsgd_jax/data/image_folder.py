@@ -26,15 +26,18 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-# The folder's parts, re-exported: scan, decode, cache.
-from localsgd_jax.data.image_cache import (  # pylint: disable=unused-import
-    CACHE_VERSION, cache_key, cache_path, cache_write_problem,
-    default_cache_dir, read_cache, warn_no_cache, write_cache)
-from localsgd_jax.data.image_decode import (  # pylint: disable=unused-import
-    decode_images, read_image_shape)
-from localsgd_jax.data.image_scan import (  # pylint: disable=unused-import
-    IMAGE_EXTENSIONS, FolderArrays, FolderSplit, check_same_classes,
-    scan_split)
+from localsgd_jax.data.image_cache import cache_path
+from localsgd_jax.data.image_cache import cache_write_problem
+from localsgd_jax.data.image_cache import default_cache_dir
+from localsgd_jax.data.image_cache import read_cache
+from localsgd_jax.data.image_cache import warn_no_cache
+from localsgd_jax.data.image_cache import write_cache
+from localsgd_jax.data.image_decode import decode_images
+from localsgd_jax.data.image_decode import read_image_shape
+from localsgd_jax.data.image_scan import FolderArrays
+from localsgd_jax.data.image_scan import FolderSplit
+from localsgd_jax.data.image_scan import check_same_classes
+from localsgd_jax.data.image_scan import scan_split
 
 
 def _decode_splits(splits: Sequence[FolderSplit],
@@ -53,36 +56,13 @@ def _decode_splits(splits: Sequence[FolderSplit],
   return np.split(images, ends[:-1])
 
 
-def load_split_images(split: FolderSplit, shape: Tuple[int, int, int],
-                      cache_dir: Optional[str], *,
-                      reference: Optional[str] = None) -> np.ndarray:
-  """The decoded images of `split`, from the cache when it is current.
-
-  A missing or stale cache is built; a corrupt one is rebuilt with a
-  warning; an unwritable `cache_dir` gives a warning and no cache.
-
-  Args:
-    split: from `scan_split`.
-    shape: (H, W, 3) every image must have.
-    cache_dir: cache folder; None or '' decodes without a cache.
-    reference: file named as having the expected size in size errors;
-      default the split's first file.
-
-  Returns:
-    uint8 (len(split.files), H, W, 3).
-
-  Raises:
-    UserError: an image is unreadable or has another size.
-  """
-  return _load_splits([split], shape, cache_dir, reference)[0]
-
-
 def load_splits(splits: Sequence[FolderSplit],
                 cache_dir: Optional[str] = '') -> List[np.ndarray]:
   """Decoded images of `splits`, all the size of splits[0]'s first image.
 
-  Like `load_split_images` for each split, with at most one warning about
-  an unwritable cache folder.
+  Each split comes from the cache when it is current; a missing or stale
+  cache is built, a damaged one rebuilt with a warning, and an unwritable
+  `cache_dir` gives one warning and no cache.
 
   Args:
     splits: from `scan_split`; the first sets the image size.
@@ -103,7 +83,7 @@ def load_splits(splits: Sequence[FolderSplit],
 def _load_splits(splits: Sequence[FolderSplit], shape: Tuple[int, int, int],
                  cache_dir: Optional[str], reference: Optional[str]
                  ) -> List[np.ndarray]:
-  """`load_split_images` of several splits, warning at most once."""
+  """`load_splits` with the image shape known."""
   paths = [cache_path(s, cache_dir) if cache_dir else None for s in splits]
   results = [read_cache(p, (len(s.files),) + tuple(shape)) if p else None
              for s, p in zip(splits, paths)]

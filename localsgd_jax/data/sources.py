@@ -31,11 +31,11 @@ import numpy as np
 
 from localsgd_jax.data import image_decode
 from localsgd_jax.data import image_folder
+from localsgd_jax.data import image_scan
 from localsgd_jax.data.dataset import Dataset
-# The readers by source, re-exported: files (digits, CIFAR pickles), tfds.
-from localsgd_jax.data.files import (  # pylint: disable=unused-import
-    CIFAR_LAYOUT, DIGITS_SPLIT_SEED, DIGITS_TEST_FRACTION, load_cifar_dir,
-    load_digits_arrays)
+from localsgd_jax.data.files import CIFAR_LAYOUT
+from localsgd_jax.data.files import load_cifar_dir
+from localsgd_jax.data.files import load_digits_arrays
 from localsgd_jax.data.in_memory import InMemoryDataset
 from localsgd_jax.data.per_class import select_per_class
 from localsgd_jax.data.streaming import StreamingDataset
@@ -284,14 +284,14 @@ def _load_image_folder(opts: _Options, seed: int) -> Dataset:
                     'images: set config.data.holdout_per_class.')
   # Both storages: empty class folders and class sets that differ between
   # the splits are errors (tf.data's ImageFolder would take the union).
-  splits = [image_folder.scan_split(opts.dir, 'train')]
+  splits = [image_scan.scan_split(opts.dir, 'train')]
   if use_eval:
-    splits.append(image_folder.scan_split(opts.dir, test_split))
-    image_folder.check_same_classes(splits[0], splits[1])
+    splits.append(image_scan.scan_split(opts.dir, test_split))
+    image_scan.check_same_classes(splits[0], splits[1])
   if opts.storage == 'stream':
     return _stream_image_folder(opts, seed, test_split, splits)
   if opts.storage == 'auto':
-    shape = image_folder.read_image_shape(splits[0].path(0))
+    shape = image_decode.read_image_shape(splits[0].path(0))
     count = sum(len(split.files) for split in splits)
     size_gb = count * int(np.prod(shape)) / 1e9
     if size_gb > opts.max_memory_gb:
@@ -309,7 +309,7 @@ def _load_image_folder(opts: _Options, seed: int) -> Dataset:
 
 
 def _stream_image_folder(opts: _Options, seed: int, test_split: str,
-                         folders: Sequence[image_folder.FolderSplit]
+                         folders: Sequence[image_scan.FolderSplit]
                          ) -> StreamingDataset:
   """An image folder read by tf.data every epoch (ImageNet-sized folders).
 

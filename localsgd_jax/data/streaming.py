@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from localsgd_jax.data.dataset import Batch, Dataset, EpochFeed
+from localsgd_jax.data.dataset import Dataset, EpochFeed
 from localsgd_jax.data.dataset import _place, _prefetch, epoch_key, normalize
 from localsgd_jax.data import tf_import
 from localsgd_jax.data.in_memory import cutout as cutout_batch
