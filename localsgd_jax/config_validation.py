@@ -68,7 +68,7 @@ def validate_run(config: ml_collections.ConfigDict) -> None:
 def validate_eval_tta(eval_tta: str, dataset) -> None:
   """Flip TTA only for data trained with flips (mirrored digits are not
   digits); checked once the dataset is built."""
-  if eval_tta != 'none' and not getattr(dataset, 'flip', False):
+  if eval_tta != 'none' and not dataset.flip:
     raise UserError(
         f'config.eval_tta={eval_tta!r} averages over mirrored images, but '
         f'{dataset.name} trains without horizontal flips (digits, or '

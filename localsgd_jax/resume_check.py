@@ -120,26 +120,6 @@ def config_changes(saved: Dict[str, Any], new: Dict[str, Any]
   return out
 
 
-def data_fingerprint(dataset) -> Dict[str, Any]:
-  """What identifies a dataset's contents: sizes, classes, shape, a hash."""
-  fp = {'name': dataset.name, 'num_train': dataset.num_train,
-        'num_eval': getattr(dataset, 'num_test', None),
-        'num_classes': dataset.num_classes,
-        'image_shape': list(dataset.image_shape),
-        'eval_split': getattr(dataset, 'eval_split', 'test')}
-  names = getattr(dataset, 'class_names', None)
-  if names:
-    fp['class_names'] = list(names)
-  digest = getattr(dataset, 'content_digest', None)
-  if callable(digest):
-    fp['storage'], fp['content'] = 'memory', digest()
-  else:
-    fp['storage'] = 'stream'
-    if getattr(dataset, 'files_digest', None):
-      fp['files'] = dataset.files_digest
-  return fp
-
-
 def fingerprint_change(old: Dict[str, Any], new: Dict[str, Any]
                         ) -> Optional[Change]:
   diff = []

@@ -49,7 +49,7 @@ def data_source(data_cfg: ml_collections.ConfigDict) -> str:
 
 def describe_data(dataset, seconds: float) -> str:
   shape = 'x'.join(str(s) for s in dataset.image_shape)
-  eval_split = getattr(dataset, 'eval_split', 'test')
+  eval_split = dataset.eval_split
   return (f'Data: {dataset.num_train} training images, {dataset.num_test} '
           f'{eval_split} images ({shape}, {dataset.num_classes} classes) in '
           f'{seconds:.1f}s')

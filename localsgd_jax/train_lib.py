@@ -26,7 +26,6 @@ from localsgd_jax import flops as flops_lib
 from localsgd_jax import loop as loop_lib
 from localsgd_jax import metrics as metrics_lib
 from localsgd_jax import models
-from localsgd_jax import resume_check
 from localsgd_jax import run_console as console
 from localsgd_jax import selection
 from localsgd_jax import train_step as train_step_lib
@@ -64,7 +63,7 @@ def evaluate(eval_step, state, dataset, batch_size: int, sharding) -> Dict:
   count = max(float(totals['count']), 1.0)
   out = {'eval_accuracy': float(totals['correct']) / count,
          'eval_loss': float(totals['loss_sum']) / count,
-         'eval_split': getattr(dataset, 'eval_split', 'test')}
+         'eval_split': dataset.eval_split}
   if 'tta_correct' in totals:
     out['eval_accuracy_tta'] = float(totals['tta_correct']) / count
     out['eval_loss_tta'] = float(totals['tta_loss_sum']) / count
@@ -173,7 +172,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     # locked, and compared with the run it may hold (workdir.py).
     run = workdir_lib.open_run(
         workdir, config,
-        fingerprint=resume_check.data_fingerprint(parts.dataset),
+        fingerprint=parts.dataset.fingerprint(),
         steps_per_epoch=parts.steps_per_epoch, primary=parts.primary)
     failed = True
     try:
@@ -255,7 +254,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
     checkpointer.close()
     writer.close()
   summary = metrics_lib.run_summary(
-      rows, eval_split=getattr(parts.dataset, 'eval_split', 'test'),
+      rows, eval_split=parts.dataset.eval_split,
       **metrics_lib.local_summary(rows),  # filter changes, ws factor
       total_time_s=clock['elapsed_s'],
       compile_time_s=clock['compile_time_s'],

@@ -12,7 +12,7 @@ Besides the training outputs a workdir holds (process 0 writes them):
   evaluation batch and cadence, logging, checkpointing, caches; the
   selection and local-rule fields of a plain-SGD run) pass, and so do the
   data's location fields (`DATA_LOCATION`) when the data itself is the same.
-* `run.json`: the data's fingerprint (`resume_check.data_fingerprint`),
+* `run.json`: the data's fingerprint (`Dataset.fingerprint`),
   the run it was forked from (`config.init_from`: parent workdir and epoch)
   and each change allowed on resume, with the epoch it took effect after.
 * `run.lock` while a run uses the workdir (`workdir_lock.RunLock`): host,

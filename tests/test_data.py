@@ -796,6 +796,29 @@ def test_streamed_folder_checks_its_classes_too(tmp_path):
     data.load_dataset(_folder_cfg(root, tmp_path, storage='stream'), seed=0)
 
 
+def test_dataset_declares_its_identity(tmp_path):
+  # What a workdir's run.json records and a resume compares.
+  root = tmp_path / 'data'
+  _write_folder(root, {'train': 3, 'val': 2})
+  ds = data.load_dataset(_folder_cfg(root, tmp_path), seed=0)
+  assert ds.fingerprint() == {
+      'name': 'image_folder', 'num_train': 9, 'num_eval': 6,
+      'num_classes': 3, 'image_shape': [5, 6, 3], 'eval_split': 'val',
+      'class_names': ['cat', 'dog', 'owl'], 'storage': 'memory',
+      'content': ds.content_digest()}
+  again = data.load_dataset(_folder_cfg(root, tmp_path), seed=1)
+  assert again.fingerprint() == ds.fingerprint()  # the seed is no data
+  path = root / 'train' / 'dog' / '01.png'
+  Image.fromarray(np.full((5, 6, 3), 7, np.uint8)).save(path)
+  stat = path.stat()
+  os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+  changed = data.load_dataset(_folder_cfg(root, tmp_path), seed=0)
+  assert changed.fingerprint()['content'] != ds.fingerprint()['content']
+  digits = data.load_dataset(_cfg(), seed=0)
+  assert digits.eval_split == 'test' and digits.class_names is None
+  assert 'class_names' not in digits.fingerprint()
+
+
 def test_folder_auto_storage_small_is_in_memory(tmp_path):
   root = tmp_path / 'data'
   written = _write_folder(root, {'train': 3, 'val': 2})

@@ -39,7 +39,7 @@ batch equals the one a single process would build.
 import abc
 import collections
 import itertools
-from typing import Any, Iterator, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Iterator, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -179,6 +179,10 @@ class Dataset(abc.ABC):
     flip: whether training batches are randomly flipped horizontally.
     mean: float32 (C,) per-channel mean used to normalize, in 0..255 units.
     std: float32 (C,) per-channel std used to normalize, in 0..255 units.
+    eval_split: what the evaluation batches come from: 'test', 'val',
+      'validation' or 'holdout' (set by the constructors).
+    class_names: the label names where the data has them (folders), else
+      None.
   """
 
   name: str
@@ -189,6 +193,25 @@ class Dataset(abc.ABC):
   flip: bool
   mean: np.ndarray
   std: np.ndarray
+  eval_split: str = 'test'
+  class_names: Optional[Tuple[str, ...]] = None
+
+  def fingerprint(self) -> Dict[str, Any]:
+    """What identifies the data (a workdir's run.json): its name, sizes,
+    classes, image shape, eval split and storage, and a hash of its contents
+    where one can be had (`_contents`). A resume or a fork compares it."""
+    fp = {'name': self.name, 'num_train': self.num_train,
+          'num_eval': self.num_test, 'num_classes': self.num_classes,
+          'image_shape': list(self.image_shape),
+          'eval_split': self.eval_split}
+    if self.class_names:
+      fp['class_names'] = list(self.class_names)
+    return {**fp, **self._contents()}
+
+  @abc.abstractmethod
+  def _contents(self) -> Dict[str, Any]:
+    """{'storage': 'memory' or 'stream', and a hash of the data: 'content'
+    (the pixels) or 'files' (the file list), where there is one}."""
 
   def steps_per_epoch(self, batch_size: int) -> int:
     """Training steps per epoch; the last partial batch is dropped.

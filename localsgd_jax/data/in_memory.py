@@ -10,7 +10,7 @@ import dataclasses
 import functools
 import hashlib
 import math
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -320,7 +320,9 @@ class InMemoryDataset(Dataset):
                augment: bool, crop_padding: int, flip: bool,
                augmentation: str = 'auto',
                rrc_scale: Tuple[float, float] = (0.35, 1.0),
-               train_size: int = 0, cutout: int = 0):
+               train_size: int = 0, cutout: int = 0,
+               eval_split: str = 'test',
+               class_names: Optional[Sequence[str]] = None):
     """Puts the data on the device.
 
     Args:
@@ -341,6 +343,8 @@ class InMemoryDataset(Dataset):
         stored images' size.
       cutout: side of the square cut out of each training image, in pixels
         of the training image; 0 = none.
+      eval_split: what the test arrays are (`Dataset.eval_split`).
+      class_names: the label names, if the data has them.
 
     Raises:
       UserError: a cutout larger than the training images.
@@ -349,6 +353,8 @@ class InMemoryDataset(Dataset):
       raise ValueError('images must be uint8')
     self.name = name
     self.num_classes = int(num_classes)
+    self.eval_split = eval_split
+    self.class_names = tuple(class_names) if class_names is not None else None
     stored = tuple(int(d) for d in train_images.shape[1:])
     size = ((int(train_size), int(train_size)) if train_size
             else stored[:2])  # (H, W) of the batches
@@ -384,6 +390,9 @@ class InMemoryDataset(Dataset):
     self._placed = {}
     self._test_images = jax.device_put(test_images)
     self._test_labels = jax.device_put(test_labels.astype(np.int32))
+
+  def _contents(self) -> Dict[str, Any]:
+    return {'storage': 'memory', 'content': self.content_digest()}
 
   def content_digest(self, max_bytes: int = 1 << 26) -> str:
     """A hash of the data: every label, and the pixels of every image (of

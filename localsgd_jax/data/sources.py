@@ -184,16 +184,13 @@ def _in_memory(name: str, arrays: Tuple[Optional[np.ndarray], ...],
     eval_split = 'holdout'
   if train_idx is not None:
     x_train, y_train = x_train[train_idx], y_train[train_idx]
-  dataset = InMemoryDataset(
+  return InMemoryDataset(
       name=name, train_images=x_train, train_labels=y_train,
       test_images=x_test, test_labels=y_test, num_classes=num_classes,
       seed=seed, augment=opts.augment, crop_padding=opts.crop_padding,
       flip=flip, augmentation=opts.augmentation, rrc_scale=opts.rrc_scale,
-      train_size=opts.train_size, cutout=opts.cutout)
-  dataset.eval_split = eval_split
-  if class_names is not None:
-    dataset.class_names = tuple(class_names)
-  return dataset
+      train_size=opts.train_size, cutout=opts.cutout, eval_split=eval_split,
+      class_names=class_names)
 
 
 def _load_digits(opts: _Options, seed: int) -> InMemoryDataset:
@@ -215,16 +212,15 @@ def _load_imagenet(opts: _Options, seed: int) -> StreamingDataset:
   if 'train' not in splits or 'validation' not in splits:
     raise UserError('tensorflow-datasets reports no train/validation splits '
                     'for imagenet2012: it is not fully prepared. ' + help_text)
-  dataset = StreamingDataset(
+  return StreamingDataset(
       name='imagenet2012', read=tfds_reader(builder, shuffle_files=True),
       train_split='train', test_split='validation',
       num_train=splits['train'].num_examples,
       num_test=splits['validation'].num_examples,
       num_classes=builder.info.features['label'].num_classes,
       seed=seed, flip=True, shuffle_buffer=opts.shuffle_buffer,
-      **_streaming_augmentation(opts, 'imagenet2012'))
-  dataset.eval_split = 'validation'
-  return dataset
+      **_streaming_augmentation(opts, 'imagenet2012'),
+      eval_split='validation')
 
 
 def _streaming_augmentation(opts: _Options, what: str) -> dict:
@@ -314,7 +310,7 @@ def _stream_image_folder(opts: _Options, seed: int, test_split: str,
   """An image folder read by tf.data every epoch (ImageNet-sized folders).
 
   `folders` (train, eval) were scanned and checked by the caller; their
-  file lists name the data in `dataset.files_digest`.
+  file lists name the data (`files_digest`).
   """
   _, tfds = _import_tf()
   builder = tfds.ImageFolder(opts.dir)
@@ -328,9 +324,12 @@ def _stream_image_folder(opts: _Options, seed: int, test_split: str,
                       + _FOLDER_LAYOUT)
   names = builder.info.features['label'].names
   by_name = {folder.name: folder for folder in folders}
+  digest = hashlib.blake2b(digest_size=16)
+  for folder in folders:
+    digest.update('\n'.join(folder.files).encode('utf-8', 'surrogateescape'))
   # ImageFolder's own file shuffle is unseeded; the seeded tf.data shuffle
   # in streaming.py is the only one, so that epochs are reproducible.
-  dataset = StreamingDataset(
+  return StreamingDataset(
       name='image_folder', read=tfds_reader(builder, shuffle_files=False),
       train_split='train', test_split=test_split,
       num_train=counts['train'], num_test=counts[test_split],
@@ -338,11 +337,6 @@ def _stream_image_folder(opts: _Options, seed: int, test_split: str,
       shuffle_buffer=opts.shuffle_buffer,
       **_streaming_augmentation(opts, f'{opts.dir!r} streams'),
       find_unreadable=lambda split: image_decode.find_unreadable(
-          by_name[split].paths()) if split in by_name else None)
-  dataset.class_names = tuple(names)
-  dataset.eval_split = test_split
-  digest = hashlib.blake2b(digest_size=16)
-  for folder in folders:
-    digest.update('\n'.join(folder.files).encode('utf-8', 'surrogateescape'))
-  dataset.files_digest = digest.hexdigest()
-  return dataset
+          by_name[split].paths()) if split in by_name else None,
+      eval_split=test_split, class_names=names,
+      files_digest=digest.hexdigest())

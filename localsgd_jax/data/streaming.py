@@ -7,7 +7,7 @@ interface and the multi-process rules). TensorFlow comes from
 `tf_import.py`, the one place that imports it.
 """
 import itertools
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -76,7 +76,10 @@ class StreamingDataset(Dataset):
                mean: Tuple[float, ...] = IMAGENET_MEAN,
                std: Tuple[float, ...] = IMAGENET_STD,
                find_unreadable: Optional[
-                   Callable[[str], Optional[UserError]]] = None):
+                   Callable[[str], Optional[UserError]]] = None,
+               eval_split: str = 'test',
+               class_names: Optional[Sequence[str]] = None,
+               files_digest: Optional[str] = None):
     """Describes the pipeline; nothing is read until batches are requested.
 
     Args:
@@ -102,8 +105,15 @@ class StreamingDataset(Dataset):
       find_unreadable: split -> the error naming its first file that cannot
         be decoded (None if all can); called when tf.data fails to decode,
         since TensorFlow's error does not name the file.
+      eval_split: what `test_split` is (`Dataset.eval_split`).
+      class_names: the label names, if the data has them.
+      files_digest: a hash of the file list, if there is one (folders): the
+        data's identity in `fingerprint`.
     """
     self.name = name
+    self.eval_split = eval_split
+    self.class_names = tuple(class_names) if class_names is not None else None
+    self.files_digest = files_digest
     self._read = read
     self._train_split = train_split
     self._test_split = test_split
@@ -121,6 +131,10 @@ class StreamingDataset(Dataset):
     self.mean = np.asarray(mean, np.float32)
     self.std = np.asarray(std, np.float32)
     self._find_unreadable = find_unreadable
+
+  def _contents(self) -> Dict[str, Any]:
+    return {'storage': 'stream',
+            **({'files': self.files_digest} if self.files_digest else {})}
 
   def _decode_crop(self, image_bytes, crop_window):
     """Decodes only the crop of JPEGs; other formats decode then slice.
