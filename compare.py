@@ -59,6 +59,7 @@ def main(config):
   from localsgd_jax import comparison
   from localsgd_jax import distributed
   from localsgd_jax import report
+  from localsgd_jax import report_md
   if _REPORT_ONLY.value:
     # The runs' own command line stays in the report, not this redraw's.
     entries = report.write_report(
@@ -72,7 +73,7 @@ def main(config):
         match_mode=_MATCH_MODE.value, match_cost=_MATCH_COST.value,
         target=_TARGET.value, target_drop=_TARGET_DROP.value,
         sgd_budgets=_SGD_BUDGETS.value)
-  print(report.headline_table(entries))
+  print(report_md.headline_table(entries))
   print(f'Report (details and plots): '
         f'{os.path.join(_WORKDIR.value, "comparison.md")}')
 

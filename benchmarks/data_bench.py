@@ -12,7 +12,7 @@ folder) and removed at the end:
 * dataset: `load_dataset` from the warm cache, as a training run sees it
   (adds the channel statistics and the copy to the default JAX device);
 * augment: one training batch (--batch_size) built by the jitted
-  `in_memory.make_batch` with each augmentation (none, pad_crop,
+  `augment.make_batch` with each augmentation (none, pad_crop,
   random_resized_crop, each + cutout), on the default JAX device: compile
   time apart, then the median of --repeats timed batches.
 
@@ -54,22 +54,23 @@ def _augment_phase(root: str, cache_dir: str, batch_size: int,
   """Times one batch of each augmentation; prints one JSON line each."""
   # pylint: disable=g-import-not-at-top
   import jax
-  import ml_collections
   import numpy as np
   from localsgd_jax import data
-  from localsgd_jax.data import in_memory
+  from localsgd_jax.configs import default
+  from localsgd_jax.data import augment
   # pylint: enable=g-import-not-at-top
-  dataset = data.load_dataset(ml_collections.ConfigDict(dict(
-      name='image_folder', dir=root, cache_dir=cache_dir)), seed=0)
+  cfg = default.get_config().data
+  cfg.update(dict(name='image_folder', dir=root, cache_dir=cache_dir))
+  dataset = data.load_dataset(cfg, seed=0)
   arrays = dataset._arrays_on(None)  # pylint: disable=protected-access
   idx = jax.numpy.arange(batch_size, dtype=np.int32) % dataset.num_train
   side = min(dataset.image_shape[:2])
   cutout = max(1, side * 3 // 8)  # airbench's 12 of 32 pixels
   for crop in ('none', 'pad_crop', 'random_resized_crop'):
     for cut in (0, cutout):
-      aug = in_memory.Augmentation(crop=crop, crop_padding=4, flip=True,
+      aug = augment.Augmentation(crop=crop, crop_padding=4, flip=True,
                                    cutout=cut)
-      build = lambda step, aug=aug: in_memory.make_batch(
+      build = lambda step, aug=aug: augment.make_batch(
           arrays['images'], arrays['labels'], idx,
           jax.random.fold_in(jax.random.key(0), step), arrays['mean'],
           arrays['inv_std'], augmentation=aug)[0].block_until_ready()
@@ -98,10 +99,13 @@ def _phase(phase: str, root: str, cache_dir: str) -> None:
   cpu_start = _cpu_s()
   start = time.perf_counter()
   if phase == 'dataset':
-    import ml_collections  # pylint: disable=g-import-not-at-top
-    from localsgd_jax import data  # pylint: disable=g-import-not-at-top
-    dataset = data.load_dataset(ml_collections.ConfigDict(dict(
-        name='image_folder', dir=root, cache_dir=cache_dir)), seed=0)
+    # pylint: disable=g-import-not-at-top
+    from localsgd_jax import data
+    from localsgd_jax.configs import default
+    # pylint: enable=g-import-not-at-top
+    cfg = default.get_config().data
+    cfg.update(dict(name='image_folder', dir=root, cache_dir=cache_dir))
+    dataset = data.load_dataset(cfg, seed=0)
     images = dataset.num_train + dataset.num_test
     kind = type(dataset).__name__
   else:

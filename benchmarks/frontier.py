@@ -58,6 +58,7 @@ from localsgd_jax import modes as modes_lib
 from localsgd_jax import plots
 from localsgd_jax import report
 from localsgd_jax import resume_check
+from localsgd_jax import run_stats
 from localsgd_jax import runs as runs_lib
 from localsgd_jax import train_lib
 from localsgd_jax import workdir as workdir_lib
@@ -226,7 +227,7 @@ def recipe_stage(config, workdir: str, run, seeds: List[int],
         accs.append(run(cfg, runs_lib.run_dir(workdir, name, seed))
                     ['final_eval_accuracy'])
       results[name] = {'lr_scale': scale, 'cutout': cutout,
-                       'holdout_accuracy': aggregate.mean(accs)}
+                       'holdout_accuracy': run_stats.mean(accs)}
   given = f'recipe_lr{lr_scales[0]:g}x_cutout{cutouts[0]}'
   best = max(results, key=lambda n: (results[n]['holdout_accuracy'],
                                      n == given))

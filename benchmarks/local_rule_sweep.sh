@@ -94,7 +94,7 @@ python compare.py "${common[@]}" --report_only --workdir="$OUT"
 python - "$OUT" <<'EOF'
 import sys
 import numpy as np
-from localsgd_jax import aggregate, runs
+from localsgd_jax import run_stats, runs
 by_variant = runs.load_runs(sys.argv[1])
 
 
@@ -120,7 +120,7 @@ print('\nvariant minus frozen, final hold-out accuracy (points), paired '
       'seeds;\nper local unit (seed mean): filter angle since the local '
       'phase began (rad), ||dW||/||W||; ws<1: weak supervision:')
 for name, by_seed in by_variant.items():
-  d = aggregate.paired_difference(by_seed, by_variant['frozen'])
+  d = run_stats.paired_difference(by_seed, by_variant['frozen'])
   ci = 'n/a' if d['ci95'] is None else f'{100 * d["ci95"]:.2f}'
   print(f'  {name:16s} {100 * d["mean"]:+.2f} (per seed '
         f'{", ".join(f"{100 * x:+.2f}" for x in d["diffs"])}; 95% CI '

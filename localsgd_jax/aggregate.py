@@ -4,13 +4,15 @@ Accuracy over seeds (mean, std, paired difference from sgd with its 95%
 interval), measured and robust times and their speedups over sgd,
 time-to-accuracy, and, with SGD trained at several budgets (`sgd@B` runs),
 SGD's accuracy-cost frontier and each mode's iso-accuracy speed-up against
-it (`frontier`, `vs_frontier`). Numbers only: `report` renders them.
+it (`frontier`, `vs_frontier`), from the run measures of `run_stats`.
+Numbers only: `report` renders them.
 """
 import math
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from localsgd_jax import run_stats as stats
 from localsgd_jax import runs as runs_lib
 from localsgd_jax.modes import BASELINE, MODES, SAME_TIME
 from localsgd_jax.modes import parse_budget_mode
@@ -20,129 +22,6 @@ from localsgd_jax.modes import parse_budget_mode
 COSTS = ('time', 'flops')
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
-
-# Two-sided 95% quantiles of Student's t by degrees of freedom (n - 1).
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447,
-        7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086,
-        30: 2.042}
-
-
-def mean(values: Sequence[float]) -> Optional[float]:
-  return float(np.mean(values)) if len(values) else None
-
-
-def _std(values: Sequence[float]) -> Optional[float]:
-  # Sample std over seeds; a single run has no spread to estimate.
-  if len(values) < 2:
-    return None
-  return float(np.std(values, ddof=1))
-
-
-def _field(runs, field: str) -> List[float]:
-  """`field` pooled over every epoch of every run, where it is present."""
-  return [r[field] for run in runs for r in run['rows']
-          if r.get(field) is not None]
-
-
-def _ratio(num: Optional[float], den: Optional[float]) -> Optional[float]:
-  if num is None or den is None or den <= 0:
-    return None
-  return num / den
-
-
-def _time_to_target(run: Dict[str, Any], median_train: Dict[tuple, float],
-                    target: float) -> Optional[float]:
-  """Robust training time until the run's eval accuracy first reaches
-  `target`, or None if it never does."""
-  elapsed = 0.0
-  for r, steps in zip(run['rows'], runs_lib.row_steps(run)):
-    elapsed += median_train[runs_lib.epoch_kind(run, r)] * steps
-    if r.get('eval_accuracy') is not None and r['eval_accuracy'] >= target:
-      return elapsed
-  return None
-
-
-def _ci95(values: Sequence[float]) -> Optional[float]:
-  """Half-width of the 95% confidence interval of the mean (Student's t)."""
-  n = len(values)
-  if n < 2:
-    return None
-  dof = max(d for d in _T95 if d <= n - 1)
-  t = _T95[dof] if n - 1 <= 30 else 1.96
-  return t * float(np.std(values, ddof=1)) / math.sqrt(n)
-
-
-def paired_difference(by_seed: Dict[int, Dict[str, Any]],
-                      reference: Dict[int, Dict[str, Any]]) -> Dict[str, Any]:
-  """Final accuracy of `by_seed`'s runs minus `reference`'s, paired by seed
-  (the same seed: the same init and data order, so the per-seed difference
-  cancels most of the seed-to-seed spread): mean, std, 95% half-width."""
-  seeds = sorted(set(by_seed) & set(reference))
-  diffs = [_final_acc(by_seed[s]) - _final_acc(reference[s]) for s in seeds]
-  return {'seeds': seeds, 'diffs': diffs, 'mean': mean(diffs),
-          'std': _std(diffs), 'ci95': _ci95(diffs)}
-
-
-def _final_acc(run):
-  return run['summary']['final_eval_accuracy']
-
-
-def _train_time(run):
-  return sum(r.get('epoch_time_s', 0.0) for r in run['rows'])
-
-
-class _Timing:
-  """The comparison-wide medians every mode's times are rebuilt from.
-
-  A shared machine can slow a whole run down for minutes (2.5x has been
-  seen on a 2-core VM). The robust time gives every epoch the median
-  training time per step of all the comparison's epochs of its kind, times
-  its steps (a partial last epoch pools with whole ones), and every
-  evaluation the median evaluation time. Compile time is left out: with the
-  persistent compilation cache the first run of a comparison pays for the
-  programs the others load (`end_to_end` adds it back as measured).
-  """
-
-  def __init__(self, runs_by_mode):
-    self.median_train = runs_lib.median_epoch_times(runs_by_mode,
-                                                    'epoch_time_s')
-    evals = [r.get('eval_time_s', 0.0) for by_seed in runs_by_mode.values()
-             for run in by_seed.values() for r in run['rows']
-             if r.get('eval_accuracy') is not None]
-    self.median_eval = float(np.median(evals)) if evals else 0.0
-
-  def train(self, run) -> float:
-    """Robust training time: the steps only (the frontier's cost)."""
-    return runs_lib.rebuilt_time(run, self.median_train)
-
-  def robust(self, run) -> float:
-    """Robust training + evaluation time."""
-    evaluated = sum(r.get('eval_accuracy') is not None for r in run['rows'])
-    return self.train(run) + self.median_eval * evaluated
-
-  def end_to_end(self, run) -> float:
-    """Robust time plus the run's compile time as measured."""
-    return self.robust(run) + run['summary'].get('compile_time_s', 0.0)
-
-  def to_target(self, run, target) -> Optional[float]:
-    return _time_to_target(run, self.median_train, target)
-
-
-class _Targets:
-  """The time-to-accuracy target of each seed: `target` for every seed
-  when given; else, paired like Δ, the same seed's sgd final accuracy minus
-  `drop` (a seed whose sgd run ends low is not held to the other seeds'
-  level, which its own sgd run might never reach), and for a seed without
-  an sgd run their mean (`default`)."""
-
-  def __init__(self, base, target: Optional[float], drop: float):
-    self.by_seed = {} if target is not None else {
-        seed: _final_acc(run) - drop for seed, run in base.items()}
-    self.default = (target if target is not None
-                    else mean(list(self.by_seed.values())))
-
-  def __call__(self, seed: int) -> Optional[float]:
-    return self.by_seed.get(seed, self.default)
 
 
 def analyze(runs_by_mode: Dict[str, Dict[int, Dict[str, Any]]],
@@ -161,21 +40,33 @@ def analyze(runs_by_mode: Dict[str, Dict[int, Dict[str, Any]]],
 
   Returns:
     (entries, frontier): one entry per mode, in the order of
-    `runs_by_mode`, the `sgd@B` budget runs left out (see
-    `report.write_report`); `frontier(...)`'s points, None without budget
-    runs (each entry's 'vs_frontier' is then None too).
+    `runs_by_mode`, the `sgd@B` budget runs left out; `frontier(...)`'s
+    points, None without budget runs (each entry's 'vs_frontier' is then
+    None too). An entry holds: mode, seeds, num_runs,
+    eval_accuracy_mean/_std, best_eval_accuracy_mean,
+    accuracy_diff_vs_sgd_mean/_std (paired by seed; None without sgd runs),
+    total_time_s_mean, speedup_vs_sgd, train_time_s_mean,
+    train_speedup_vs_sgd, robust_time_s_mean, robust_speedup_vs_sgd (from
+    the median epoch time of each kind of epoch), local_flop_fraction_mean,
+    peak_temp_bytes and mean_transition (None where the runs did not record
+    the field); robust_train_time_s_mean (the frontier's cost), flops_mean,
+    end_to_end_time_s_mean (robust time + compile time as measured),
+    compile_cache_requests/_hits; time_to_target_s_mean and tta_speedup;
+    and with budget runs 'vs_frontier' ({'time': ..., 'flops': ...}, see
+    `vs_frontier`) and iso_accuracy_speedup (its time speed-up).
   """
   base = runs_by_mode.get(BASELINE, {})
-  timing = _Timing(runs_by_mode)
-  targets = _Targets(base, target, target_drop)
+  timing = stats.Timing(runs_by_mode)
+  targets = stats.Targets(base, target, target_drop)
   tta_base = None
   if targets.default is not None and base:
     times = [timing.to_target(r, targets(s)) for s, r in base.items()]
-    tta_base = mean(times) if None not in times else None
+    tta_base = stats.mean(times) if None not in times else None
   base_means = {
-      'total': mean([r['summary']['total_time_s'] for r in base.values()]),
-      'train': mean([_train_time(r) for r in base.values()]),
-      'robust': mean([timing.robust(r) for r in base.values()]),
+      'total': stats.mean([r['summary']['total_time_s']
+                           for r in base.values()]),
+      'train': stats.mean([stats.train_time(r) for r in base.values()]),
+      'robust': stats.mean([timing.robust(r) for r in base.values()]),
   }
   points = frontier(runs_by_mode, timing)
   entries = []
@@ -196,12 +87,12 @@ def _entry(mode, by_seed, base, base_means, timing, targets, tta_base
            ) -> Dict[str, Any]:
   """One mode's entry; `base` holds sgd's runs by seed."""
   runs = list(by_seed.values())
-  accs = [_final_acc(r) for r in runs]
+  accs = [stats.final_acc(r) for r in runs]
   times = [r['summary']['total_time_s'] for r in runs]
-  train_times = [_train_time(r) for r in runs]
+  train_times = [stats.train_time(r) for r in runs]
   robust_times = [timing.robust(r) for r in runs]
-  paired = paired_difference(by_seed, base)
-  temp = _field(runs, 'step_temp_bytes')
+  paired = stats.paired_difference(by_seed, base)
+  temp = stats.field(runs, 'step_temp_bytes')
   return {
       'mode': mode,
       'overrides': MODES.get(mode),
@@ -210,33 +101,36 @@ def _entry(mode, by_seed, base, base_means, timing, targets, tta_base
       'num_epochs': max(r['summary'].get('num_epochs', len(r['rows']))
                         for r in runs),
       'num_units': runs[0]['summary'].get('num_units'),
-      'eval_accuracy_mean': mean(accs),
-      'eval_accuracy_std': _std(accs),
+      'eval_accuracy_mean': stats.mean(accs),
+      'eval_accuracy_std': stats.std(accs),
       'eval_accuracy_per_seed': dict(zip(map(str, by_seed), accs)),
-      'best_eval_accuracy_mean': mean(
+      'best_eval_accuracy_mean': stats.mean(
           [r['summary']['best_eval_accuracy'] for r in runs]),
       'accuracy_diff_vs_sgd_mean': paired['mean'] if base else None,
       'accuracy_diff_vs_sgd_std': paired['std'] if base else None,
       'paired_seeds': paired['seeds'] if base else [],
-      'total_time_s_mean': mean(times),
-      'total_time_s_std': _std(times),
-      'speedup_vs_sgd': _ratio(base_means['total'], mean(times)),
-      'train_time_s_mean': mean(train_times),
-      'train_speedup_vs_sgd': _ratio(base_means['train'], mean(train_times)),
-      'robust_time_s_mean': mean(robust_times),
-      'robust_speedup_vs_sgd': _ratio(base_means['robust'],
-                                      mean(robust_times)),
-      'compile_time_s_mean': mean(
+      'total_time_s_mean': stats.mean(times),
+      'total_time_s_std': stats.std(times),
+      'speedup_vs_sgd': stats.ratio(base_means['total'], stats.mean(times)),
+      'train_time_s_mean': stats.mean(train_times),
+      'train_speedup_vs_sgd': stats.ratio(base_means['train'],
+                                          stats.mean(train_times)),
+      'robust_time_s_mean': stats.mean(robust_times),
+      'robust_speedup_vs_sgd': stats.ratio(base_means['robust'],
+                                           stats.mean(robust_times)),
+      'compile_time_s_mean': stats.mean(
           [r['summary'].get('compile_time_s', 0.0) for r in runs]),
       **_cache_fields(runs),
-      'end_to_end_time_s_mean': mean([timing.end_to_end(r) for r in runs]),
-      'robust_train_time_s_mean': mean([timing.train(r) for r in runs]),
-      'robust_train_time_s_std': _std([timing.train(r) for r in runs]),
-      'flops_mean': _flops_mean(runs),
+      'end_to_end_time_s_mean': stats.mean([timing.end_to_end(r)
+                                            for r in runs]),
+      'robust_train_time_s_mean': stats.mean([timing.train(r) for r in runs]),
+      'robust_train_time_s_std': stats.std([timing.train(r) for r in runs]),
+      'flops_mean': stats.flops_mean(runs),
       'train_epochs': max(runs_lib.run_epochs(r) for r in runs),
-      'local_flop_fraction_mean': mean(_field(runs, 'local_flop_fraction')),
+      'local_flop_fraction_mean': stats.mean(
+          stats.field(runs, 'local_flop_fraction')),
       'peak_temp_bytes': max(temp) if temp else None,
-      'mean_transition': mean(_field(runs, 'transition')),
+      'mean_transition': stats.mean(stats.field(runs, 'transition')),
       'target_accuracy': targets.default,
       'target_accuracy_per_seed': {str(s): targets(s) for s in by_seed},
       **_tta_fields(by_seed, timing, targets, tta_base),
@@ -253,15 +147,15 @@ def _tta_fields(by_seed, timing, targets, tta_base) -> Dict[str, Any]:
   times = [timing.to_target(r, targets(s)) for s, r in by_seed.items()]
   reached = [t for t in times if t is not None]
   all_reached = len(reached) == len(times)
-  avg = mean(reached) if all_reached else None
+  avg = stats.mean(reached) if all_reached else None
   return {
       'time_to_target_s': times,
       'time_to_target_s_mean': avg,
-      'time_to_target_s_std': _std(reached) if all_reached else None,
+      'time_to_target_s_std': stats.std(reached) if all_reached else None,
       'target_reached': f'{len(reached)}/{len(times)}',
       # Only when every seed got there: a mean over the lucky seeds would
       # flatter the mode.
-      'tta_speedup': _ratio(tta_base, avg),
+      'tta_speedup': stats.ratio(tta_base, avg),
   }
 
 
@@ -276,11 +170,6 @@ def _cache_fields(runs) -> Dict[str, Any]:
   return out
 
 
-def _flops_mean(runs) -> Optional[float]:
-  flops = [runs_lib.run_flops(r) for r in runs]
-  return mean(flops) if all(f > 0 for f in flops) else None
-
-
 # ------------------------------------------------------ SGD's budget frontier
 
 
@@ -288,7 +177,7 @@ def _cost(run, timing, cost: str) -> float:
   return timing.train(run) if cost == 'time' else runs_lib.run_flops(run)
 
 
-def frontier(runs_by_mode, timing: Optional['_Timing'] = None
+def frontier(runs_by_mode, timing: Optional[stats.Timing] = None
              ) -> Optional[List[Dict[str, Any]]]:
   """SGD's points of cost and accuracy, one per budget, by cost; None
   without `sgd@B` runs.
@@ -306,7 +195,7 @@ def frontier(runs_by_mode, timing: Optional['_Timing'] = None
                         key=parse_budget_mode)
   if not budget_modes:
     return None
-  timing = timing or _Timing(runs_by_mode)
+  timing = timing or stats.Timing(runs_by_mode)
   by_length: Dict[float, Dict[str, Any]] = {}
   for mode in budget_modes + [BASELINE, SAME_TIME]:
     for seed, run in runs_by_mode.get(mode, {}).items():
@@ -319,17 +208,17 @@ def frontier(runs_by_mode, timing: Optional['_Timing'] = None
   points = []
   for epochs, point in by_length.items():
     runs = list(point['runs'].values())
-    accs = [_final_acc(r) for r in runs]
+    accs = [stats.final_acc(r) for r in runs]
     points.append({
         'label': '+'.join(point['labels']), 'epochs': epochs,
         'runs': point['runs'], 'seeds': sorted(point['runs']),
-        'accuracy_mean': mean(accs), 'accuracy_std': _std(accs),
-        'time_s_mean': mean([timing.train(r) for r in runs]),
-        'flops_mean': _flops_mean(runs),
-        'compile_time_s_mean': mean(
+        'accuracy_mean': stats.mean(accs), 'accuracy_std': stats.std(accs),
+        'time_s_mean': stats.mean([timing.train(r) for r in runs]),
+        'flops_mean': stats.flops_mean(runs),
+        'compile_time_s_mean': stats.mean(
             [r['summary'].get('compile_time_s', 0.0) for r in runs]),
-        'end_to_end_time_s_mean': mean([timing.end_to_end(r)
-                                        for r in runs]),
+        'end_to_end_time_s_mean': stats.mean([timing.end_to_end(r)
+                                              for r in runs]),
     })
   points.sort(key=lambda p: (p['time_s_mean'], p['epochs']))
   costs = [p['time_s_mean'] for p in points]
@@ -426,7 +315,7 @@ def vs_frontier(points: List[Dict[str, Any]], by_seed, timing, cost: str,
   the mode's mean accuracy ('sgd_cost', `frontier_cost`, with its 'bound')
   over the mode's mean cost; 'sgd_accuracy' is the frontier's accuracy at
   the mode's cost and 'accuracy_diff' the mode's mean accuracy minus it.
-  Their 95% intervals ('*_ci95') come from a paired bootstrap over seeds:
+  Their 95% intervals ('*stats.ci95') come from a paired bootstrap over seeds:
   `resamples` draws of the seeds with replacement (RNG seed `seed`), the
   same draw for the mode and every budget, the frontier and the mode's
   means recomputed from each. An interval end beyond the frontier's range
@@ -435,14 +324,14 @@ def vs_frontier(points: List[Dict[str, Any]], by_seed, timing, cost: str,
   ('accuracy_diff_resamples'). None when a cost was not recorded.
   """
   runs = list(by_seed.values())
-  if cost == 'flops' and (_flops_mean(runs) is None or any(
+  if cost == 'flops' and (stats.flops_mean(runs) is None or any(
       p['flops_mean'] is None for p in points)):
     return None
   frontier_data = [
       ({s: _cost(r, timing, cost) for s, r in p['runs'].items()},
-       {s: _final_acc(r) for s, r in p['runs'].items()}) for p in points]
+       {s: stats.final_acc(r) for s, r in p['runs'].items()}) for p in points]
   mode_data = ({s: _cost(r, timing, cost) for s, r in by_seed.items()},
-               {s: _final_acc(r) for s, r in by_seed.items()})
+               {s: stats.final_acc(r) for s, r in by_seed.items()})
   seeds = sorted(set(by_seed).union(*(p['runs'] for p in points)))
   out = _estimate(frontier_data, mode_data, {s: 1 for s in seeds})
   if out is None:

@@ -21,9 +21,9 @@ import numpy as np
 from localsgd_jax import config_validation
 from localsgd_jax import local_rules
 from localsgd_jax import models
+from localsgd_jax import step_cache
 from localsgd_jax.configs import default
 from localsgd_jax import optim
-from localsgd_jax import train_lib
 from localsgd_jax import train_step as ts
 
 
@@ -55,7 +55,7 @@ def measure_steps(model_name: str, batch_size: int, *, image_size: int = 32,
   config.local.hebbian_fraction = hebbian_fraction
   config_validation.validate_config(config)
   model = models.create_model(model_name, num_classes, cifar_stem=cifar_stem,
-                              dtype=train_lib.DTYPES[dtype])
+                              dtype=models.DTYPES[dtype])
   num_units = model.num_units
   ks = list(range(num_units)) if ks is None else list(ks)
   shape = (image_size, image_size, channels)
@@ -68,11 +68,12 @@ def measure_steps(model_name: str, batch_size: int, *, image_size: int = 32,
       'label': jnp.asarray(rng.integers(0, num_classes, batch_size), jnp.int32),
       'mask': jnp.ones((batch_size,), jnp.float32)}
 
-  variants = {'hebbian': ts.StepCache(ts.make_train_step(model, tx, lr, config))}
+  variants = {'hebbian': step_cache.StepCache(
+      ts.make_train_step(model, tx, lr, config))}
   if frozen:
     frozen_cfg = config.copy_and_resolve_references()
     frozen_cfg.local.rule = local_rules.FROZEN
-    variants['frozen'] = ts.StepCache(
+    variants['frozen'] = step_cache.StepCache(
         ts.make_train_step(model, tx, lr, frozen_cfg))
   jobs = [(name, k) for name in variants for k in ks
           if not (name == 'frozen' and k == 0)]  # k = 0 is the same step
@@ -84,11 +85,11 @@ def measure_steps(model_name: str, batch_size: int, *, image_size: int = 32,
     compiled = variants[name].get(k, state, batch)
     # FLOPs from the CPU compile of each program, temporary bytes from the
     # device's (StepCache.costs).
-    costs = variants[name].costs(ts.program_key(k, True))
+    key = step_cache.program_key(k, True)
+    costs = variants[name].costs(key)
     if name == 'hebbian':
       results[k].update(costs)
-      results[k]['compile_time_s'] = variants[name].compile_time_s[
-          ts.program_key(k, True)]
+      results[k]['compile_time_s'] = variants[name].compile_time_s[key]
     else:
       results[k]['frozen_' + 'flops'] = costs['flops']
     state, _ = _time_steps(compiled, state, batch, 1)  # warm-up
@@ -97,16 +98,23 @@ def measure_steps(model_name: str, batch_size: int, *, image_size: int = 32,
   for _ in range(repeats):
     order.shuffle(jobs)
     for name, k in jobs:
-      state, t = _time_steps(variants[name].compiled[ts.program_key(k, True)],
-                             state, batch, steps)
+      state, t = _time_steps(
+          variants[name].compiled[step_cache.program_key(k, True)], state,
+          batch, steps)
       times[(name, k)].append(t)
   for (name, k), ts_ in times.items():
     prefix = '' if name == 'hebbian' else 'frozen_'
     results[k][prefix + 'step_time_s'] = statistics.median(ts_)
-  base = results[ks[0]] if ks[0] == 0 else None
+  return _with_ratios([results[k] for k in ks], batch_size, hebbian_every)
+
+
+def _with_ratios(rows: List[Dict[str, Any]], batch_size: int,
+                 hebbian_every: int) -> List[Dict[str, Any]]:
+  """`rows` (one per k, k ascending) with throughput and, when k = 0 was
+  measured, each k's ratios to it."""
+  base = rows[0] if rows[0]['k'] == 0 else None
   out = []
-  for k in ks:
-    r = results[k]
+  for r in rows:
     r['images_per_s'] = batch_size / r['step_time_s']
     if base is not None:
       r['flops_ratio'] = r['flops'] / base['flops']

@@ -15,12 +15,12 @@ from typing import Any, Dict, List, Optional, Sequence
 import jax
 import ml_collections
 
-from localsgd_jax import aggregate as aggregate_lib
 from localsgd_jax import config_validation
 from localsgd_jax import distributed
 from localsgd_jax import metrics as metrics_lib
 from localsgd_jax import modes as modes_lib
 from localsgd_jax import report
+from localsgd_jax import run_stats
 from localsgd_jax import runs as runs_lib
 from localsgd_jax import selection
 from localsgd_jax import train_lib
@@ -181,10 +181,10 @@ def _same_time_epochs(workdir: str, num_epochs: int, match_mode: str,
   costs = {}
   for mode in (BASELINE, match_mode):
     if match_cost == 'flops':
-      costs[mode] = aggregate_lib.mean(
+      costs[mode] = run_stats.mean(
           [runs_lib.run_flops(r) for r in runs[mode].values()])
     else:
-      costs[mode] = aggregate_lib.mean(
+      costs[mode] = run_stats.mean(
           [runs_lib.robust_train_time(runs, r) for r in runs[mode].values()])
   ratio = costs[match_mode] / costs[BASELINE]
   steps_per_epoch = runs_lib.steps_per_epoch(

@@ -3,22 +3,26 @@
 Every check names its field (`config.<field>=<value> is out of range:
 expected ...`) and how to set it, so a bad value stops a run at start-up
 with one line, not when the SGD warm-up is over (e.g. an unknown
-selection.ramp). Names that need the code they name (a model, a dataset)
-are checked where they are built.
+selection.ramp). This is the one place values are checked: the code that
+reads a config trusts it. Only what needs the code it names (a model's
+number of units, a dataset's name and files) is checked where that is
+built.
+Every config starts from `configs/default.py`, so every field exists.
 """
 from typing import Any
 
 import ml_collections
 
 from localsgd_jax import local_rules
+from localsgd_jax import models
 from localsgd_jax import optim
 from localsgd_jax import selection
 from localsgd_jax import train_step
 from localsgd_jax import workdir as workdir_lib
-from localsgd_jax.data import in_memory as data_in_memory
+from localsgd_jax.data import augment as data_augment
+from localsgd_jax.data import sources
 from localsgd_jax.errors import UserError
 
-DTYPE_NAMES = ('float32', 'bfloat16')
 # The rules and the freezing mode (`local_rules.FROZEN`).
 LOCAL_RULES = local_rules.RULE_NAMES
 WEAK_SUPERVISION = ('none', 'scale', 'sign')
@@ -50,19 +54,19 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 def validate_run(config: ml_collections.ConfigDict) -> None:
   """The top-level fields: epochs, batch sizes, dtype, seed, eval cadence."""
   _check(config.num_epochs >= 1, 'num_epochs', config.num_epochs, '>= 1')
-  fraction = config.get('last_epoch_fraction', 1.0)
+  fraction = config.last_epoch_fraction
   _check(0 < fraction <= 1, 'last_epoch_fraction', fraction,
          'in (0, 1] (the share of the last epoch\'s steps that run)')
   _check(config.batch_size >= 1, 'batch_size', config.batch_size, '>= 1')
   _check(config.eval_batch_size >= 1, 'eval_batch_size',
          config.eval_batch_size, '>= 1')
-  _check(config.dtype in DTYPE_NAMES, 'dtype', config.dtype,
-         ' or '.join(DTYPE_NAMES))
+  _check(config.dtype in models.DTYPES, 'dtype', config.dtype,
+         ' or '.join(models.DTYPES))
   _check(config.seed >= 0, 'seed', config.seed, 'an integer >= 0')
   _check(config.eval_every_epochs >= 1, 'eval_every_epochs',
          config.eval_every_epochs, '>= 1 (the last epoch is always '
          'evaluated)')
-  _one_of('eval_tta', config.get('eval_tta', 'none'), train_step.TTA_MODES)
+  _one_of('eval_tta', config.eval_tta, train_step.TTA_MODES)
 
 
 def validate_eval_tta(eval_tta: str, dataset) -> None:
@@ -76,10 +80,19 @@ def validate_eval_tta(eval_tta: str, dataset) -> None:
 
 
 def validate_data(d: ml_collections.ConfigDict) -> None:
-  """config.data: the augmentation fields (the rest where data is loaded)."""
-  _one_of('data.augmentation', d.get('augmentation', 'auto'),
-          data_in_memory.AUGMENTATIONS)
-  scale = d.get('rrc_scale', (0.35, 1.0))
+  """config.data: sizes, counts, storage and augmentation (the name and
+  the files are checked where the data is loaded)."""
+  for field, minimum in (('image_size', 1), ('crop_padding', 0),
+                         ('shuffle_buffer', 1), ('train_per_class', 0),
+                         ('holdout_per_class', 0), ('holdout_seed', 0)):
+    _check(_is_int(d[field]) and d[field] >= minimum, f'data.{field}',
+           d[field], f'an integer >= {minimum}')
+  _one_of('data.storage', d.storage, sources.STORAGE_MODES)
+  _check(isinstance(d.max_memory_gb, (int, float))
+         and not isinstance(d.max_memory_gb, bool) and d.max_memory_gb > 0,
+         'data.max_memory_gb', d.max_memory_gb, 'a number > 0 (GB)')
+  _one_of('data.augmentation', d.augmentation, data_augment.AUGMENTATIONS)
+  scale = d.rrc_scale
   _check(isinstance(scale, (tuple, list)) and len(scale) == 2
          and all(isinstance(a, (int, float)) for a in scale)
          and 0 < scale[0] <= scale[1] <= 1, 'data.rrc_scale', scale,
@@ -87,10 +100,12 @@ def validate_data(d: ml_collections.ConfigDict) -> None:
          '(0.35, 1.0)')
   for field, meaning in (('train_size', '0 for the images\' own size'),
                          ('cutout', '0 for no cutout')):
-    value = d.get(field, 0)
-    _check(isinstance(value, int) and not isinstance(value, bool)
-           and value >= 0, f'data.{field}', value,
+    _check(_is_int(d[field]) and d[field] >= 0, f'data.{field}', d[field],
            f'an integer >= 0 ({meaning})')
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
 
 
 def validate_optim(o: ml_collections.ConfigDict) -> None:
@@ -145,10 +160,9 @@ def validate_selection(s: ml_collections.ConfigDict) -> None:
   _one_of('selection.ramp', s.ramp, selection.RAMPS)
   _check(s.k_max >= -1, 'selection.k_max', s.k_max,
          '>= 0, or -1 for all units but the head')
-  _check(0 <= s.get('k_max_flop_share', 0.0) < 1,
-         'selection.k_max_flop_share', s.get('k_max_flop_share'),
-         'in [0, 1) (0: use k_max)')
-  if s.get('k_max_flop_share', 0.0) > 0 and s.k_max >= 0:
+  _check(0 <= s.k_max_flop_share < 1, 'selection.k_max_flop_share',
+         s.k_max_flop_share, 'in [0, 1) (0: use k_max)')
+  if s.k_max_flop_share > 0 and s.k_max >= 0:
     raise UserError(
         f'config.selection.k_max={s.k_max} and k_max_flop_share='
         f'{s.k_max_flop_share} both set the largest transition index: set '
@@ -170,6 +184,7 @@ def validate_selection(s: ml_collections.ConfigDict) -> None:
          s.min_hold_epochs, '>= 0')
   _check(s.every_steps >= 0, 'selection.every_steps', s.every_steps,
          '>= 0 (0: decide between epochs only)')
+  _one_of('selection.statistic', s.statistic, selection.STATISTICS)
   _check(s.retreat_tolerance >= 0, 'selection.retreat_tolerance',
          s.retreat_tolerance, '>= 0')
 
@@ -185,5 +200,5 @@ def validate_log(log: ml_collections.ConfigDict) -> None:
   """config.log: NaN checks and the TensorBoard loss cadence."""
   _check(log.check_finite_every >= 1, 'log.check_finite_every',
          log.check_finite_every, '>= 1')
-  _check(log.get('loss_every_steps', 10) >= 1,
-         'log.loss_every_steps', log.get('loss_every_steps'), '>= 1')
+  _check(log.loss_every_steps >= 1, 'log.loss_every_steps',
+         log.loss_every_steps, '>= 1')

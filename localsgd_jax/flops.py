@@ -16,7 +16,7 @@ the default backend is:
   * a sharded program keeps its partitions, so its count is XLA's count of
     one partition: FLOPs per device, as for the program that runs;
   * temporary bytes (`memory_analysis()`) are the device's and stay with
-    the program that actually runs (`train_step.xla_costs`).
+    the program that actually runs (`step_cache.xla_costs`).
 """
 import functools
 from typing import Any, Dict, List, Sequence

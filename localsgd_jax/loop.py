@@ -37,6 +37,7 @@ from localsgd_jax import models
 from localsgd_jax import optim
 from localsgd_jax import partition
 from localsgd_jax import selection
+from localsgd_jax import step_cache
 from localsgd_jax import train_step as train_step_lib
 
 # Per-step buffers of the metrics the train step returns ('grad_norms' and
@@ -211,8 +212,8 @@ def num_train_steps(config: ml_collections.ConfigDict,
   `config.last_epoch_fraction` of its steps (rounded to the nearest step,
   halves to even, at least 1): 12.6 epochs are num_epochs=13 and
   last_epoch_fraction=0.6, round(12.6 * steps_per_epoch) steps."""
-  fraction = config.get('last_epoch_fraction', 1.0)
-  last = min(steps_per_epoch, max(1, round(fraction * steps_per_epoch)))
+  last = min(steps_per_epoch,
+             max(1, round(config.last_epoch_fraction * steps_per_epoch)))
   return (config.num_epochs - 1) * steps_per_epoch + last
 
 
@@ -241,7 +242,7 @@ class TrainLoop:
     lr_schedule = optim.learning_rate_schedule(
         config.optim, self.steps_per_epoch,
         self.num_steps / self.steps_per_epoch)
-    self.steps = train_step_lib.StepCache(make_loop_step(
+    self.steps = step_cache.StepCache(make_loop_step(
         train_step_lib.make_train_step(model, self.tx, lr_schedule, config),
         dataset, self.batch_sharding))
     self._local_forward = jax.jit(
@@ -350,7 +351,7 @@ class TrainLoop:
     for i in range(steps):
       if feed.host is not None:
         operand['host'] = next(feed.host)
-      key = train_step_lib.program_key(
+      key = step_cache.program_key(
           period.k, not frozen and i % hebbian_every == 0)
       if key not in self.steps.compiled:
         progress.note(compile_message(*key, hebbian_every, frozen))

@@ -42,7 +42,7 @@ def _weight_decay(cfg: ml_collections.ConfigDict
   either setting.
   """
   decay = optax.add_decayed_weights(cfg.weight_decay)
-  if cfg.get('decay_norm_and_bias', True):
+  if cfg.decay_norm_and_bias:
     return decay
   masked = optax.add_decayed_weights(cfg.weight_decay, mask=kernels_mask)
 

@@ -15,6 +15,7 @@ import ml_collections
 
 from localsgd_jax import checkpointing
 from localsgd_jax import metrics as metrics_lib
+from localsgd_jax.configs import default
 from localsgd_jax.errors import UserError
 from localsgd_jax.errors import warn
 
@@ -163,9 +164,12 @@ class Resume:
 def _learning_rate(cfg: Dict[str, Any], steps_per_epoch: int,
                    epoch: int) -> float:
   from localsgd_jax import optim  # pylint: disable=g-import-not-at-top
-  schedule = optim.learning_rate_schedule(
-      ml_collections.ConfigDict(cfg['optim']), steps_per_epoch,
-      cfg['num_epochs'])
+  # A config saved by an older version may lack newer fields: the
+  # defaults fill them in, as they would have run.
+  optim_cfg = default.get_config().optim
+  optim_cfg.update(cfg['optim'])
+  schedule = optim.learning_rate_schedule(optim_cfg, steps_per_epoch,
+                                          cfg['num_epochs'])
   return float(schedule(epoch * steps_per_epoch))
 
 

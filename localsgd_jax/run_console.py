@@ -37,7 +37,7 @@ def say(message: str) -> None:
 
 
 def data_source(data_cfg: ml_collections.ConfigDict) -> str:
-  name, folder = data_cfg.name, data_cfg.get('dir', '')
+  name, folder = data_cfg.name, data_cfg.dir
   if name == 'digits':
     return "digits (scikit-learn's bundled copy)"
   if folder:

@@ -131,10 +131,7 @@ class Selector:
     self.cfg = cfg
     self.num_units = num_units
     self.num_epochs = num_epochs
-    if cfg.mode not in MODES:
-      raise UserError(f'unknown config.selection.mode={cfg.mode!r}; choose '
-                      f'one of {", ".join(MODES)}')
-    share = cfg.get('k_max_flop_share', 0.0)
+    share = cfg.k_max_flop_share
     # The share of the forward FLOPs held by units [0, k_max), when chosen
     # by share (None otherwise).
     self.k_max_flops = None
@@ -150,13 +147,6 @@ class Selector:
           f'config.selection.k_max={cfg.k_max} is out of range: the model '
           f'has {num_units} units, so k_max must be in [0, {num_units - 1}] '
           '(the head always trains by SGD), or -1 for all but the head')
-    if cfg.get('statistic', 'update_per_lr') not in STATISTICS:
-      raise UserError(f'unknown config.selection.statistic='
-                      f'{cfg.statistic!r}; choose one of '
-                      f'{", ".join(STATISTICS)}')
-    if cfg.every_steps < 0:
-      raise UserError(f'config.selection.every_steps={cfg.every_steps} must '
-                      'be >= 0 (0: decide between epochs only)')
     # Static schedules are functions of the epoch: only the modes driven by
     # statistics decide within an epoch.
     self.every_steps = cfg.every_steps if self.adaptive else 0
@@ -268,8 +258,7 @@ class Selector:
     return out
 
   def _update_settled(self, unit: int) -> bool:
-    series = self._series(STATISTICS[self.cfg.get('statistic',
-                                                  'update_per_lr')], unit)
+    series = self._series(STATISTICS[self.cfg.statistic], unit)
     return bool(series) and series[-1] <= self.cfg.settle_fraction * max(
         series)
 

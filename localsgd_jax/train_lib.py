@@ -35,8 +35,6 @@ from localsgd_jax.config_validation import validate_config
 from localsgd_jax.config_validation import validate_eval_tta
 from localsgd_jax.errors import UserError
 
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-
 
 def git_commit() -> str:
   """The commit of the code being run, or 'unknown' outside a git checkout."""
@@ -201,10 +199,10 @@ def _build(config: ml_collections.ConfigDict) -> _Parts:
   t_data = time.perf_counter()
   dataset = data.load_dataset(config.data, seed=config.seed)
   console.say(console.describe_data(dataset, time.perf_counter() - t_data))
-  validate_eval_tta(config.get('eval_tta', 'none'), dataset)
+  validate_eval_tta(config.eval_tta, dataset)
   model = models.create_model(config.model.name, dataset.num_classes,
                               cifar_stem=config.model.cifar_stem,
-                              dtype=DTYPES[config.dtype])
+                              dtype=models.DTYPES[config.dtype])
   # Raises a UserError when the batch is larger than the training set.
   steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
   devices = np.array(jax.devices())
@@ -214,7 +212,7 @@ def _build(config: ml_collections.ConfigDict) -> _Parts:
   mesh = Mesh(devices, ('data',))
   loop = loop_lib.TrainLoop(model, dataset, config, mesh)
   state = loop.init_state(config.seed)
-  by_share = config.selection.get('k_max_flop_share', 0.0) > 0
+  by_share = config.selection.k_max_flop_share > 0
   return _Parts(
       dataset=dataset, model=model, loop=loop, state=state,
       selector=selection.Selector(
@@ -242,7 +240,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
                                             checkpointer, writer)
   commit = git_commit()
   eval_step = jax.jit(train_step_lib.make_eval_step(
-      parts.model, config.get('eval_tta', 'none')))
+      parts.model, config.eval_tta))
   try:
     with _CacheEvents(clock):
       for epoch in range(start_epoch, config.num_epochs):
@@ -386,7 +384,7 @@ def _train_epoch(config, workdir, run, parts, state, epoch, eval_step,
     writer.write(row)
     writer.write_losses(epoch * parts.steps_per_epoch,
                         result.metrics['loss'],
-                        config.log.get('loss_every_steps', 10))
+                        config.log.loss_every_steps)
   clock['elapsed_s'] += time.perf_counter() - t0
   clock['compile_time_s'] += result.compile_time_s
   console.print_epoch(row, result, config.num_epochs)

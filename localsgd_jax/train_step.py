@@ -8,12 +8,11 @@ For transition index k:
     program contains no backward pass for the local units and keeps none of
     their activations;
   * k = 0 is the plain SGD step.
-The step is compiled once per k (`StepCache`), with compile time recorded apart
-from step time.
+The step is compiled once per k (`step_cache.StepCache`), with compile time
+recorded apart from step time.
 """
 import contextlib
 import threading
-import time
 from typing import Any, Callable, Dict, Tuple
 
 import flax
@@ -21,10 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
-from localsgd_jax import flops as flops_lib
 from localsgd_jax import local_rules
 from localsgd_jax import partition
 from localsgd_jax.models import base
@@ -167,10 +164,10 @@ def make_train_step(model: base.Network, tx: optax.GradientTransformation,
                     config: ml_collections.ConfigDict) -> Callable:
   """Builds `train_step(state, batch, k, hebbian) -> (state, metrics)`.
 
-  Long on purpose: the step is one traced function read top to bottom
-  (local forward, SGD loss and grads, optimizer, Hebbian update, metrics);
-  split into helpers, the boundary between the two partitions would be
-  harder to see.
+  The step is one traced function read top to bottom (local forward, SGD
+  loss and grads, optimizer, Hebbian update), so that the boundary between
+  the two partitions stays in view; only its measurements are a helper
+  (`_step_metrics`).
 
   `k` and `hebbian` are static. With `hebbian=False` the local units only run
   forward (no Hebbian GEMM); `config.local.hebbian_every = m` has the trainer
@@ -236,25 +233,32 @@ def make_train_step(model: base.Network, tx: optax.GradientTransformation,
         batch_stats=partition.merge(local_bs, new_sgd_bs),
         opt_state=new_opt,
         loss_ema=loss_ema)
-    correct = jnp.sum((jnp.argmax(logits, -1) == batch['label'])
-                      * batch['mask'])
-    metrics = {'loss': loss, 'correct': correct, 'count': jnp.sum(batch['mask']),
-               'learning_rate': lr,
-               'local_lr': local_lr if directions else jnp.zeros(()),
-               'ws_factor': ws,
-               # Per-unit gradient norms (0 for local units): AutoFreeze-style
-               # selection reads them.
-               'grad_norms': jnp.stack([
-                   optax.tree.norm(grads[n]) if n in grads
-                   else jnp.zeros((), jnp.float32) for n in unit_names]),
-               # Per-unit size of this step's SGD update (0 for local
-               # units): the dynamic mode's consistency statistic sums them.
-               'update_norms': jnp.stack([
-                   update_norms.get(n, jnp.zeros((), jnp.float32))
-                   for n in unit_names])}
-    return new_state, metrics
+    return new_state, _step_metrics(
+        loss, logits, batch, lr,
+        local_lr if directions else jnp.zeros(()), ws, grads, update_norms,
+        unit_names)
 
   return train_step
+
+
+def _step_metrics(loss, logits, batch: Batch, lr, local_lr, ws, grads,
+                  update_norms, unit_names) -> Metrics:
+  """The train step's measurements (kept on the device by the loop)."""
+  zero = jnp.zeros((), jnp.float32)
+  return {
+      'loss': loss,
+      'correct': jnp.sum((jnp.argmax(logits, -1) == batch['label'])
+                         * batch['mask']),
+      'count': jnp.sum(batch['mask']),
+      'learning_rate': lr, 'local_lr': local_lr, 'ws_factor': ws,
+      # Per-unit gradient norms (0 for local units): AutoFreeze-style
+      # selection reads them.
+      'grad_norms': jnp.stack([optax.tree.norm(grads[n]) if n in grads
+                               else zero for n in unit_names]),
+      # Per-unit size of this step's SGD update (0 for local units): the
+      # dynamic mode's consistency statistic sums them.
+      'update_norms': jnp.stack([update_norms.get(n, zero)
+                                 for n in unit_names])}
 
 
 # Test-time augmentation at evaluation (config.eval_tta).
@@ -331,78 +335,4 @@ def make_eval_step(model: base.Network, tta: str = 'none') -> Callable:
 
   return eval_step
 
-
-def xla_costs(compiled, traced=None) -> Dict[str, float]:
-  """XLA's FLOPs and temporary bytes of a compiled step.
-
-  'flops' are counted on the CPU compile of the program (`flops.py`: a GPU
-  program's own count leaves out its cuDNN / cuBLAS calls): `compiled`
-  itself where it runs on the CPU, else `traced` (the same
-  `jax.jit(step).trace(...)`, required then) compiled for the CPU.
-  'temp_bytes' are the device's: `compiled.memory_analysis()` of the
-  program that actually runs.
-  """
-  return {'flops': flops_lib.program_flops(compiled, traced),
-          'temp_bytes': int(compiled.memory_analysis().temp_size_in_bytes)}
-
-
-def _abstract(leaf):
-  """A leaf of the step's arguments as a shape, dtype and sharding only."""
-  if isinstance(leaf, jax.Array):
-    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
-  return jax.ShapeDtypeStruct(np.shape(leaf), np.result_type(leaf))
-
-
-def program_key(k: int, hebbian: bool) -> Tuple[int, bool]:
-  """Which compiled step runs k local units with or without the Hebbian
-  pass: `StepCache`'s key. k = 0 has no local units, so no Hebbian pass."""
-  return (k, hebbian and k > 0)
-
-
-class StepCache:
-  """One compiled executable per transition index, compiled once.
-
-  Wraps any `step(state, operand, k, hebbian)` with static `k` and `hebbian`
-  (the train step, or the train loop's step that also builds the batch).
-  Keyed by `(k, hebbian)`. `compile_time_s[key]` holds the lowering +
-  compilation time (a load from JAX's persistent compilation cache when it
-  holds the program), so the trainer can report compile time apart from
-  step time; `compiled[key]` exposes XLA's `cost_analysis()` /
-  `memory_analysis()` to benchmarks and tests, and `costs(key)` their
-  FLOPs (counted on the CPU compile: off a CPU backend the step is traced
-  again from the shapes of its first arguments and compiled for the CPU,
-  once per key) and temporary bytes (the device program's).
-  """
-
-  def __init__(self, train_step: Callable, donate: bool = True):
-    self._jitted = jax.jit(train_step, static_argnums=(2, 3),
-                           donate_argnums=(0,) if donate else ())
-    self.compiled: Dict[Tuple[int, bool], Any] = {}
-    self.compile_time_s: Dict[Tuple[int, bool], float] = {}
-    self._costs: Dict[Tuple[int, bool], Dict[str, float]] = {}
-    self._shapes: Dict[Tuple[int, bool], Any] = {}  # the arguments, abstract
-
-  def costs(self, key: Tuple[int, bool]) -> Dict[str, float]:
-    """`xla_costs` of the compiled step `key` (compiled already)."""
-    if key not in self._costs:
-      compiled = self.compiled[key]
-      traced = None
-      if flops_lib.platform_of(compiled) != 'cpu':
-        traced = self._jitted.trace(*self._shapes[key], *key)
-      self._costs[key] = xla_costs(compiled, traced)
-    return self._costs[key]
-
-  def get(self, k: int, state: TrainState, batch: Batch,
-          hebbian: bool = True):
-    key = program_key(k, hebbian)
-    if key not in self.compiled:
-      t0 = time.perf_counter()
-      self.compiled[key] = self._jitted.lower(state, batch, *key).compile()
-      self.compile_time_s[key] = time.perf_counter() - t0
-      self._shapes[key] = jax.tree.map(_abstract, (state, batch))
-    return self.compiled[key]
-
-  def __call__(self, state: TrainState, batch: Batch, k: int,
-               hebbian: bool = True):
-    return self.get(k, state, batch, hebbian)(state, batch)
 

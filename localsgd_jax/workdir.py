@@ -292,9 +292,9 @@ def finished_run(workdir: str, config: ml_collections.ConfigDict) -> bool:
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks config.init_from and config.resume_allow (no file access)."""
-  parse_init_from(config.get('init_from', '') or '', config.seed)
+  parse_init_from(config.init_from or '', config.seed)
   fields = flatten(as_dict(config))
-  for name in str(config.get('resume_allow', '') or '').split(','):
+  for name in str(config.resume_allow or '').split(','):
     name = name.strip()
     if name and not any(matches(key, [name]) for key in fields):
       close = difflib.get_close_matches(name, list(fields), n=1)

@@ -14,6 +14,7 @@ from localsgd_jax import comparison
 from localsgd_jax import modes
 from localsgd_jax import plots
 from localsgd_jax import report
+from localsgd_jax import report_md
 from localsgd_jax import resume_check
 from localsgd_jax import runs
 from localsgd_jax.errors import UserError
@@ -383,7 +384,7 @@ def test_report_with_budgets_and_without(tmp_path):
   assert 'paired bootstrap over seeds' in md and '### SGD\'s frontier' in md
   assert '| sgd@2 | 2 | 2 | 92.00 ± 0.71 |' in md
   _assert_pngs(workdir)
-  assert report.headline_table(entries).startswith(
+  assert report_md.headline_table(entries).startswith(
       '| mode | seeds | epochs | accuracy % (mean ± std) | cost')
   # Without budget runs: today's report (time to target), no frontier.
   for mode in ('sgd@1', 'sgd@2', 'sgd@3'):
@@ -391,7 +392,7 @@ def test_report_with_budgets_and_without(tmp_path):
   entries = report.write_report(workdir)
   assert _load(workdir)['frontier'] is None
   assert all(e['vs_frontier'] is None for e in entries)
-  assert 'speedup to target' in report.headline_table(entries)
+  assert 'speedup to target' in report_md.headline_table(entries)
 
 
 def test_budgets_parse_to_fractional_run_lengths():

@@ -19,22 +19,22 @@ import pytest
 
 from localsgd_jax import config_validation
 from localsgd_jax import data
+from localsgd_jax.configs import default
+from localsgd_jax.data import augment
 from localsgd_jax.data import dataset as dataset_lib
 from localsgd_jax.data import image_cache
 from localsgd_jax.data import image_decode
 from localsgd_jax.data import image_folder
 from localsgd_jax.data import image_scan
-from localsgd_jax.data import in_memory
 from localsgd_jax.data import sources
 from localsgd_jax.data import tfds_source
 from localsgd_jax.errors import UserError
 
 
 def _cfg(**overrides) -> ml_collections.ConfigDict:
-  cfg = ml_collections.ConfigDict(dict(
-      name='digits', dir='', image_size=32, augment=True, crop_padding=4,
-      tfds_data_dir='', shuffle_buffer=64))
-  cfg.update(overrides)
+  """config.data of the defaults: digits, a small shuffle buffer."""
+  cfg = default.get_config().data
+  cfg.update({'name': 'digits', 'shuffle_buffer': 64, **overrides})
   return cfg
 
 
@@ -149,12 +149,14 @@ def test_dir_paths_never_import_tensorflow(cifar10_dir):
   folder = root / 'folder'
   _write_folder(folder, {'train': 2, 'val': 1}, ('a', 'b'))
   code = (
-      'import sys, ml_collections\n'
+      'import sys\n'
       'from localsgd_jax import data\n'
-      f'cfg = ml_collections.ConfigDict(dict(name="cifar10", dir={str(root)!r}'
-      ', augment=True, crop_padding=4))\n'
+      'from localsgd_jax.configs import default\n'
+      'cfg = default.get_config().data\n'
+      f'cfg.update(dict(name="cifar10", dir={str(root)!r}))\n'
       'next(data.load_dataset(cfg, seed=0).train_batches(0, 8))\n'
-      'cfg = ml_collections.ConfigDict(dict(name="image_folder", '
+      'cfg = default.get_config().data\n'
+      'cfg.update(dict(name="image_folder", '
       f'dir={str(folder)!r}, cache_dir={str(root / "cache")!r}))\n'
       'ds = data.load_dataset(cfg, seed=0)\n'
       'assert isinstance(ds, data.InMemoryDataset), ds\n'
@@ -954,12 +956,14 @@ def test_subset_errors(tmp_path):
 
 
 @pytest.mark.parametrize('field, value', [
-    ('storage', 'disk'), ('max_memory_gb', 0), ('max_memory_gb', 'big'),
-    ('train_per_class', -1), ('holdout_per_class', 1.5),
-    ('holdout_seed', -2)])
+    ('storage', 'disk'), ('max_memory_gb', 0.0), ('train_per_class', -1),
+    ('holdout_per_class', -1), ('holdout_seed', -2), ('image_size', 0)])
 def test_bad_data_options(field, value):
-  with pytest.raises(UserError, match=f'config.data.{field}') as err:
-    data.load_dataset(_cfg(**{field: value}), seed=0)
+  # A value of another type ('big' for a number) cannot even be set: the
+  # config's types refuse it, and the flags say so (test_flag_errors).
+  with pytest.raises(UserError, match=f'config.data.{field}={value!r} is out '
+                     'of range') as err:
+    config_validation.validate_data(_cfg(**{field: value}))
   assert '\n' not in str(err.value)
 
 
@@ -974,7 +978,7 @@ def test_default_config_has_data_options():
 # ------------------------------------- random-resized crop, resize, cutout
 
 # Jitted: run eagerly, each of its ops would compile on its own.
-_jit_boxes = jax.jit(in_memory.random_resized_boxes,
+_jit_boxes = jax.jit(augment.random_resized_boxes,
                      static_argnums=(1, 2, 3, 4))
 
 
@@ -1006,7 +1010,7 @@ def _pil_resize(image, box, size):
 
 
 def test_resolve_augmentation_by_image_size():
-  resolve = in_memory.resolve_augmentation
+  resolve = augment.resolve_augmentation
   assert resolve('auto', (32, 32, 3)) == 'pad_crop'
   assert resolve('auto', (64, 48, 3)) == 'pad_crop'
   assert resolve('auto', (65, 64, 3)) == 'random_resized_crop'
@@ -1077,7 +1081,7 @@ def test_resize_boxes_match_pil():
                     [1, 0, 12, 16]], np.int32)
   # Shrinking (antialiased) and enlarging boxes.
   for size in ((8, 8), (13, 17), (20, 24)):
-    got = np.asarray(jax.jit(in_memory.resize_boxes, static_argnums=2)(
+    got = np.asarray(jax.jit(augment.resize_boxes, static_argnums=2)(
         images, boxes, size))
     assert got.shape == (5,) + size + (3,) and got.dtype == np.float32
     for image, box, out in zip(images, boxes, got):
@@ -1233,7 +1237,7 @@ def test_cutout_zeroes_one_square_inside_the_image(digits_arrays):
 def test_cutout_function_matches_reference():
   rng = np.random.default_rng(0)
   x = rng.normal(size=(64, 9, 7, 2)).astype(np.float32)
-  got = np.asarray(in_memory.cutout(x, jax.random.key(4), 3))
+  got = np.asarray(augment.cutout(x, jax.random.key(4), 3))
   squares = _zero_squares(got, x)
   np.testing.assert_array_equal(squares[:, 2:], [[3, 3, 9]] * 64)
   want = x.copy()

@@ -14,6 +14,7 @@ from localsgd_jax import models
 from localsgd_jax import optim
 from localsgd_jax import run_console
 from localsgd_jax import selection
+from localsgd_jax import step_cache
 from localsgd_jax import train_lib
 from localsgd_jax import train_step as ts
 from localsgd_jax.configs import cifar10_resnet
@@ -57,7 +58,7 @@ def _conv_step_cache():
                                 (_H, _H, _CIN))
   batch = {'image': jnp.ones((_B, _H, _H, _CIN)),
            'label': jnp.zeros((_B,), jnp.int32), 'mask': jnp.ones((_B,))}
-  return ts.StepCache(step, donate=False), state, batch
+  return step_cache.StepCache(step, donate=False), state, batch
 
 
 def _conv_flops(cin, cout):
@@ -104,7 +105,7 @@ def test_step_costs_off_the_cpu_are_counted_on_a_cpu_compile(monkeypatch):
   assert cache.costs((0, False))['flops'] == own
   assert lowered_for == [('cpu',)]
   with pytest.raises(ValueError, match='pass `traced`'):
-    ts.xla_costs(cache.compiled[(0, False)])
+    step_cache.xla_costs(cache.compiled[(0, False)])
 
 
 def test_cpu_program_counts_reuse_it(monkeypatch):

@@ -1,20 +1,23 @@
 """The learning-mode selection state machine, from tables of cases."""
 import json
 
-import ml_collections
 import pytest
 
+from localsgd_jax import config_validation
 from localsgd_jax import selection
+from localsgd_jax.configs import default
 from localsgd_jax.errors import UserError
 
 
 def _cfg(**kw):
-  cfg = ml_collections.ConfigDict({
+  """config.selection of the defaults, with the values these cases assume."""
+  cfg = default.get_config().selection
+  cfg.update({
       'mode': 'static', 'k_max': -1, 'warmup_epochs': 1, 'ramp': 'linear',
       'ramp_epochs': -1, 'table': '', 'settle_fraction': 0.5,
       'gradnorm_threshold': 0.1, 'max_advance': 2, 'min_hold_epochs': 2.0,
-      'retreat': True, 'retreat_tolerance': 0.05, 'every_steps': 0})
-  cfg.update(kw)
+      'retreat': True, 'retreat_tolerance': 0.05, 'every_steps': 0,
+      'statistic': 'update_per_lr', **kw})
   return cfg
 
 
@@ -55,10 +58,13 @@ def test_table_overrides_ramp():
     ({'table': '0-2'}, 'not "epoch:k"'),
     ({'mode': 'magic'}, 'sgd, static, dynamic, gradnorm'),
     ({'ramp': 'zigzag'}, 'linear, cosine'),
-    ({'every_steps': -1}, 'every_steps=-1 must be >= 0'),
+    ({'every_steps': -1}, 'every_steps=-1 is out of range: expected >= 0'),
 ])
 def test_bad_config_names_the_field(kw, match):
+  # Values are checked by config_validation; what needs the model (k_max
+  # and the table's k against its units) by the Selector.
   with pytest.raises(UserError, match=match):
+    config_validation.validate_selection(_cfg(**kw))
     s = selection.Selector(_cfg(**kw), num_units=6, num_epochs=4)
     s.transition(3)
 
@@ -201,7 +207,8 @@ def test_consistency_statistic_drives_dynamic_mode():
         'update_ratios': [float(epoch)] * 4}))
   assert reasons == ['hold', 'hold', 'advance'] and s.k == 1
   with pytest.raises(UserError, match='consistency, update_per_lr'):
-    selection.Selector(_cfg(mode='dynamic', statistic='mystery'), 4, 10)
+    config_validation.validate_selection(
+        _cfg(mode='dynamic', statistic='mystery'))
 
 
 def test_period_consistency_is_net_change_over_path():

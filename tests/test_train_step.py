@@ -11,6 +11,7 @@ from configs import default
 from localsgd_jax import models
 from localsgd_jax import optim
 from localsgd_jax import partition
+from localsgd_jax import step_cache
 from localsgd_jax import train_step as ts
 from localsgd_jax.models import base as models_base
 
@@ -134,7 +135,7 @@ def _compiled(step, state, batch, k):
 
 
 def _flops(compiled):
-  return ts.xla_costs(compiled)['flops']
+  return step_cache.xla_costs(compiled)['flops']
 
 
 def test_local_unit_costs_forward_plus_one_gemm():
@@ -168,7 +169,7 @@ def test_flops_and_temp_memory_fall_as_k_grows(rule):
   for k in range(model.num_units):
     c = _compiled(step, state, batch, k)
     flops.append(_flops(c))
-    temp.append(ts.xla_costs(c)['temp_bytes'])
+    temp.append(step_cache.xla_costs(c)['temp_bytes'])
   assert all(b <= a * 1.01 for a, b in zip(flops, flops[1:])), flops
   assert all(b <= a * 1.05 for a, b in zip(temp, temp[1:])), temp
   assert flops[-1] < 0.75 * flops[0]
@@ -177,7 +178,7 @@ def test_flops_and_temp_memory_fall_as_k_grows(rule):
 
 def test_step_cache_compiles_once_per_k():
   _, _, state, batch, step = _setup(_config())
-  cache = ts.StepCache(step, donate=False)
+  cache = step_cache.StepCache(step, donate=False)
   for k in (0, 1, 0, 1, 2):
     state, _ = cache(state, batch, k)
   assert sorted(cache.compile_time_s) == [(0, False), (1, True), (2, True)]

@@ -72,7 +72,7 @@ def load_dataset(data_cfg: ml_collections.ConfigDict, *,
   Raises:
     UserError: unknown name, bad field, or data that cannot be found or read.
   """
-  name = str(data_cfg.get('name', ''))
+  name = str(data_cfg.name)
   if name not in VALID_NAMES:
     raise UserError(f'Unknown dataset {name!r} (config.data.name). Valid '
                     f'names: {", ".join(VALID_NAMES)}.')
@@ -93,55 +93,25 @@ def load_dataset(data_cfg: ml_collections.ConfigDict, *,
 
 
 class _Options:
-  """The `config.data` fields, checked once."""
+  """The `config.data` fields, paths expanded (their values were checked by
+  `config_validation.validate_data`)."""
 
   def __init__(self, **fields):
     self.__dict__.update(fields)
 
   @classmethod
-  def from_config(cls, data_cfg: ml_collections.ConfigDict) -> '_Options':
-    opts = cls(
-        dir=os.path.expanduser(str(data_cfg.get('dir', '') or '')),
-        image_size=data_cfg.get('image_size', 32),
-        augment=bool(data_cfg.get('augment', True)),
-        augmentation=data_cfg.get('augmentation', 'auto'),
-        crop_padding=data_cfg.get('crop_padding', 4),
-        rrc_scale=tuple(data_cfg.get('rrc_scale', (0.35, 1.0))),
-        train_size=data_cfg.get('train_size', 0),
-        cutout=data_cfg.get('cutout', 0),
-        tfds_data_dir=os.path.expanduser(
-            str(data_cfg.get('tfds_data_dir', '') or '')),
-        shuffle_buffer=data_cfg.get('shuffle_buffer', 10_000),
-        storage=data_cfg.get('storage', 'auto'),
-        max_memory_gb=data_cfg.get('max_memory_gb', 4.0),
-        cache_dir=os.path.expanduser(
-            str(data_cfg.get('cache_dir', '') or '')),
-        train_per_class=data_cfg.get('train_per_class', 0),
-        holdout_per_class=data_cfg.get('holdout_per_class', 0),
-        holdout_seed=data_cfg.get('holdout_seed', 0),
-    )
-    for field, minimum in (('image_size', 1), ('crop_padding', 0),
-                           ('train_size', 0), ('cutout', 0),
-                           ('shuffle_buffer', 1), ('train_per_class', 0),
-                           ('holdout_per_class', 0), ('holdout_seed', 0)):
-      value = getattr(opts, field)
-      if (not isinstance(value, (int, np.integer)) or isinstance(value, bool)
-          or value < minimum):
-        raise UserError(f'config.data.{field} must be an integer >= '
-                        f'{minimum}, got {value!r}; fix it in the config or '
-                        f'with --config.data.{field}=...')
-    if opts.storage not in STORAGE_MODES:
-      raise UserError(f'config.data.storage must be one of '
-                      f'{", ".join(STORAGE_MODES)}, got {opts.storage!r}; '
-                      f'fix it in the config or with '
-                      f'--config.data.storage=...')
-    value = opts.max_memory_gb
-    if (not isinstance(value, (int, float, np.integer, np.floating))
-        or isinstance(value, bool) or not value > 0):
-      raise UserError(f'config.data.max_memory_gb must be a number > 0, got '
-                      f'{value!r}; fix it in the config or with '
-                      f'--config.data.max_memory_gb=...')
-    return opts
+  def from_config(cls, d: ml_collections.ConfigDict) -> '_Options':
+    return cls(
+        dir=os.path.expanduser(d.dir or ''), image_size=d.image_size,
+        augment=bool(d.augment), augmentation=d.augmentation,
+        crop_padding=d.crop_padding, rrc_scale=tuple(d.rrc_scale),
+        train_size=d.train_size, cutout=d.cutout,
+        tfds_data_dir=os.path.expanduser(d.tfds_data_dir or ''),
+        shuffle_buffer=d.shuffle_buffer, storage=d.storage,
+        max_memory_gb=d.max_memory_gb,
+        cache_dir=os.path.expanduser(d.cache_dir or ''),
+        train_per_class=d.train_per_class,
+        holdout_per_class=d.holdout_per_class, holdout_seed=d.holdout_seed)
 
   @property
   def subset(self) -> bool:

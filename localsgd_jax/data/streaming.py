@@ -13,10 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from localsgd_jax.data import tf_import
+from localsgd_jax.data.augment import cutout as cutout_batch
 from localsgd_jax.data.dataset import Dataset, EpochFeed
 from localsgd_jax.data.dataset import _place, _prefetch, epoch_key, normalize
-from localsgd_jax.data import tf_import
-from localsgd_jax.data.in_memory import cutout as cutout_batch
 from localsgd_jax.data.dataset import process_rows, replicate
 from localsgd_jax.errors import UserError
 

@@ -26,6 +26,8 @@ MODELS: Dict[str, Callable[..., base.Network]] = {
     'vgg19': vgg.vgg19,
     'mobilenet_v2': mobilenet_v2.mobilenet_v2,
 }
+# config.dtype -> the compute dtype `create_model` takes.
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 def create_model(name: str, num_classes: int, *, cifar_stem: bool = True,

@@ -1,0 +1,90 @@
+"""A run's compiled steps: one XLA executable per (k, hebbian), compiled once.
+
+`StepCache` wraps a step function with static `k` and `hebbian` (the train
+step, or the train loop's step that also builds the batch) and keeps each
+program's compile time and XLA counts (`xla_costs`: FLOPs from the CPU
+compile, `flops.py`; temporary bytes from the device's program).
+`program_key` names which program a step runs.
+"""
+import time
+from typing import Any, Callable, Dict, Tuple
+
+import jax
+import numpy as np
+
+from localsgd_jax import flops as flops_lib
+
+
+def xla_costs(compiled, traced=None) -> Dict[str, float]:
+  """XLA's FLOPs and temporary bytes of a compiled step.
+
+  'flops' are counted on the CPU compile of the program (`flops.py`: a GPU
+  program's own count leaves out its cuDNN / cuBLAS calls): `compiled`
+  itself where it runs on the CPU, else `traced` (the same
+  `jax.jit(step).trace(...)`, required then) compiled for the CPU.
+  'temp_bytes' are the device's: `compiled.memory_analysis()` of the
+  program that actually runs.
+  """
+  return {'flops': flops_lib.program_flops(compiled, traced),
+          'temp_bytes': int(compiled.memory_analysis().temp_size_in_bytes)}
+
+
+def _abstract(leaf):
+  """A leaf of the step's arguments as a shape, dtype and sharding only."""
+  if isinstance(leaf, jax.Array):
+    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
+  return jax.ShapeDtypeStruct(np.shape(leaf), np.result_type(leaf))
+
+
+def program_key(k: int, hebbian: bool) -> Tuple[int, bool]:
+  """Which compiled step runs k local units with or without the Hebbian
+  pass: `StepCache`'s key. k = 0 has no local units, so no Hebbian pass."""
+  return (k, hebbian and k > 0)
+
+
+class StepCache:
+  """One compiled executable per transition index, compiled once.
+
+  Wraps any `step(state, operand, k, hebbian)` with static `k` and `hebbian`
+  (the train step, or the train loop's step that also builds the batch).
+  Keyed by `(k, hebbian)`. `compile_time_s[key]` holds the lowering +
+  compilation time (a load from JAX's persistent compilation cache when it
+  holds the program), so the trainer can report compile time apart from
+  step time; `compiled[key]` exposes XLA's `cost_analysis()` /
+  `memory_analysis()` to benchmarks and tests, and `costs(key)` their
+  FLOPs (counted on the CPU compile: off a CPU backend the step is traced
+  again from the shapes of its first arguments and compiled for the CPU,
+  once per key) and temporary bytes (the device program's).
+  """
+
+  def __init__(self, train_step: Callable, donate: bool = True):
+    self._jitted = jax.jit(train_step, static_argnums=(2, 3),
+                           donate_argnums=(0,) if donate else ())
+    self.compiled: Dict[Tuple[int, bool], Any] = {}
+    self.compile_time_s: Dict[Tuple[int, bool], float] = {}
+    self._costs: Dict[Tuple[int, bool], Dict[str, float]] = {}
+    self._shapes: Dict[Tuple[int, bool], Any] = {}  # the arguments, abstract
+
+  def costs(self, key: Tuple[int, bool]) -> Dict[str, float]:
+    """`xla_costs` of the compiled step `key` (compiled already)."""
+    if key not in self._costs:
+      compiled = self.compiled[key]
+      traced = None
+      if flops_lib.platform_of(compiled) != 'cpu':
+        traced = self._jitted.trace(*self._shapes[key], *key)
+      self._costs[key] = xla_costs(compiled, traced)
+    return self._costs[key]
+
+  def get(self, k: int, state: Any, batch: Any,
+          hebbian: bool = True):
+    key = program_key(k, hebbian)
+    if key not in self.compiled:
+      t0 = time.perf_counter()
+      self.compiled[key] = self._jitted.lower(state, batch, *key).compile()
+      self.compile_time_s[key] = time.perf_counter() - t0
+      self._shapes[key] = jax.tree.map(_abstract, (state, batch))
+    return self.compiled[key]
+
+  def __call__(self, state: Any, batch: Any, k: int,
+               hebbian: bool = True):
+    return self.get(k, state, batch, hebbian)(state, batch)
