@@ -87,51 +87,6 @@ def _net_change(new_params, old_params):
 _copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
 
 
-def period_stats(host: Dict[str, np.ndarray],
-                 change: Dict[str, Tuple[float, float]], k: int,
-                 steps_per_epoch: int) -> Dict[str, Any]:
-  """What the selector sees of one period.
-
-  Args:
-    host: the period's rows of the per-step metric buffers.
-    change: per unit, (||W_end - W_start||, ||W_start||) over the period.
-    k: the period's transition index.
-    steps_per_epoch: steps of a whole epoch.
-
-  Returns:
-    Per unit (None for local ones):
-      'update_ratios': the relative weight change over the period per unit
-        of mean learning rate, scaled to a whole epoch's steps so that
-        periods of any length compare;
-      'consistency': the net weight change over the period divided by the
-        path its steps travelled (sum of the per-step update norms), in
-        [0, 1]: 1 while every step pushes the same way, towards 0 once the
-        steps cancel out. A ratio of two lengths that both scale with the
-        learning rate, so a decaying schedule leaves it alone;
-      'grad_norms': the mean gradient norm;
-    and the period's mean loss.
-  """
-  steps = len(host['loss'])
-  mean_lr = float(np.mean(host['learning_rate']))
-  scale = steps_per_epoch / steps / max(mean_lr, 1e-12)
-  grad_norms = np.mean(host['grad_norms'], axis=0)
-  paths = np.sum(host['update_norms'], axis=0)
-  units = range(len(grad_norms))
-  net = [change[models.base.unit_name(u)] for u in units]
-  return {
-      'transition': k,
-      'train_loss': float(np.mean(host['loss'])),
-      'update_ratios': [
-          float(d / max(w, 1e-12)) * scale if u >= k else None
-          for u, (d, w) in zip(units, net)],
-      'consistency': [
-          float(min(1.0, d / paths[u])) if u >= k and paths[u] > 0 else None
-          for u, (d, _) in zip(units, net)],
-      'grad_norms': [float(g) if u >= k else None
-                     for u, g in enumerate(grad_norms)],
-  }
-
-
 def compile_message(k: int, hebbian: bool, hebbian_every: int,
                     frozen: bool = False) -> str:
   """The line announcing a compile of the step for (k, hebbian)."""
@@ -196,7 +151,9 @@ class _Period:
     self.host = host
     rows = {n: v[self.start:i + 1] for n, v in host.items()}
     change = jax.device_get(_net_change(params, self._params))
-    self.stats = period_stats(rows, change, self.k, self.steps_per_epoch)
+    self.stats = selection.period_stats(
+        rows, [change[models.base.unit_name(u)] for u in range(len(change))],
+        self.k, self.steps_per_epoch)
     self.decisions.append(self.selector.observe(
         self.epoch + (i + 1) / self.steps_per_epoch, self.stats))
     if i + 1 < self.steps:

@@ -5,6 +5,8 @@ training (an epoch, or with `every_steps` > 0 in dynamic and gradnorm modes
 every that many steps) it receives the period's statistics and decides the
 transition index k of the next period. Units [0, k) then learn locally, units
 [k, L) by SGD. Its state is a JSON-able dict saved in every checkpoint.
+The period's statistics come from the train loop's per-step buffers through
+`period_stats` (numpy).
 
 Modes:
   sgd:      k = 0 always.
@@ -36,7 +38,9 @@ Modes:
             retreat). Used with `local.rule=frozen` it is the AutoFreeze peer.
 """
 import math
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from localsgd_jax.errors import UserError
 
@@ -278,3 +282,50 @@ class Selector:
     self.history = list(state.get('history', []))
     self.k = state.get('k', 0)
     self.last_move_epoch = state.get('last_move_epoch')
+
+
+def period_stats(host: Dict[str, np.ndarray],
+                 change: Sequence[Tuple[float, float]], k: int,
+                 steps_per_epoch: int) -> Dict[str, Any]:
+  """What the selector sees of one period (`Selector.observe`'s stats).
+
+  Args:
+    host: the period's rows of the per-step metric buffers (the train
+      loop's: 'loss', 'learning_rate', 'grad_norms', 'update_norms').
+    change: per unit, in order, (||W_end - W_start||, ||W_start||) over the
+      period.
+    k: the period's transition index.
+    steps_per_epoch: steps of a whole epoch.
+
+  Returns:
+    Per unit (None for local ones):
+      'update_ratios': the relative weight change over the period per unit
+        of mean learning rate, scaled to a whole epoch's steps so that
+        periods of any length compare;
+      'consistency': the net weight change over the period divided by the
+        path its steps travelled (sum of the per-step update norms), in
+        [0, 1]: 1 while every step pushes the same way, towards 0 once the
+        steps cancel out. A ratio of two lengths that both scale with the
+        learning rate, so a decaying schedule leaves it alone;
+      'grad_norms': the mean gradient norm;
+    and the period's mean loss.
+  """
+  steps = len(host['loss'])
+  mean_lr = float(np.mean(host['learning_rate']))
+  scale = steps_per_epoch / steps / max(mean_lr, 1e-12)
+  grad_norms = np.mean(host['grad_norms'], axis=0)
+  paths = np.sum(host['update_norms'], axis=0)
+  units = range(len(grad_norms))
+  net = list(change)
+  return {
+      'transition': k,
+      'train_loss': float(np.mean(host['loss'])),
+      'update_ratios': [
+          float(d / max(w, 1e-12)) * scale if u >= k else None
+          for u, (d, w) in zip(units, net)],
+      'consistency': [
+          float(min(1.0, d / paths[u])) if u >= k and paths[u] > 0 else None
+          for u, (d, _) in zip(units, net)],
+      'grad_norms': [float(g) if u >= k else None
+                     for u, g in enumerate(grad_norms)],
+  }

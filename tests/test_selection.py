@@ -213,18 +213,16 @@ def test_consistency_statistic_drives_dynamic_mode():
 
 def test_period_consistency_is_net_change_over_path():
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from localsgd_jax import loop  # pylint: disable=g-import-not-at-top
   host = {'loss': np.ones(4), 'learning_rate': np.full(4, 0.1),
           'grad_norms': np.ones((4, 3)),
           # unit 1: 4 steps of 0.5 -> path 2; unit 2: never updated (local)
           'update_norms': np.array([[1.0, 0.5, 0.0]] * 4)}
-  change = {'units_0': (0.5, 10.0), 'units_1': (2.0, 4.0),
-            'units_2': (0.0, 1.0)}
-  stats = loop.period_stats(host, change, k=0, steps_per_epoch=8)
+  change = [(0.5, 10.0), (2.0, 4.0), (0.0, 1.0)]  # units 0, 1, 2
+  stats = selection.period_stats(host, change, k=0, steps_per_epoch=8)
   assert stats['consistency'] == [0.125, 1.0, None]
   # update per unit of lr, scaled from 4 steps to an epoch of 8: x 20.
   assert stats['update_ratios'] == pytest.approx([1.0, 10.0, 0.0])
-  stats = loop.period_stats(host, change, k=1, steps_per_epoch=8)
+  stats = selection.period_stats(host, change, k=1, steps_per_epoch=8)
   assert stats['consistency'][0] is None
 
 
