@@ -4,6 +4,7 @@ The --config flag (configs/quickstart.py by default, overrides as
 --config.x=y), the multi-process flags, quiet library logging, and bad input
 reported as one `error:` line with exit status 2 instead of a traceback.
 """
+import importlib
 import os
 import sys
 from typing import Callable, List
@@ -16,11 +17,10 @@ from ml_collections import config_flags
 
 from localsgd_jax import flag_errors
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# localsgd_jax/configs is configs/ (a symlink in a checkout, the files in an
-# installed package).
-_DEFAULT_CONFIG = os.path.join(_ROOT, 'localsgd_jax', 'configs',
-                               'quickstart.py')
+# localsgd_jax.configs is configs/ (pyproject.toml maps it; light to import).
+_DEFAULT_CONFIG = os.path.join(
+    os.path.dirname(importlib.import_module('localsgd_jax.configs').__file__),
+    'quickstart.py')
 # Shown by --help next to the flags of train.py / compare.py themselves.
 KEY_FLAGS = ('config', 'coordinator_address', 'num_processes', 'process_id')
 try:

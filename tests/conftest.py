@@ -4,7 +4,6 @@ These must be set before JAX is imported anywhere.
 """
 import os
 import shutil
-import sys
 
 import pytest
 
@@ -13,9 +12,6 @@ os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=4')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from configs import quickstart
+from localsgd_jax.configs import quickstart
 from localsgd_jax import checkpointing
 from localsgd_jax import train_lib
 from localsgd_jax.errors import UserError

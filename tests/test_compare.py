@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from configs import quickstart
+from localsgd_jax.configs import quickstart
 from localsgd_jax import aggregate
 from localsgd_jax import comparison
 from localsgd_jax import modes

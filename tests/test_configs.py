@@ -26,17 +26,17 @@ def test_expected_configs_exist():
 
 @pytest.mark.parametrize('name', CONFIGS)
 def test_config_is_valid(name):
-  config = importlib.import_module(f'configs.{name}').get_config()
+  config = importlib.import_module(f'localsgd_jax.configs.{name}').get_config()
   config_validation.validate_config(config)
   assert config.model.name in models.MODELS
   assert config.data.name in data.VALID_NAMES
-  assert (importlib.import_module(f'configs.{name}').__doc__ or '').strip()
+  assert (importlib.import_module(f'localsgd_jax.configs.{name}').__doc__ or '').strip()
 
 
 @pytest.mark.parametrize('name', ['quickstart', 'cifar10_resnet'])
 def test_static_configs_start_with_an_sgd_epoch(name):
   """60% of the epochs by SGD, and at least one: a 1-epoch run stays SGD."""
-  config = importlib.import_module(f'configs.{name}').get_config()
+  config = importlib.import_module(f'localsgd_jax.configs.{name}').get_config()
   assert config.selection.mode == 'static'
   for num_epochs, warmup in ((1, 1), (2, 1), (10, 6), (30, 18), (200, 120)):
     config.num_epochs = num_epochs
@@ -44,13 +44,15 @@ def test_static_configs_start_with_an_sgd_epoch(name):
 
 
 def test_configs_ship_inside_the_package():
-  """localsgd_jax.configs is configs/: installed with the package, no
-  top-level `configs` package in site-packages (pyproject.toml)."""
+  """localsgd_jax.configs is configs/, by a package-dir mapping in
+  pyproject.toml (no symlink: a checkout without symlinks works the same),
+  and the one way to import a config (tests and configs alike)."""
   from localsgd_jax.configs import quickstart  # pylint: disable=g-import-not-at-top
   assert os.path.samefile(os.path.dirname(quickstart.__file__),
                           os.path.join(ROOT, 'configs'))
+  assert not os.path.lexists(os.path.join(ROOT, 'localsgd_jax', 'configs'))
   with open(os.path.join(ROOT, 'pyproject.toml')) as f:
-    assert 'include = ["localsgd_jax*"]' in f.read()
+    assert '"localsgd_jax.configs" = "configs"' in f.read()
 
 
 def _from_command_line(name, *overrides):
@@ -71,7 +73,7 @@ def _from_command_line(name, *overrides):
 def test_learning_rate_follows_the_batch_size(name):
   """--config.batch_size scales the resolved learning rate linearly; an
   explicit --config.optim.learning_rate wins, in either order."""
-  base = importlib.import_module(f'configs.{name}').get_config()
+  base = importlib.import_module(f'localsgd_jax.configs.{name}').get_config()
   lr, batch = base.optim.learning_rate, base.batch_size
   half = _from_command_line(name, f'--config.batch_size={batch // 2}')
   assert half.optim.learning_rate == pytest.approx(lr / 2, rel=1e-12)
@@ -100,14 +102,14 @@ def test_shipped_learning_rates_are_unchanged_at_their_batch_size():
           'cifar100_resnet': 0.2, 'imagenet_resnet50': 0.1 * 1024 / 256,
           'imagenet_mobilenetv2': 0.05 * 1024 / 256}
   for name, lr in want.items():
-    config = importlib.import_module(f'configs.{name}').get_config()
+    config = importlib.import_module(f'localsgd_jax.configs.{name}').get_config()
     assert config.optim.learning_rate == lr, name
 
 
 def test_resume_check_compares_resolved_learning_rates():
   from localsgd_jax import resume_check  # pylint: disable=g-import-not-at-top
   saved = resume_check.as_dict(
-      importlib.import_module('configs.cifar10_resnet').get_config())
+      importlib.import_module('localsgd_jax.configs.cifar10_resnet').get_config())
   new = _from_command_line('cifar10_resnet', '--config.batch_size=512')
   changes = {c.field: (c.old, c.new) for c in
              resume_check.config_changes(saved, resume_check.as_dict(new))}
@@ -120,7 +122,7 @@ def test_resume_check_compares_resolved_learning_rates():
 
 def test_eval_tta_is_validated_and_refused_without_flips(tmp_path):
   from localsgd_jax.errors import UserError  # pylint: disable=g-import-not-at-top
-  config = importlib.import_module('configs.quickstart').get_config()
+  config = importlib.import_module('localsgd_jax.configs.quickstart').get_config()
   config.eval_tta = 'mirror'
   with pytest.raises(UserError, match='config.eval_tta=.mirror.'):
     config_validation.validate_config(config)

@@ -968,7 +968,7 @@ def test_bad_data_options(field, value):
 
 
 def test_default_config_has_data_options():
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from localsgd_jax.configs import default  # pylint: disable=g-import-not-at-top
   cfg = default.get_config().data
   assert (cfg.storage, cfg.max_memory_gb, cfg.cache_dir) == ('auto', 4.0, '')
   assert (cfg.train_per_class, cfg.holdout_per_class,
@@ -1281,7 +1281,7 @@ def test_augmentation_errors_that_need_the_data(tmp_path):
     ('rrc_scale', (0.0, 1.0)), ('rrc_scale', (0.3, 1.5)),
     ('rrc_scale', (0.3,)), ('train_size', -1), ('cutout', -2)])
 def test_bad_augmentation_fields(field, value):
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from localsgd_jax.configs import default  # pylint: disable=g-import-not-at-top
   config = default.get_config()
   config.data[field] = value
   with pytest.raises(UserError, match=rf'config\.data\.{field}=') as err:
@@ -1291,7 +1291,7 @@ def test_bad_augmentation_fields(field, value):
 
 
 def test_default_config_augmentation_fields():
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from localsgd_jax.configs import default  # pylint: disable=g-import-not-at-top
   cfg = default.get_config().data
   assert (cfg.augment, cfg.augmentation, cfg.crop_padding) == (True, 'auto',
                                                                 4)

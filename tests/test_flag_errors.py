@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from configs import quickstart
+from localsgd_jax.configs import quickstart
 from localsgd_jax import flag_errors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

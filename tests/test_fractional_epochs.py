@@ -8,7 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import quickstart
+from localsgd_jax.configs import quickstart
 from localsgd_jax import config_validation
 from localsgd_jax import loop
 from localsgd_jax import optim

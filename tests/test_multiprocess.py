@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import quickstart
+from localsgd_jax.configs import quickstart
 from localsgd_jax import checkpointing
 from localsgd_jax import data
 from localsgd_jax import distributed

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default
+from localsgd_jax.configs import default
 from localsgd_jax import checkpointing
 from localsgd_jax import config_validation
 from localsgd_jax import models

@@ -15,8 +15,8 @@ import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from configs import default
-from configs import quickstart
+from localsgd_jax.configs import default
+from localsgd_jax.configs import quickstart
 from localsgd_jax import checkpointing
 from localsgd_jax import data
 from localsgd_jax import models

@@ -12,7 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import quickstart
+from localsgd_jax.configs import quickstart
 from localsgd_jax import train_lib
 from localsgd_jax.errors import UserError
 

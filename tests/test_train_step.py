@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from configs import default
+from localsgd_jax.configs import default
 from localsgd_jax import models
 from localsgd_jax import optim
 from localsgd_jax import partition

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import quickstart
+from localsgd_jax.configs import quickstart
 from localsgd_jax import config_validation
 from localsgd_jax import metrics as metrics_lib
 from localsgd_jax import resume_check
