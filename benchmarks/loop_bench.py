@@ -21,12 +21,10 @@ from absl import flags
 import jax
 import numpy as np
 
-from localsgd_jax.configs import quickstart
 from localsgd_jax import data
-from localsgd_jax import loop as loop_lib
 from localsgd_jax import metrics as metrics_lib
-from localsgd_jax import models
-from localsgd_jax import selection
+from localsgd_jax import train_lib
+from localsgd_jax.configs import quickstart
 
 _FOLDER = flags.DEFINE_string('folder', '', 'An image folder (train/, val/) '
                               'for the input-path comparison.')
@@ -56,13 +54,10 @@ def loop_cost(repeats: int):
   config.batch_size = 8
   config.local.hebbian_every = 1
   config.num_epochs = 100
-  dataset = data.load_dataset(config.data, seed=0)
-  model = models.create_model('tiny', 10)
-  steps = dataset.steps_per_epoch(config.batch_size)
-  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ('data',))
-  loop = loop_lib.TrainLoop(model, dataset, config, mesh)
-  state = loop.init_state(0)
-  selector = selection.Selector(config.selection, model.num_units, 100)
+  parts = train_lib.build(config, jax.devices()[:1])
+  dataset, loop, state, selector = (parts.dataset, parts.loop, parts.state,
+                                    parts.selector)
+  steps = parts.steps_per_epoch
   loop_times = []
   for epoch in range(repeats + 1):
     progress = metrics_lib.Progress(epoch, 100, steps, False)

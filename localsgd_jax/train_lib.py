@@ -10,13 +10,13 @@ import math
 import os
 import subprocess
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
 
 from localsgd_jax import checkpointing
 from localsgd_jax import data
@@ -133,20 +133,30 @@ def _non_finite_error(losses: np.ndarray, first_step: int, epoch: int,
 
 
 @dataclasses.dataclass
-class _Parts:
-  """What a run trains with, built before its workdir is opened."""
+class Parts:
+  """What a run trains with (`build`), made before its workdir is opened.
+
+  Tests and benchmarks that drive the loop themselves build it here too:
+  `parts.loop.run_epoch(parts.state, epoch, parts.selector, ...)`.
+  """
   dataset: Any
   model: Any
-  loop: loop_lib.TrainLoop
+  loop: loop_lib.TrainLoop  # owns the mesh's shardings, steps per epoch
   state: Any
   selector: selection.Selector
-  steps_per_epoch: int
   num_devices: int
-  batch_sharding: NamedSharding
   eval_batch_size: int
   # Only process 0 writes the run's files; every process takes part in the
   # Orbax saves, which Orbax coordinates.
   primary: bool
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.loop.steps_per_epoch
+
+  @property
+  def batch_sharding(self) -> NamedSharding:
+    return self.loop.batch_sharding
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -165,7 +175,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   workdir_lock.check_path(workdir)  # one-line errors; creates nothing yet
   enable_compilation_cache(config.compile_cache_dir)
   with errors.signals_stop_the_run():
-    parts = _build(config)
+    parts = build(config)
     # The config and the data are checked: only now is the workdir created,
     # locked, and compared with the run it may hold (workdir.py).
     run = workdir_lib.open_run(
@@ -193,8 +203,16 @@ def _what_was_saved(workdir: str) -> str:
           'the same command resumes from it')
 
 
-def _build(config: ml_collections.ConfigDict) -> _Parts:
-  """The data, the model, the device mesh, the loop and the initial state."""
+def build(config: ml_collections.ConfigDict,
+          devices: Optional[Sequence[Any]] = None) -> Parts:
+  """The data, the model, the device mesh (of `devices`, default all), the
+  loop, the selector and the initial state of `config`.
+
+  Raises:
+    UserError: a bad config value, data that cannot be loaded, or a batch
+      that does not fit the data or the devices.
+  """
+  validate_config(config)
   console.say(f'Loading data: {console.data_source(config.data)} ...')
   t_data = time.perf_counter()
   dataset = data.load_dataset(config.data, seed=config.seed)
@@ -203,24 +221,21 @@ def _build(config: ml_collections.ConfigDict) -> _Parts:
   model = models.create_model(config.model.name, dataset.num_classes,
                               cifar_stem=config.model.cifar_stem,
                               dtype=models.DTYPES[config.dtype])
-  # Raises a UserError when the batch is larger than the training set.
-  steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
-  devices = np.array(jax.devices())
+  devices = np.array(jax.devices() if devices is None else devices)
   if config.batch_size % len(devices):
     raise UserError(f'config.batch_size={config.batch_size} must be a '
                     f'multiple of the {len(devices)} devices.')
-  mesh = Mesh(devices, ('data',))
-  loop = loop_lib.TrainLoop(model, dataset, config, mesh)
-  state = loop.init_state(config.seed)
+  # Raises a UserError when the batch is larger than the training set.
+  loop = loop_lib.TrainLoop(model, dataset, config, Mesh(devices, ('data',)))
   by_share = config.selection.k_max_flop_share > 0
-  return _Parts(
-      dataset=dataset, model=model, loop=loop, state=state,
+  return Parts(
+      dataset=dataset, model=model, loop=loop,
+      state=loop.init_state(config.seed),
       selector=selection.Selector(
           config.selection, model.num_units, config.num_epochs,
           unit_flops=flops_lib.unit_flops(model, dataset.image_shape)
           if by_share else None),
-      steps_per_epoch=steps_per_epoch, num_devices=len(devices),
-      batch_sharding=NamedSharding(mesh, P('data')),
+      num_devices=len(devices),
       # Eval batches are sharded too: round up to a multiple of the device
       # count (the padding is masked out), so e.g. 500 works on 8 GPUs.
       eval_batch_size=-(-config.eval_batch_size // len(devices))
@@ -229,7 +244,7 @@ def _build(config: ml_collections.ConfigDict) -> _Parts:
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str,
-           run: workdir_lib.Run, parts: _Parts) -> Dict[str, Any]:
+           run: workdir_lib.Run, parts: Parts) -> Dict[str, Any]:
   """The epochs of `train_and_evaluate`, in the workdir `run` locked."""
   checkpointer = checkpointing.Checkpointer(
       workdir, config.checkpoint.every_epochs, config.checkpoint.keep,

@@ -305,27 +305,21 @@ def test_bfloat16_quickstart_learns(tmp_path):
 def _train_steps(devices, config):
   """The epochs of the real loop (data feed, steps, selector) and the
   evaluation, on a mesh of `devices`: (state, per-step losses, eval)."""
-  from localsgd_jax import loop as loop_lib  # pylint: disable=g-import-not-at-top
   from localsgd_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-  from localsgd_jax import selection  # pylint: disable=g-import-not-at-top
-  dataset = data.load_dataset(config.data, seed=config.seed)
-  model = models.create_model('tiny', dataset.num_classes)
-  mesh = Mesh(np.array(devices), ('data',))
-  loop = loop_lib.TrainLoop(model, dataset, config, mesh)
-  state = loop.init_state(config.seed)
+  parts = train_lib.build(config, devices)
+  state = parts.state
   initial = jax.device_get(state.params)
-  selector = selection.Selector(config.selection, model.num_units,
-                                config.num_epochs)
   losses = []
   for epoch in range(config.num_epochs):
     progress = metrics_lib.Progress(epoch, config.num_epochs,
-                                    loop.steps_per_epoch, False)
-    state, result = loop.run_epoch(state, epoch, selector, progress,
-                                   lambda *args: AssertionError(args))
+                                    parts.steps_per_epoch, False)
+    state, result = parts.loop.run_epoch(
+        state, epoch, parts.selector, progress,
+        lambda *args: AssertionError(args))
     losses.append(result.metrics['loss'])
   evaluation = train_lib.evaluate(
-      jax.jit(ts.make_eval_step(model)), state, dataset,
-      config.eval_batch_size, NamedSharding(mesh, P('data')))
+      jax.jit(ts.make_eval_step(parts.model)), state, parts.dataset,
+      config.eval_batch_size, parts.batch_sharding)
   return initial, jax.device_get(state), np.concatenate(losses), evaluation
 
 

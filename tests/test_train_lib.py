@@ -134,22 +134,16 @@ def test_frozen_units_compile_one_program_per_k(tmp_path, capsys):
 def test_steady_state_steps_transfer_nothing_implicitly(tmp_path):
   """Per step the loop uploads and fetches nothing but the deliberate
   finite checks (explicit `device_get`s), so the device never waits on it."""
-  from localsgd_jax import data, loop as loop_lib, metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-  from localsgd_jax import models, selection  # pylint: disable=g-import-not-at-top
+  from localsgd_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   config = _config(**{'selection.mode': 'static', 'selection.table': '0:0,1:2',
                       'local.hebbian_every': 2})
-  dataset = data.load_dataset(config.data, seed=0)
-  model = models.create_model('tiny', 10)
-  steps = dataset.steps_per_epoch(config.batch_size)
-  mesh = jax.sharding.Mesh(np.array(jax.devices()), ('data',))
-  loop = loop_lib.TrainLoop(model, dataset, config, mesh)
-  state = loop.init_state(0)
-  selector = selection.Selector(config.selection, model.num_units, 3)
+  parts = train_lib.build(config)
+  state, steps = parts.state, parts.steps_per_epoch
 
   def run(epoch):
     progress = metrics_lib.Progress(epoch, 3, steps, False)
-    return loop.run_epoch(state, epoch, selector, progress,
-                          lambda *a: AssertionError(a))
+    return parts.loop.run_epoch(state, epoch, parts.selector, progress,
+                                lambda *a: AssertionError(a))
 
   state, _ = run(0)
   state, _ = run(1)  # compiles k = 2 with and without the Hebbian GEMM
