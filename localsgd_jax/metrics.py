@@ -149,6 +149,24 @@ class MetricsWriter:
       self._tb.close()
 
 
+def missing_epochs(rows: List[Dict[str, Any]], num_epochs: int) -> List[int]:
+  """The epochs 1..num_epochs without a row in `rows` (a lost history)."""
+  have = {r['epoch'] for r in rows}
+  return [e for e in range(1, num_epochs + 1) if e not in have]
+
+
+def spans(epochs: List[int]) -> str:
+  """[1, 2, 3, 7] -> '1-3, 7'."""
+  out, start = [], None
+  for i, e in enumerate(epochs):
+    if start is None:
+      start = e
+    if i + 1 == len(epochs) or epochs[i + 1] != e + 1:
+      out.append(str(e) if e == start else f'{start}-{e}')
+      start = None
+  return ', '.join(out)
+
+
 def read_rows(path: str) -> List[Dict[str, Any]]:
   """The rows of a metrics.jsonl, one per epoch, sorted by epoch.
 

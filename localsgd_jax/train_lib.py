@@ -277,7 +277,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
       train_epochs=parts.loop.num_steps / parts.steps_per_epoch,
       num_steps=parts.loop.num_steps, num_units=parts.model.num_units,
       num_devices=parts.num_devices, git_commit=commit,
-      history_missing_epochs=_missing_epochs(rows, start_epoch),
+      history_missing_epochs=metrics_lib.missing_epochs(rows, start_epoch),
       config=json.loads(config.to_json_best_effort()),
       **run.summary_fields())  # the fork and the changes allowed on resume
   if parts.primary:
@@ -334,38 +334,20 @@ def _resume(config, workdir, run, parts, checkpointer, writer):
   rows = (writer.truncate(start_epoch, parent_rows) if parts.primary else
           [r for r in (writer.read() if parent_rows is None else parent_rows)
            if r['epoch'] <= start_epoch])
-  missing = _missing_epochs(rows, start_epoch)
+  missing = metrics_lib.missing_epochs(rows, start_epoch)
   if missing and parts.primary:
     source = (run.fork['parent'] if parent_rows is not None else workdir)
     errors.warn(
         f'{os.path.join(source, "metrics.jsonl")} lacks the rows of '
         f'{len(missing)} of the {start_epoch} epochs the checkpoint holds '
-        f'(epochs {_spans(missing)}: deleted, or not copied with the '
-        'checkpoints): the run goes on, but summary.json counts only the '
+        f'(epochs {metrics_lib.spans(missing)}: deleted, or not copied with '
+        'the checkpoints): the run goes on, but summary.json counts only the '
         'epochs on record (its history_missing_epochs lists the others); '
         'restore that file before resuming to keep the whole history.')
   if parts.primary:
     writer.write_config(config.to_json_best_effort(indent=2),
                         start_epoch * parts.steps_per_epoch)
   return start_epoch, state, clock, rows
-
-
-def _missing_epochs(rows, num_epochs: int):
-  """The epochs 1..num_epochs without a row in `rows`."""
-  have = {r['epoch'] for r in rows}
-  return [e for e in range(1, num_epochs + 1) if e not in have]
-
-
-def _spans(epochs) -> str:
-  """[1, 2, 3, 7] -> '1-3, 7'."""
-  spans, start = [], None
-  for i, e in enumerate(epochs):
-    if start is None:
-      start = e
-    if i + 1 == len(epochs) or epochs[i + 1] != e + 1:
-      spans.append(str(e) if e == start else f'{start}-{e}')
-      start = None
-  return ', '.join(spans)
 
 
 def _train_epoch(config, workdir, run, parts, state, epoch, eval_step,
