@@ -17,7 +17,8 @@ from ml_collections import config_flags
 
 from localsgd_jax import flag_errors
 
-# localsgd_jax.configs is configs/ (pyproject.toml maps it; light to import).
+# localsgd_jax.configs is configs/ (pyproject.toml maps it; in an uninstalled
+# checkout the symlink localsgd_jax/configs); light to import.
 _DEFAULT_CONFIG = os.path.join(
     os.path.dirname(importlib.import_module('localsgd_jax.configs').__file__),
     'quickstart.py')

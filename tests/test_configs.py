@@ -44,13 +44,15 @@ def test_static_configs_start_with_an_sgd_epoch(name):
 
 
 def test_configs_ship_inside_the_package():
-  """localsgd_jax.configs is configs/, by a package-dir mapping in
-  pyproject.toml (no symlink: a checkout without symlinks works the same),
-  and the one way to import a config (tests and configs alike)."""
+  """localsgd_jax.configs is configs/: installed by a package-dir mapping in
+  pyproject.toml (so a checkout without symlinks installs the same), and
+  through the symlink in a checkout used without installing; the one way
+  to import a config (tests and configs alike)."""
   from localsgd_jax.configs import quickstart  # pylint: disable=g-import-not-at-top
   assert os.path.samefile(os.path.dirname(quickstart.__file__),
                           os.path.join(ROOT, 'configs'))
-  assert not os.path.lexists(os.path.join(ROOT, 'localsgd_jax', 'configs'))
+  link = os.path.join(ROOT, 'localsgd_jax', 'configs')
+  assert os.path.samefile(link, os.path.join(ROOT, 'configs'))
   with open(os.path.join(ROOT, 'pyproject.toml')) as f:
     assert '"localsgd_jax.configs" = "configs"' in f.read()
 
