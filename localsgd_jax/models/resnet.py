@@ -37,39 +37,45 @@ def _shortcut(x: jax.Array, features: int, strides: int, train: bool,
   return base.batch_norm(train, dtype, name='proj_bn')(x)
 
 
-class BasicBlock(nn.Module):
-  """Two 3x3 convs (ResNet-18/34, CIFAR ResNets); one unit with its shortcut."""
+def _conv_bn(x: jax.Array, features: int, kernel: int, strides: int,
+             train: bool, dtype: Any, index: int) -> jax.Array:
+  """conv{index} -> bn{index} of the calling block (its modules, by name)."""
+  x = base.conv(features, kernel, strides, dtype, name=f'conv{index}')(x)
+  return base.batch_norm(train, dtype, name=f'bn{index}')(x)
+
+
+class _Block(nn.Module):
+  """A residual block: one unit, with its shortcut; `features` is its base
+  width, `expansion` x features its output's."""
   features: int
   strides: int = 1
   dtype: Any = jnp.float32
   expansion: ClassVar[int] = 1
 
+
+class BasicBlock(_Block):
+  """Two 3x3 convs (ResNet-18/34, CIFAR ResNets)."""
+
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-    y = base.conv(self.features, 3, self.strides, self.dtype, name='conv1')(x)
-    y = nn.relu(base.batch_norm(train, self.dtype, name='bn1')(y))
-    y = base.conv(self.features, 3, 1, self.dtype, name='conv2')(y)
-    y = base.batch_norm(train, self.dtype, name='bn2')(y)
+    y = nn.relu(_conv_bn(x, self.features, 3, self.strides, train,
+                         self.dtype, 1))
+    y = _conv_bn(y, self.features, 3, 1, train, self.dtype, 2)
     return nn.relu(y + _shortcut(x, self.features, self.strides, train,
                                  self.dtype))
 
 
-class BottleneckBlock(nn.Module):
-  """1x1 -> 3x3 (strided) -> 1x1 x4 (ResNet-50/101); one unit with shortcut."""
-  features: int
-  strides: int = 1
-  dtype: Any = jnp.float32
+class BottleneckBlock(_Block):
+  """1x1 -> 3x3 (strided) -> 1x1 x4 (ResNet-50/101)."""
   expansion: ClassVar[int] = 4
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
     out = self.features * self.expansion
-    y = base.conv(self.features, 1, 1, self.dtype, name='conv1')(x)
-    y = nn.relu(base.batch_norm(train, self.dtype, name='bn1')(y))
-    y = base.conv(self.features, 3, self.strides, self.dtype, name='conv2')(y)
-    y = nn.relu(base.batch_norm(train, self.dtype, name='bn2')(y))
-    y = base.conv(out, 1, 1, self.dtype, name='conv3')(y)
-    y = base.batch_norm(train, self.dtype, name='bn3')(y)
+    y = nn.relu(_conv_bn(x, self.features, 1, 1, train, self.dtype, 1))
+    y = nn.relu(_conv_bn(y, self.features, 3, self.strides, train,
+                         self.dtype, 2))
+    y = _conv_bn(y, out, 1, 1, train, self.dtype, 3)
     return nn.relu(y + _shortcut(x, out, self.strides, train, self.dtype))
 
 
