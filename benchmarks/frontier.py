@@ -54,6 +54,7 @@ import jax
 from ml_collections import config_flags
 
 from localsgd_jax import aggregate
+from localsgd_jax import config_fields
 from localsgd_jax import modes as modes_lib
 from localsgd_jax import plots
 from localsgd_jax import report
@@ -176,9 +177,9 @@ def _finished(path: str, cfg) -> bool:
     return workdir_lib.finished_run(path, cfg)
   changes = resume_check.config_changes(
       runs_lib.read_json(os.path.join(path, 'config.json')),
-      resume_check.as_dict(cfg))
+      config_fields.as_dict(cfg))
   moved = resume_check.DATA_LOCATION + ('init_from',)
-  return all(resume_check.matches(c.field, moved) for c in changes)
+  return all(config_fields.matches(c.field, moved) for c in changes)
 
 
 class Runner:

@@ -18,6 +18,7 @@ disk, stops the run with a one-line `UserError` before another epoch is
 trained; the previous checkpoint stays intact.
 """
 import asyncio
+import contextlib
 import functools
 import glob
 import logging
@@ -141,7 +142,7 @@ def _restore_args(template: Any) -> ocp.args.Composite:
                             host=ocp.args.JsonRestore())
 
 
-class Checkpointer:
+class Checkpointer(contextlib.AbstractContextManager):
   """Saves every `every_epochs` epochs, keeps the last `keep`."""
 
   def __init__(self, workdir: str, every_epochs: int, keep: int,
@@ -165,9 +166,6 @@ class Checkpointer:
         raise
       raise disk.write_failed('the checkpoints folder', self.directory,
                                      error) from None
-
-  def latest_epoch(self) -> Optional[int]:
-    return self._manager.latest_step()
 
   def maybe_save(self, epoch: int, state: Any, host: Dict[str, Any],
                  force: bool = False,
@@ -276,6 +274,9 @@ class Checkpointer:
            f'be restored ({_short(e)}); {where}; resuming from the one after '
            f'epoch {resumed}.')
     self._manager.reload()
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
 
   def close(self) -> None:
     """Waits for the last save and closes; after a failed save (already

@@ -22,7 +22,6 @@ from localsgd_jax import modes as modes_lib
 from localsgd_jax import report
 from localsgd_jax import run_stats
 from localsgd_jax import runs as runs_lib
-from localsgd_jax import selection
 from localsgd_jax import train_lib
 from localsgd_jax import workdir as workdir_lib
 from localsgd_jax.errors import UserError
@@ -37,13 +36,11 @@ MATCH_COSTS = ('time', 'flops')
 def _check_supported(cfg: ml_collections.ConfigDict, mode: str) -> None:
   # Catches a mode this version cannot train before hours of other runs,
   # not at the moment its turn comes.
-  config_validation.validate_config(cfg)
-  known = getattr(selection, 'MODES', None)
-  if known is not None and cfg.selection.mode not in known:
-    raise UserError(
-        f'mode {mode!r} needs config.selection.mode={cfg.selection.mode!r}, '
-        f'which this version of localsgd_jax does not have (it has '
-        f'{", ".join(known)}); leave {mode!r} out of --modes')
+  try:
+    config_validation.validate_config(cfg)
+  except UserError as e:
+    raise UserError(f'mode {mode!r}: {e} (or leave {mode!r} out of '
+                    '--modes)') from None
 
 
 def _check_seed(path: str, seed: int) -> None:

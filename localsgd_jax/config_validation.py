@@ -9,16 +9,17 @@ number of units, a dataset's name and files) is checked where that is
 built.
 Every config starts from `configs/default.py`, so every field exists.
 """
+import difflib
 from typing import Any
 
 import ml_collections
 
+from localsgd_jax import config_fields
 from localsgd_jax import local_rules
 from localsgd_jax import models
 from localsgd_jax import optim
 from localsgd_jax import selection
 from localsgd_jax import train_step
-from localsgd_jax import workdir as workdir_lib
 from localsgd_jax.data import augment as data_augment
 from localsgd_jax.data import sources
 from localsgd_jax.errors import UserError
@@ -48,7 +49,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   validate_selection(config.selection)
   validate_checkpoint(config.checkpoint)
   validate_log(config.log)
-  workdir_lib.validate(config)  # init_from, resume_allow
+  validate_workdir_fields(config)
 
 
 def validate_run(config: ml_collections.ConfigDict) -> None:
@@ -202,3 +203,18 @@ def validate_log(log: ml_collections.ConfigDict) -> None:
          log.check_finite_every, '>= 1')
   _check(log.loss_every_steps >= 1, 'log.loss_every_steps',
          log.loss_every_steps, '>= 1')
+
+
+def validate_workdir_fields(config: ml_collections.ConfigDict) -> None:
+  """config.init_from's form and the fields config.resume_allow names (no
+  file access: `workdir.open_run` checks the workdirs)."""
+  config_fields.parse_init_from(config.init_from or '', config.seed)
+  fields = config_fields.flatten(config_fields.as_dict(config))
+  for name in str(config.resume_allow or '').split(','):
+    name = name.strip()
+    if name and not any(config_fields.matches(key, [name]) for key in fields):
+      close = difflib.get_close_matches(name, list(fields), n=1)
+      hint = f' (did you mean {close[0]}?)' if close else ''
+      raise UserError(f'config.resume_allow names {name!r}, which is no '
+                      f'config field{hint}; give dotted names such as '
+                      'num_epochs,optim.learning_rate')

@@ -3,6 +3,7 @@ import contextlib
 import signal
 import sys
 import threading
+from typing import Callable
 
 
 class UserError(Exception):
@@ -24,7 +25,7 @@ class Stopped(BaseException):
 
   Raised in the main thread by `signals_stop_the_run`'s handler; the
   training loop's `finally` clauses finish the pending checkpoint save and
-  release the workdir, and `saying` adds what was saved. Entry points print
+  release the workdir, and the handler's `saying` adds what was saved. Entry points print
   it as one `error:` line, as a UserError, with the shell's exit status for
   the signal (128 + its number: 143 for SIGTERM). Like KeyboardInterrupt it
   is no `Exception`, so no handler of failures (e.g. a checkpoint that does
@@ -42,9 +43,10 @@ class Stopped(BaseException):
 
 
 @contextlib.contextmanager
-def signals_stop_the_run():
+def signals_stop_the_run(saved: Callable[[], str]):
   """Within: SIGTERM and SIGINT raise `Stopped` (once; a second signal acts
-  as it did before). Outside the main thread nothing changes."""
+  as it did before), which leaves saying `saved()`: what the stopped run
+  kept. Outside the main thread nothing changes."""
   if threading.current_thread() is not threading.main_thread():
     yield
     return
@@ -61,6 +63,8 @@ def signals_stop_the_run():
     signal.signal(s, handler)
   try:
     yield
+  except Stopped as e:
+    raise e.saying(saved()) from None
   finally:
     for s in signums:
       signal.signal(s, before[s])

@@ -8,6 +8,7 @@ describes one consistent run, and readers take rows by epoch.
 A write that fails (a full disk) stops the run with a one-line `UserError`
 and leaves no torn file behind (`disk`).
 """
+import contextlib
 import json
 import os
 import sys
@@ -69,7 +70,7 @@ def tensorboard_tag(key: str) -> str:
   return 'train/' + key
 
 
-class MetricsWriter:
+class MetricsWriter(contextlib.AbstractContextManager):
   """Writes per-epoch metrics to metrics.jsonl and TensorBoard.
 
   TensorBoard tags are grouped (see `tensorboard_tag`); `train/loss` holds
@@ -143,6 +144,9 @@ class MetricsWriter:
     text = '\n'.join('    ' + line for line in config_json.splitlines())
     self._tb.add_text('config', text, step)
     self._tb.flush()
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
 
   def close(self) -> None:
     if self._tb is not None:

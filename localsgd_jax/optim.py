@@ -13,11 +13,6 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from localsgd_jax.errors import UserError
-
-OPTIMIZERS = ('sgd', 'adamw')
-SCHEDULES = ('cosine', 'step', 'constant', 'triangular')
-
 
 def kernels_mask(params: Any) -> Any:
   """True for the conv / dense kernels of `params`, False for the rest.
@@ -54,16 +49,20 @@ def _weight_decay(cfg: ml_collections.ConfigDict
   return optax.GradientTransformation(decay.init, update)
 
 
+# config.optim.name -> its lr-free update direction (with weight decay).
+_DIRECTIONS = {
+    'sgd': lambda cfg: optax.chain(
+        _weight_decay(cfg),
+        optax.trace(decay=cfg.momentum, nesterov=cfg.nesterov)),
+    'adamw': lambda cfg: optax.chain(
+        optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2), _weight_decay(cfg)),
+}
+OPTIMIZERS = tuple(_DIRECTIONS)
+
+
 def direction(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """The lr-free update direction of `cfg.name` (with weight decay)."""
-  if cfg.name == 'sgd':
-    return optax.chain(_weight_decay(cfg),
-                       optax.trace(decay=cfg.momentum, nesterov=cfg.nesterov))
-  if cfg.name == 'adamw':
-    return optax.chain(optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2),
-                       _weight_decay(cfg))
-  raise UserError(f'unknown optimizer config.optim.name={cfg.name!r}; '
-                  f'choose one of {", ".join(OPTIMIZERS)}')
+  return _DIRECTIONS[cfg.name](cfg)
 
 
 def triangular_schedule(peak: float, total: int, peak_fraction: float,
@@ -88,6 +87,16 @@ def triangular_schedule(peak: float, total: int, peak_fraction: float,
   return schedule
 
 
+# The schedules that follow config.optim.warmup_epochs' linear ramp, from
+# (cfg, peak, total steps); cosine and triangular ramp up themselves.
+_AFTER_WARMUP = {
+    'step': lambda cfg, peak, total: optax.piecewise_constant_schedule(
+        peak, {int(b * total): cfg.step_decay for b in cfg.step_boundaries}),
+    'constant': lambda cfg, peak, total: optax.constant_schedule(peak),
+}
+SCHEDULES = ('cosine', 'triangular') + tuple(_AFTER_WARMUP)
+
+
 def learning_rate_schedule(cfg: ml_collections.ConfigDict,
                            steps_per_epoch: int,
                            num_epochs: float) -> optax.Schedule:
@@ -107,15 +116,7 @@ def learning_rate_schedule(cfg: ml_collections.ConfigDict,
     # Its own ramp up: validation refuses warmup_epochs > 0 with it.
     return triangular_schedule(peak, total, cfg.peak_fraction,
                                cfg.triangular_start, cfg.triangular_end)
-  if cfg.schedule == 'step':
-    boundaries = {int(b * total): cfg.step_decay
-                  for b in cfg.step_boundaries}
-    main = optax.piecewise_constant_schedule(peak, boundaries)
-  elif cfg.schedule == 'constant':
-    main = optax.constant_schedule(peak)
-  else:
-    raise UserError(f'unknown schedule config.optim.schedule={cfg.schedule!r};'
-                    f' choose one of {", ".join(SCHEDULES)}')
+  main = _AFTER_WARMUP[cfg.schedule](cfg, peak, total)
   if not warmup:
     return main
   ramp = optax.linear_schedule(0.0, peak, warmup)

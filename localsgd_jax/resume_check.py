@@ -7,14 +7,12 @@ a `Resume` or a one-line error naming the changes and the ways on (see
 `workdir.py` for the rules).
 """
 import dataclasses
-import json
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
-
-import ml_collections
+from typing import Any, Dict, List, Optional, Tuple
 
 from localsgd_jax import checkpointing
 from localsgd_jax import metrics as metrics_lib
+from localsgd_jax.config_fields import as_dict, flatten, matches
 from localsgd_jax.configs import default
 from localsgd_jax.errors import UserError
 from localsgd_jax.errors import warn
@@ -44,32 +42,8 @@ DATA_CONTENTS = 'data contents'  # a change of the data's fingerprint
 _ABSENT = object()
 
 
-def matches(key: str, names: Sequence[str]) -> bool:
-  return any(key == n or key.startswith(n + '.') for n in names)
-
-
-def as_dict(config: ml_collections.ConfigDict) -> Dict[str, Any]:
-  """The config as config.json holds it (references resolved)."""
-  return json.loads(config.to_json_best_effort())
-
-
-def flatten(tree: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
-  """{'a': {'b': 1}} -> {'a.b': 1}."""
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(flatten(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = value
-  return out
-
-
 def _defaults() -> Dict[str, Any]:
-  """configs/default.py, flattened ({} if it cannot be imported)."""
-  try:
-    from localsgd_jax.configs import default  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return {}
+  """configs/default.py, flattened."""
   return flatten(as_dict(default.get_config()))
 
 

@@ -46,7 +46,12 @@ from localsgd_jax.errors import UserError
 
 MODES = ('sgd', 'static', 'dynamic', 'gradnorm')
 STATISTICS = {'consistency': 'consistency', 'update_per_lr': 'update_ratios'}
-RAMPS = ('linear', 'cosine', 'cubic', 'step')
+# config.selection.ramp: the share of k_max reached at progress p in (0, 1].
+_RAMPS = {'linear': lambda p: p,
+          'cosine': lambda p: (1 - math.cos(math.pi * p)) / 2,
+          'cubic': lambda p: p ** 3,
+          'step': lambda p: 1.0}
+RAMPS = tuple(_RAMPS)
 
 
 def parse_table(table: str) -> List[tuple]:
@@ -105,18 +110,7 @@ def static_schedule(epoch: int, *, k_max: int, warmup_epochs: int,
   if epoch < warmup_epochs:
     return 0
   p = min(1.0, (epoch - warmup_epochs + 1) / max(1, ramp_epochs))
-  if ramp == 'linear':
-    frac = p
-  elif ramp == 'cosine':
-    frac = (1 - math.cos(math.pi * p)) / 2
-  elif ramp == 'cubic':
-    frac = p ** 3
-  elif ramp == 'step':
-    frac = 1.0
-  else:
-    raise UserError(f'unknown config.selection.ramp={ramp!r}; choose one of '
-                    f'{", ".join(RAMPS)}')
-  return int(math.floor(frac * k_max + 1e-9))
+  return int(math.floor(_RAMPS[ramp](p) * k_max + 1e-9))
 
 
 class Selector:

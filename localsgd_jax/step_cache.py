@@ -4,8 +4,10 @@
 step, or the train loop's step that also builds the batch) and keeps each
 program's compile time and XLA counts (`xla_costs`: FLOPs from the CPU
 compile, `flops.py`; temporary bytes from the device's program).
-`program_key` names which program a step runs.
+`program_key` names which program a step runs. Programs are kept across
+runs in JAX's persistent compilation cache (`enable_compilation_cache`).
 """
+import os
 import time
 from typing import Any, Callable, Dict, Tuple
 
@@ -88,3 +90,49 @@ class StepCache:
   def __call__(self, state: Any, batch: Any, k: int,
                hebbian: bool = True):
     return self.get(k, state, batch, hebbian)(state, batch)
+
+
+def enable_compilation_cache(path: str) -> None:
+  """Points JAX's persistent compilation cache at `path` ('' = off).
+
+  Every program a run compiles (each k's step, the eval step) is stored
+  there and loaded by later runs on this machine instead of compiled again:
+  the runs of a comparison or a benchmark suite compile each program once.
+  """
+  path = os.path.abspath(os.path.expanduser(path)) if path else ''
+  if (jax.config.jax_compilation_cache_dir or '') == path:
+    return
+  from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
+  compilation_cache.reset_cache()
+  jax.config.update('jax_enable_compilation_cache', bool(path))
+  jax.config.update('jax_compilation_cache_dir', path or None)
+  # Cache every program: the small ones compile in well under the default
+  # 1 s threshold on a GPU, but a comparison compiles them many times.
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+
+
+class CacheEvents:
+  """While entered, counts the programs compiled through the persistent
+  compilation cache and those loaded from it (jax.monitoring events) into
+  `clock.compile_cache_requests` and `clock.compile_cache_hits`, so a run's
+  compile time says whether it was a cold compile or a cache load."""
+
+  FIELDS = {'/jax/compilation_cache/compile_requests_use_cache':
+                'compile_cache_requests',
+            '/jax/compilation_cache/cache_hits': 'compile_cache_hits'}
+
+  def __init__(self, clock: Any):
+    self.clock = clock
+
+  def __call__(self, event: str, **kwargs) -> None:
+    del kwargs
+    field = self.FIELDS.get(event)
+    if field is not None:
+      setattr(self.clock, field, getattr(self.clock, field) + 1)
+
+  def __enter__(self):
+    jax.monitoring.register_event_listener(self)
+    return self
+
+  def __exit__(self, *exc_info):
+    jax.monitoring.unregister_event_listener(self)

@@ -5,12 +5,13 @@
 of an epoch run in `loop.TrainLoop`.
 """
 import dataclasses
+import functools
 import json
 import math
 import os
 import subprocess
 import time
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +29,7 @@ from localsgd_jax import metrics as metrics_lib
 from localsgd_jax import models
 from localsgd_jax import run_console as console
 from localsgd_jax import selection
+from localsgd_jax import step_cache
 from localsgd_jax import train_step as train_step_lib
 from localsgd_jax import workdir as workdir_lib
 from localsgd_jax import workdir_lock
@@ -68,68 +70,25 @@ def evaluate(eval_step, state, dataset, batch_size: int, sharding) -> Dict:
   return out
 
 
-def enable_compilation_cache(path: str) -> None:
-  """Points JAX's persistent compilation cache at `path` ('' = off).
+@dataclasses.dataclass
+class _Clock:
+  """A run's time so far, kept in its checkpoints (the `host` item).
 
-  Every program a run compiles (each k's step, the eval step) is stored
-  there and loaded by later runs on this machine instead of compiled again:
-  the runs of a comparison or a benchmark suite compile each program once.
+  The compile cache counts are the programs compiled through JAX's
+  persistent compilation cache and those loaded from it, so a run's compile
+  time says whether it was a cold compile or a cache load.
   """
-  path = os.path.abspath(os.path.expanduser(path)) if path else ''
-  if (jax.config.jax_compilation_cache_dir or '') == path:
-    return
-  from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
-  compilation_cache.reset_cache()
-  jax.config.update('jax_enable_compilation_cache', bool(path))
-  jax.config.update('jax_compilation_cache_dir', path or None)
-  # Cache every program: the small ones compile in well under the default
-  # 1 s threshold on a GPU, but a comparison compiles them many times.
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  elapsed_s: float = 0.0
+  compile_time_s: float = 0.0
+  compile_cache_requests: int = 0
+  compile_cache_hits: int = 0
 
-
-class _CacheEvents:
-  """Counts, into `clock`, the programs compiled through JAX's persistent
-  compilation cache and those loaded from it (jax.monitoring events), so a
-  run's compile time says whether it was a cold compile or a cache load."""
-
-  FIELDS = {'/jax/compilation_cache/compile_requests_use_cache':
-                'compile_cache_requests',
-            '/jax/compilation_cache/cache_hits': 'compile_cache_hits'}
-
-  def __init__(self, clock: Dict[str, float]):
-    self.clock = clock
-
-  def __call__(self, event: str, **kwargs) -> None:
-    del kwargs
-    key = self.FIELDS.get(event)
-    if key is not None:
-      self.clock[key] = self.clock.get(key, 0) + 1
-
-  def __enter__(self):
-    jax.monitoring.register_event_listener(self)
-    return self
-
-  def __exit__(self, *exc_info):
-    jax.monitoring.unregister_event_listener(self)
-
-
-def _non_finite_error(losses: np.ndarray, first_step: int, epoch: int,
-                      params_finite: bool, checkpointer,
-                      workdir: str) -> UserError:
-  last = checkpointer.latest_epoch()
-  kept = (f'the last good checkpoint (after epoch {last}) is kept in '
-          f'{os.path.join(workdir, "checkpoints")}' if last is not None else
-          'no checkpoint had been written yet')
-  bad = [i for i, l in enumerate(losses) if not math.isfinite(l)]
-  what = (f'training loss became {losses[bad[0]]} at step '
-          f'{first_step + bad[0]}' if bad else
-          f'a parameter became NaN or inf by step {first_step + len(losses)}'
-          ' (the loss was still finite)')
-  return UserError(
-      f'{what} (epoch {epoch + 1}); training stopped and {kept}. Lower '
-      'config.optim.learning_rate or config.local.learning_rate (or use '
-      'float32) and start over in a new --workdir, or resume this run with '
-      'the change: add --config.resume_allow=<the field you changed>.')
+  @classmethod
+  def restore(cls, host: Dict[str, Any]) -> '_Clock':
+    # The cache counts are absent in checkpoints of older versions: they
+    # are counted from here.
+    return cls(**{f.name: host.get(f.name, f.default)
+                  for f in dataclasses.fields(cls)})
 
 
 @dataclasses.dataclass
@@ -157,50 +116,6 @@ class Parts:
   @property
   def batch_sharding(self) -> NamedSharding:
     return self.loop.batch_sharding
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> Dict[str, Any]:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint.
-
-  The workdir holds one run (`workdir.py`): it is locked while training, a
-  config that would change its result is refused (`config.resume_allow`
-  lets named changes through, recorded), and `config.init_from` forks a
-  new workdir from another run's checkpoint.
-
-  Returns:
-    The summary also written to `workdir/summary.json`.
-  """
-  validate_config(config)
-  workdir_lock.check_path(workdir)  # one-line errors; creates nothing yet
-  enable_compilation_cache(config.compile_cache_dir)
-  with errors.signals_stop_the_run():
-    parts = build(config)
-    # The config and the data are checked: only now is the workdir created,
-    # locked, and compared with the run it may hold (workdir.py).
-    run = workdir_lib.open_run(
-        workdir, config,
-        fingerprint=parts.dataset.fingerprint(),
-        steps_per_epoch=parts.steps_per_epoch, primary=parts.primary)
-    failed = True
-    try:
-      summary = _train(config, workdir, run, parts)
-      failed = False
-      return summary
-    except errors.Stopped as e:
-      raise e.saying(_what_was_saved(workdir)) from None
-    finally:
-      run.close(failed)  # the lock; a workdir that never trained goes
-
-
-def _what_was_saved(workdir: str) -> str:
-  directory = os.path.join(workdir, 'checkpoints')
-  epochs = checkpointing.step_folders(directory)
-  if not epochs:
-    return ('no checkpoint had been written yet: the same command starts '
-            'the run again')
-  return (f'the checkpoint after epoch {epochs[-1]} is kept in {directory}: '
-          'the same command resumes from it')
 
 
 def build(config: ml_collections.ConfigDict,
@@ -243,49 +158,6 @@ def build(config: ml_collections.ConfigDict,
       primary=distributed.is_primary())
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str,
-           run: workdir_lib.Run, parts: Parts) -> Dict[str, Any]:
-  """The epochs of `train_and_evaluate`, in the workdir `run` locked."""
-  checkpointer = checkpointing.Checkpointer(
-      workdir, config.checkpoint.every_epochs, config.checkpoint.keep,
-      primary=parts.primary)
-  writer = metrics_lib.MetricsWriter(workdir,
-                                     config.log.tensorboard and parts.primary)
-  start_epoch, state, clock, rows = _resume(config, workdir, run, parts,
-                                            checkpointer, writer)
-  commit = git_commit()
-  eval_step = jax.jit(train_step_lib.make_eval_step(
-      parts.model, config.eval_tta))
-  try:
-    with _CacheEvents(clock):
-      for epoch in range(start_epoch, config.num_epochs):
-        state, row = _train_epoch(config, workdir, run, parts, state, epoch,
-                                  eval_step, checkpointer, writer, clock,
-                                  commit)
-        rows.append(row)
-  finally:
-    checkpointer.close()
-    writer.close()
-  summary = metrics_lib.run_summary(
-      rows, eval_split=parts.dataset.eval_split,
-      **metrics_lib.local_summary(rows),  # filter changes, ws factor
-      total_time_s=clock['elapsed_s'],
-      compile_time_s=clock['compile_time_s'],
-      **{key: clock.get(key, 0) for key in _CacheEvents.FIELDS.values()},
-      num_epochs=config.num_epochs,
-      # The run's length in epochs (fractional with last_epoch_fraction).
-      train_epochs=parts.loop.num_steps / parts.steps_per_epoch,
-      num_steps=parts.loop.num_steps, num_units=parts.model.num_units,
-      num_devices=parts.num_devices, git_commit=commit,
-      history_missing_epochs=metrics_lib.missing_epochs(rows, start_epoch),
-      config=json.loads(config.to_json_best_effort()),
-      **run.summary_fields())  # the fork and the changes allowed on resume
-  if parts.primary:
-    metrics_lib.write_json(os.path.join(workdir, 'summary.json'), summary)
-  console.print_summary(summary, rows, workdir, config.log.tensorboard)
-  return summary
-
-
 def _check_whole_epochs(config, state, epoch: int, steps_per_epoch: int,
                         fork: bool) -> None:
   """Refuses to go on from a checkpoint taken after a partial last epoch
@@ -304,90 +176,192 @@ def _check_whole_epochs(config, state, epoch: int, steps_per_epoch: int,
       f'{epoch - 1}), in a new --workdir.')
 
 
-def _resume(config, workdir, run, parts, checkpointer, writer):
-  """The epoch to start from, its state, the time so far and the rows.
+class _Start(NamedTuple):
+  """Where a run starts: after `epoch` epochs, from `state`."""
+  epoch: int
+  state: Any
+  clock: _Clock
+  # A fork's parent's metrics rows up to `epoch` (None: not a fork).
+  parent_rows: Optional[List[Dict[str, Any]]]
 
-  From the workdir's own latest good checkpoint; else, for a fork
-  (config.init_from), the parent's checkpoint and its metrics rows.
-  """
-  start_epoch, state = 0, parts.state
-  clock = {'elapsed_s': 0.0, 'compile_time_s': 0.0}
-  restored, parent_rows = checkpointer.restore_latest(state), None
+
+def _restore(config: ml_collections.ConfigDict, workdir: str,
+             run: workdir_lib.Run, parts: Parts,
+             checkpointer: checkpointing.Checkpointer) -> _Start:
+  """The workdir's own latest good checkpoint; else, for a fork
+  (config.init_from), the parent's; else epoch 0. Loads the selector's and
+  the local phase's state from it."""
+  restored, parent_rows = checkpointer.restore_latest(parts.state), None
   if restored is None and run.forks:
-    restored, parent_rows = run.restore_fork(state)
-  if restored is not None:
-    start_epoch, state, host = restored
-    _check_whole_epochs(config, state, start_epoch, parts.steps_per_epoch,
-                        parent_rows is not None)
-    parts.selector.load_state_dict(host['selector'])
-    parts.loop.local_phase.load(host.get('local_start'))
-    clock = {'elapsed_s': host['elapsed_s'],
-             'compile_time_s': host['compile_time_s'],
-             # Absent in checkpoints of older versions: counted from here.
-             **{key: host.get(key, 0) for key in _CacheEvents.FIELDS.values()}}
-    if parent_rows is None:
-      print(f'Resuming from the checkpoint after epoch {start_epoch} in '
-            f'{workdir}', flush=True)
-  run.started(start_epoch)  # config.json and run.json
-  console.announce_run(config, parts.model, state, parts.selector,
-                       parts.steps_per_epoch, parts.num_devices, start_epoch)
-  rows = (writer.truncate(start_epoch, parent_rows) if parts.primary else
+    restored, parent_rows = run.restore_fork(parts.state)
+  if restored is None:
+    return _Start(0, parts.state, _Clock(), None)
+  epoch, state, host = restored
+  _check_whole_epochs(config, state, epoch, parts.steps_per_epoch,
+                      parent_rows is not None)
+  parts.selector.load_state_dict(host['selector'])
+  parts.loop.local_phase.load(host.get('local_start'))
+  if parent_rows is None:
+    print(f'Resuming from the checkpoint after epoch {epoch} in {workdir}',
+          flush=True)
+  return _Start(epoch, state, _Clock.restore(host), parent_rows)
+
+
+def _history(config: ml_collections.ConfigDict, workdir: str,
+             run: workdir_lib.Run, writer: metrics_lib.MetricsWriter,
+             parts: Parts, start: _Start) -> List[Dict[str, Any]]:
+  """The metrics rows of the epochs before `start` (metrics.jsonl cut back
+  to them, or a fork's parent's), warning about epochs without a row; the
+  config goes to TensorBoard."""
+  parent_rows, primary = start.parent_rows, parts.primary
+  rows = (writer.truncate(start.epoch, parent_rows) if primary else
           [r for r in (writer.read() if parent_rows is None else parent_rows)
-           if r['epoch'] <= start_epoch])
-  missing = metrics_lib.missing_epochs(rows, start_epoch)
-  if missing and parts.primary:
+           if r['epoch'] <= start.epoch])
+  missing = metrics_lib.missing_epochs(rows, start.epoch)
+  if missing and primary:
     source = (run.fork['parent'] if parent_rows is not None else workdir)
     errors.warn(
         f'{os.path.join(source, "metrics.jsonl")} lacks the rows of '
-        f'{len(missing)} of the {start_epoch} epochs the checkpoint holds '
+        f'{len(missing)} of the {start.epoch} epochs the checkpoint holds '
         f'(epochs {metrics_lib.spans(missing)}: deleted, or not copied with '
         'the checkpoints): the run goes on, but summary.json counts only the '
         'epochs on record (its history_missing_epochs lists the others); '
         'restore that file before resuming to keep the whole history.')
-  if parts.primary:
+  if primary:
     writer.write_config(config.to_json_best_effort(indent=2),
-                        start_epoch * parts.steps_per_epoch)
-  return start_epoch, state, clock, rows
+                        start.epoch * parts.steps_per_epoch)
+  return rows
 
 
-def _train_epoch(config, workdir, run, parts, state, epoch, eval_step,
-                 checkpointer, writer, clock, commit):
-  """One epoch: its steps, evaluation, metrics row and checkpoint.
+def _kept(workdir: str, how_on: bool = False) -> str:
+  """What a run that stops leaves to go on from (saves are synchronous),
+  and with `how_on` how the same command goes on."""
+  directory = os.path.join(workdir, 'checkpoints')
+  epochs = checkpointing.step_folders(directory)
+  if not epochs:
+    return 'no checkpoint had been written yet' + (
+        ': the same command starts the run again' if how_on else '')
+  return (f'the checkpoint after epoch {epochs[-1]} is kept in {directory}'
+          + (': the same command resumes from it' if how_on else ''))
 
-  Returns the new state and the epoch's row; `clock` is updated in place.
-  The run's record (config.json, run.json) is written once its first
-  checkpoint is (`Run.commit`).
+
+def _non_finite_error(losses: np.ndarray, first_step: int,
+                      params_finite: bool, *, epoch: int,
+                      workdir: str) -> UserError:
+  """The error `TrainLoop.run_epoch` raises for a loss or parameter that is
+  no longer finite."""
+  bad = [i for i, l in enumerate(losses) if not math.isfinite(l)]
+  what = (f'training loss became {losses[bad[0]]} at step '
+          f'{first_step + bad[0]}' if bad else
+          f'a parameter became NaN or inf by step {first_step + len(losses)}'
+          ' (the loss was still finite)')
+  return UserError(
+      f'{what} (epoch {epoch + 1}); training stopped and {_kept(workdir)}. '
+      'Lower '
+      'config.optim.learning_rate or config.local.learning_rate (or use '
+      'float32) and start over in a new --workdir, or resume this run with '
+      'the change: add --config.resume_allow=<the field you changed>.')
+
+
+def _summary(config: ml_collections.ConfigDict, run: workdir_lib.Run,
+             parts: Parts, rows: List[Dict[str, Any]], start: _Start,
+             commit: str) -> Dict[str, Any]:
+  """summary.json: the last epoch's metrics, the history's totals, the
+  run's shape, its cost and its record."""
+  clock = start.clock  # as it is now, after the last epoch
+  return metrics_lib.run_summary(
+      rows, eval_split=parts.dataset.eval_split,
+      **metrics_lib.local_summary(rows),  # filter changes, ws factor
+      total_time_s=clock.elapsed_s, compile_time_s=clock.compile_time_s,
+      compile_cache_requests=clock.compile_cache_requests,
+      compile_cache_hits=clock.compile_cache_hits,
+      num_epochs=config.num_epochs,
+      # The run's length in epochs (fractional with last_epoch_fraction).
+      train_epochs=parts.loop.num_steps / parts.steps_per_epoch,
+      num_steps=parts.loop.num_steps, num_units=parts.model.num_units,
+      num_devices=parts.num_devices, git_commit=commit,
+      history_missing_epochs=metrics_lib.missing_epochs(rows, start.epoch),
+      config=json.loads(config.to_json_best_effort()),
+      **run.summary_fields())  # the fork and the changes allowed on resume
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> Dict[str, Any]:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint.
+
+  The workdir holds one run (`workdir.py`): it is locked while training, a
+  config that would change its result is refused (`config.resume_allow`
+  lets named changes through, recorded), and `config.init_from` forks a
+  new workdir from another run's checkpoint. The run's record (config.json,
+  run.json) is written once its first checkpoint is (`Run.commit`).
+
+  Returns:
+    The summary also written to `workdir/summary.json`.
   """
-  t0 = time.perf_counter()
-  progress = metrics_lib.Progress(epoch, config.num_epochs,
-                                  parts.loop.steps_in_epoch(epoch),
-                                  config.log.progress)
-  state, result = parts.loop.run_epoch(
-      state, epoch, parts.selector, progress,
-      lambda losses, first, finite: _non_finite_error(
-          losses, first, epoch, finite, checkpointer, workdir))
-  evaluation, eval_time = {}, 0.0
-  if ((epoch + 1) % config.eval_every_epochs == 0
-      or epoch + 1 == config.num_epochs):
-    t_eval = time.perf_counter()
-    evaluation = evaluate(eval_step, state, parts.dataset,
-                          parts.eval_batch_size, parts.batch_sharding)
-    eval_time = time.perf_counter() - t_eval
-  row = metrics_lib.epoch_row(
-      epoch, result, evaluation, eval_time,
-      parts.loop.weighted_costs(result, state), parts.model.num_units,
-      parts.steps_per_epoch, config.batch_size)
-  if parts.primary:
-    writer.write(row)
-    writer.write_losses(epoch * parts.steps_per_epoch,
-                        result.metrics['loss'],
-                        config.log.loss_every_steps)
-  clock['elapsed_s'] += time.perf_counter() - t0
-  clock['compile_time_s'] += result.compile_time_s
-  console.print_epoch(row, result, config.num_epochs)
-  if checkpointer.maybe_save(
-      epoch + 1, state, {'selector': parts.selector.state_dict(), **clock},
-      force=epoch + 1 == config.num_epochs,
-      local_start=parts.loop.local_phase.start):
-    run.commit(commit)  # the checkpoint is on disk: now the record
-  return state, row
+  # ---- Build: the config checked, the data loaded, the model, mesh, loop,
+  # selector and initial state made. Nothing is written yet.
+  validate_config(config)
+  workdir_lock.check_path(workdir)  # one-line errors; creates nothing yet
+  step_cache.enable_compilation_cache(config.compile_cache_dir)
+  with errors.signals_stop_the_run(lambda: _kept(workdir, how_on=True)):
+    parts = build(config)
+    primary, steps_per_epoch = parts.primary, parts.steps_per_epoch
+    # Only now is the workdir created, locked and compared with the run it
+    # may hold; a failed start leaves no new workdir behind.
+    with workdir_lib.open_run(
+        workdir, config, fingerprint=parts.dataset.fingerprint(),
+        steps_per_epoch=steps_per_epoch, primary=primary) as run:
+      with checkpointing.Checkpointer(
+          workdir, config.checkpoint.every_epochs, config.checkpoint.keep,
+          primary=primary) as checkpointer, metrics_lib.MetricsWriter(
+              workdir, config.log.tensorboard and primary) as writer:
+        # ---- Resume: this workdir's latest good checkpoint, else a fork's
+        # parent's (config.init_from), else epoch 0; and the history.
+        start = _restore(config, workdir, run, parts, checkpointer)
+        run.started(start.epoch)  # the record, written with a checkpoint
+        console.announce_run(config, parts.model, start.state, parts.selector,
+                             steps_per_epoch, parts.num_devices, start.epoch)
+        rows = _history(config, workdir, run, writer, parts, start)
+        state, clock, commit = start.state, start.clock, git_commit()
+        eval_step = jax.jit(train_step_lib.make_eval_step(parts.model,
+                                                          config.eval_tta))
+        # ---- Epochs: the steps, evaluation, a metrics row, a checkpoint.
+        for epoch in range(start.epoch, config.num_epochs):
+          t0, last = time.perf_counter(), epoch + 1 == config.num_epochs
+          with step_cache.CacheEvents(clock):
+            state, result = parts.loop.run_epoch(
+                state, epoch, parts.selector, metrics_lib.Progress(
+                    epoch, config.num_epochs, parts.loop.steps_in_epoch(epoch),
+                    config.log.progress),
+                functools.partial(_non_finite_error, epoch=epoch,
+                                  workdir=workdir))
+            evaluation, eval_time = {}, 0.0
+            if last or (epoch + 1) % config.eval_every_epochs == 0:
+              t_eval = time.perf_counter()
+              evaluation = evaluate(eval_step, state, parts.dataset,
+                                    parts.eval_batch_size, parts.batch_sharding)
+              eval_time = time.perf_counter() - t_eval
+          row = metrics_lib.epoch_row(
+              epoch, result, evaluation, eval_time,
+              parts.loop.weighted_costs(result, state), parts.model.num_units,
+              steps_per_epoch, config.batch_size)
+          rows.append(row)
+          if primary:
+            writer.write(row)
+            writer.write_losses(epoch * steps_per_epoch,
+                                result.metrics['loss'],
+                                config.log.loss_every_steps)
+          clock.elapsed_s += time.perf_counter() - t0
+          clock.compile_time_s += result.compile_time_s
+          console.print_epoch(row, result, config.num_epochs)
+          if checkpointer.maybe_save(
+              epoch + 1, state, {'selector': parts.selector.state_dict(),
+                                 **dataclasses.asdict(clock)},
+              force=last, local_start=parts.loop.local_phase.start):
+            run.commit(commit)  # the checkpoint is on disk: now the record
+      # ---- Finish: summary.json, once the last checkpoint is saved.
+      summary = _summary(config, run, parts, rows, start, commit)
+      if primary:
+        metrics_lib.write_json(os.path.join(workdir, 'summary.json'), summary)
+  console.print_summary(summary, rows, workdir, config.log.tensorboard)
+  return summary

@@ -23,7 +23,6 @@ Besides the training outputs a workdir holds (process 0 writes them):
 `open_run` does all of this before the first step, and only after the
 config and the data were checked: a bad command creates nothing.
 """
-import difflib
 import os
 import shutil
 from typing import Any, Dict, List, Optional, Tuple
@@ -33,43 +32,17 @@ import numpy as np
 
 from localsgd_jax import checkpointing
 from localsgd_jax import metrics as metrics_lib
+from localsgd_jax.config_fields import as_dict, matches, parse_init_from
 from localsgd_jax.errors import UserError
 from localsgd_jax.errors import warn
 from localsgd_jax.resume_check import (
     CONFIG_FILE, DATA_CONTENTS, DATA_LOCATION, FIXED, RECORD_FILE,
-    SUMMARY_FILE, Resume, as_dict, check_resume, config_changes,
-    fingerprint_change, flatten, matches, read_json)
+    SUMMARY_FILE, Resume, check_resume, config_changes, fingerprint_change,
+    read_json)
 from localsgd_jax.workdir_lock import RunLock, create, now
 
 
 # -------------------------------------------------------------------- forks
-
-
-def parse_init_from(value: str, seed: int
-                    ) -> Optional[Tuple[str, Optional[int]]]:
-  """'WORKDIR:EPOCH' or 'WORKDIR' (its latest checkpoint) -> (path, epoch).
-
-  '{seed}' in WORKDIR becomes the run's seed, so that compare.py forks each
-  seed's run from the parent run of the same seed.
-
-  Raises:
-    UserError: an empty path, a negative epoch, or another placeholder.
-  """
-  if not value:
-    return None
-  path, epoch = value, None
-  head, sep, tail = value.rpartition(':')
-  if sep and tail.strip().lstrip('-').isdigit():
-    path, epoch = head, int(tail)
-  try:
-    path = path.format(seed=seed)
-  except (KeyError, IndexError, ValueError) as e:
-    raise UserError(f'config.init_from={value!r}: only {{seed}} can be '
-                    f'filled in ({e!r}); give WORKDIR:EPOCH') from None
-  if not path or (epoch is not None and epoch < 0):
-    raise UserError(f'config.init_from={value!r} is not WORKDIR:EPOCH (or '
-                    'WORKDIR for its latest checkpoint)')
-  return os.path.expanduser(path), epoch
 
 
 def _check_fork(workdir: str, parent: str, new: Dict[str, Any],
@@ -236,6 +209,12 @@ class Run:
     return {key: self._record[key] for key in ('fork', 'resumed_with_changes')
             if key in self._record}
 
+  def __enter__(self) -> 'Run':
+    return self
+
+  def __exit__(self, exc_type, *exc_info) -> None:
+    self.close(failed=exc_type is not None)
+
   def close(self, failed: bool = False) -> None:
     """Releases the lock. `failed` (the run stopped on an error) in a
     workdir this run created, before it saved a checkpoint, removes the
@@ -288,17 +267,3 @@ def finished_run(workdir: str, config: ml_collections.ConfigDict) -> bool:
   """Whether `workdir` holds a finished run of `config` (compare.py skips
   it); raises the UserError of a resume for a changed config."""
   return check_resume(workdir, as_dict(config)).finished
-
-
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Checks config.init_from and config.resume_allow (no file access)."""
-  parse_init_from(config.init_from or '', config.seed)
-  fields = flatten(as_dict(config))
-  for name in str(config.resume_allow or '').split(','):
-    name = name.strip()
-    if name and not any(matches(key, [name]) for key in fields):
-      close = difflib.get_close_matches(name, list(fields), n=1)
-      hint = f' (did you mean {close[0]}?)' if close else ''
-      raise UserError(f'config.resume_allow names {name!r}, which is no '
-                      f'config field{hint}; give dotted names such as '
-                      'num_epochs,optim.learning_rate')

@@ -11,24 +11,18 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from localsgd_jax.configs import quickstart
 from localsgd_jax import checkpointing
 from localsgd_jax import train_lib
 from localsgd_jax.errors import UserError
 
+from run_helpers import metrics_lines
+from run_helpers import small_config
+
 
 def _config(**overrides):
-  config = quickstart.get_config()
-  config.data.image_size = 16
-  config.data.train_per_class = 10
-  config.batch_size = 48
-  config.num_epochs = 3
-  config.selection.mode = 'sgd'
-  config.checkpoint.keep = 3
-  config.log.progress = False
-  config.log.tensorboard = False
-  config.update_from_flattened_dict(overrides)  # {'optim.lr': ...}
-  return config
+  return small_config(**{'data.train_per_class': 10, 'batch_size': 48,
+                         'num_epochs': 3, 'selection.mode': 'sgd',
+                         'checkpoint.keep': 3, **overrides})
 
 
 @pytest.fixture(scope='module')
@@ -78,17 +72,12 @@ def _json(path):
     return json.load(f)
 
 
-def _rows(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f]
-
-
 @pytest.mark.parametrize('damage', list(DAMAGE))
 def test_damaged_latest_falls_back_and_moves_it_aside(run_copy, damage,
                                                       capsys):
   checkpoints = os.path.join(run_copy, 'checkpoints')
   DAMAGE[damage](os.path.join(checkpoints, '3'))
-  rows = _rows(run_copy)
+  rows = metrics_lines(run_copy)
   summary = train_lib.train_and_evaluate(_config(), run_copy)
   gc.collect()  # Orbax's abandoned reads would print as they are collected
   err = capsys.readouterr().err
@@ -102,8 +91,8 @@ def test_damaged_latest_falls_back_and_moves_it_aside(run_copy, damage,
   assert os.path.isdir(moved)  # kept, not deleted
   # Epoch 3 was trained again from epoch 2 and saved anew: the same result.
   assert checkpointing.step_folders(checkpoints) == [1, 2, 3]
-  assert [r['epoch'] for r in _rows(run_copy)] == [1, 2, 3]
-  assert _rows(run_copy)[-1]['train_loss'] == rows[-1]['train_loss']
+  assert [r['epoch'] for r in metrics_lines(run_copy)] == [1, 2, 3]
+  assert metrics_lines(run_copy)[-1]['train_loss'] == rows[-1]['train_loss']
   assert summary['final_eval_accuracy'] == rows[-1]['eval_accuracy']
 
 
@@ -115,7 +104,7 @@ def test_left_over_newer_step_folder_is_moved_aside(run_copy, capsys):
       _config(num_epochs=4, resume_allow='num_epochs,selection'), run_copy)
   assert 'the checkpoint after epoch 4' in capsys.readouterr().err
   assert os.path.isdir(os.path.join(run_copy, 'checkpoints_damaged', '4'))
-  assert [r['epoch'] for r in _rows(run_copy)] == [1, 2, 3, 4]
+  assert [r['epoch'] for r in metrics_lines(run_copy)] == [1, 2, 3, 4]
 
 
 def test_no_good_checkpoint_is_a_one_line_error(run_copy):
@@ -131,7 +120,7 @@ def test_no_good_checkpoint_is_a_one_line_error(run_copy):
   # Nothing moved, nothing lost.
   assert checkpointing.step_folders(checkpoints) == [1, 2, 3]
   assert not os.path.exists(os.path.join(run_copy, 'checkpoints_damaged'))
-  assert [r['epoch'] for r in _rows(run_copy)] == [1, 2, 3]
+  assert [r['epoch'] for r in metrics_lines(run_copy)] == [1, 2, 3]
 
 
 def _save_non_finite(monkeypatch, epoch):
@@ -152,7 +141,7 @@ def test_a_checkpoint_with_nan_arrays_is_damaged(run_copy, tmp_path,
                                                  monkeypatch, capsys):
   # Not the "last good" one to lower the learning rate from: moved aside
   # like any damaged checkpoint, and the run resumes from the one before.
-  rows = _rows(run_copy)
+  rows = metrics_lines(run_copy)
   checkpoints = os.path.join(run_copy, 'checkpoints')
   shutil.rmtree(os.path.join(checkpoints, '3'))
   _save_non_finite(monkeypatch, 3)
@@ -171,13 +160,13 @@ def test_a_checkpoint_with_nan_arrays_is_damaged(run_copy, tmp_path,
   assert len(warning) == 1 and 'its arrays hold NaN/inf' in warning[0]
   assert 'resuming from the one after epoch 2' in warning[0]
   assert os.path.isdir(os.path.join(run_copy, 'checkpoints_damaged', '3'))
-  assert _rows(run_copy)[-1]['train_loss'] == rows[-1]['train_loss']
+  assert metrics_lines(run_copy)[-1]['train_loss'] == rows[-1]['train_loss']
   assert summary['final_eval_accuracy'] == rows[-1]['eval_accuracy']
 
 
 def test_a_full_disk_at_a_save_is_one_line(run_copy, monkeypatch):
   # Orbax raises TensorStore's out-of-space error as a ValueError.
-  rows = _rows(run_copy)
+  rows = metrics_lines(run_copy)
   checkpoints = os.path.join(run_copy, 'checkpoints')
 
   def full(self, *args, **kwargs):
@@ -195,9 +184,9 @@ def test_a_full_disk_at_a_save_is_one_line(run_copy, monkeypatch):
   assert ' free there; the last checkpoint takes ' in message
   assert 'resumes from the checkpoint after epoch 3, kept intact' in message
   # The save failed after epoch 4: no epoch 5 was trained.
-  assert [r['epoch'] for r in _rows(run_copy)][-1] == 4
+  assert [r['epoch'] for r in metrics_lines(run_copy)][-1] == 4
   assert checkpointing.step_folders(checkpoints) == [1, 2, 3]
-  assert _rows(run_copy)[:3] == rows
+  assert metrics_lines(run_copy)[:3] == rows
   # The workdir's record is still the 3-epoch run's: its command resumes.
   assert _json(os.path.join(run_copy, 'config.json'))['num_epochs'] == 3
   assert os.path.exists(os.path.join(run_copy, 'summary.json'))

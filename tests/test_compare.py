@@ -8,16 +8,18 @@ import sys
 import numpy as np
 import pytest
 
-from localsgd_jax.configs import quickstart
 from localsgd_jax import aggregate
 from localsgd_jax import comparison
+from localsgd_jax import config_fields
 from localsgd_jax import modes
 from localsgd_jax import plots
 from localsgd_jax import report
 from localsgd_jax import report_md
-from localsgd_jax import resume_check
 from localsgd_jax import runs
+from localsgd_jax.configs import quickstart
 from localsgd_jax.errors import UserError
+
+from run_helpers import small_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED = ('mode', 'eval_accuracy_mean', 'eval_accuracy_std',
@@ -137,7 +139,7 @@ def _holds_seed(workdir, mode, folder_seed, seed, config=None):
   path = runs.run_dir(workdir, mode, folder_seed)
   os.makedirs(os.path.join(path, 'checkpoints', '1'), exist_ok=True)
   with open(os.path.join(path, 'config.json'), 'w') as f:
-    json.dump(resume_check.as_dict(modes.mode_config(
+    json.dump(config_fields.as_dict(modes.mode_config(
         config, mode, seed)) if config else {'seed': seed}, f)
   return path
 
@@ -591,15 +593,8 @@ def test_report_only_on_empty_dir_is_a_clear_error(tmp_path):
 
 
 def _small_config(**overrides):
-  config = quickstart.get_config()
-  config.data.image_size = 16
-  config.data.train_per_class = 10
-  config.batch_size = 48
-  config.num_epochs = 1
-  config.log.progress = False
-  config.log.tensorboard = False
-  config.update_from_flattened_dict(overrides)  # {'optim.lr': ...}
-  return config
+  return small_config(**{'data.train_per_class': 10, 'batch_size': 48,
+                         'num_epochs': 1, **overrides})
 
 
 def test_rerun_skips_finished_runs_and_refuses_changed_ones(tmp_path,

@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 
+from localsgd_jax import config_fields
 from localsgd_jax import config_validation
 from localsgd_jax import data
 from localsgd_jax import models
@@ -110,16 +111,16 @@ def test_shipped_learning_rates_are_unchanged_at_their_batch_size():
 
 def test_resume_check_compares_resolved_learning_rates():
   from localsgd_jax import resume_check  # pylint: disable=g-import-not-at-top
-  saved = resume_check.as_dict(
+  saved = config_fields.as_dict(
       importlib.import_module('localsgd_jax.configs.cifar10_resnet').get_config())
   new = _from_command_line('cifar10_resnet', '--config.batch_size=512')
   changes = {c.field: (c.old, c.new) for c in
-             resume_check.config_changes(saved, resume_check.as_dict(new))}
+             resume_check.config_changes(saved, config_fields.as_dict(new))}
   assert changes == {'batch_size': (500, 512),
                      'optim.learning_rate': (0.2, 0.2048)}
   # eval_tta changes no training: resumable without resume_allow.
   tta = _from_command_line('cifar10_resnet', '--config.eval_tta=flip')
-  assert not resume_check.config_changes(saved, resume_check.as_dict(tta))
+  assert not resume_check.config_changes(saved, config_fields.as_dict(tta))
 
 
 def test_eval_tta_is_validated_and_refused_without_flips(tmp_path):

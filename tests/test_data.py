@@ -1017,8 +1017,12 @@ def test_resolve_augmentation_by_image_size():
   assert resolve('auto', (128, 128, 3)) == 'random_resized_crop'
   assert resolve('none', (128, 128, 3)) == 'none'
   assert resolve('pad_crop', (128, 128, 3)) == 'pad_crop'
-  with pytest.raises(UserError, match='config.data.augmentation'):
+  with pytest.raises(ValueError):  # not a name: validation refuses it first
     resolve('rrc', (32, 32, 3))
+  cfg = default.get_config().data
+  cfg.augmentation = 'rrc'
+  with pytest.raises(UserError, match="config.data.augmentation='rrc'"):
+    config_validation.validate_data(cfg)
 
 
 @pytest.mark.parametrize('height, width, scale', [

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from localsgd_jax.configs import quickstart
 from localsgd_jax import flag_errors
+from localsgd_jax.configs import quickstart
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,5 +1,4 @@
 """Runs of a fractional number of epochs (config.last_epoch_fraction)."""
-import json
 import os
 import shutil
 
@@ -8,27 +7,23 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from localsgd_jax.configs import quickstart
 from localsgd_jax import config_validation
 from localsgd_jax import loop
 from localsgd_jax import optim
 from localsgd_jax import train_lib
 from localsgd_jax.errors import UserError
 
+from run_helpers import metrics_lines
+from run_helpers import small_config
+
 TIME_FIELDS = {'epoch_time_s', 'eval_time_s', 'compile_time_s',
                'images_per_s'}
 
 
 def _config(**overrides):
-  config = quickstart.get_config()
-  config.selection.mode = 'sgd'
-  config.data.image_size = 16
-  config.num_epochs = 3
-  config.last_epoch_fraction = 0.5  # 2.5 epochs
-  config.log.progress = False
-  config.log.tensorboard = False
-  config.update_from_flattened_dict(overrides)
-  return config
+  return small_config(**{'selection.mode': 'sgd', 'num_epochs': 3,
+                         'last_epoch_fraction': 0.5,  # 2.5 epochs
+                         **overrides})
 
 
 def test_steps_are_rounded_to_the_nearest_step():
@@ -60,11 +55,6 @@ def test_fraction_is_validated():
     config_validation.validate_config(_config(last_epoch_fraction=1.5))
 
 
-def _rows(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f]
-
-
 def _final_state(workdir):
   mngr = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'),
                                item_names=('state', 'host'))
@@ -76,7 +66,7 @@ def _final_state(workdir):
 def test_fractional_run_trains_its_steps_and_resumes_bit_identical(tmp_path):
   ref = str(tmp_path / 'ref')
   summary = train_lib.train_and_evaluate(_config(), ref)
-  rows = _rows(ref)
+  rows = metrics_lines(ref)
   spe = rows[0]['step']
   assert [r['step'] for r in rows] == [spe, 2 * spe, round(2.5 * spe)]
   assert summary['num_steps'] == round(2.5 * spe)
@@ -99,7 +89,7 @@ def test_fractional_run_trains_its_steps_and_resumes_bit_identical(tmp_path):
   def strip(rows):
     return [{k: v for k, v in r.items() if k not in TIME_FIELDS}
             for r in rows]
-  assert strip(_rows(resumed)) == strip(rows)
+  assert strip(metrics_lines(resumed)) == strip(rows)
   jax.tree.map(np.testing.assert_array_equal, _final_state(resumed),
                _final_state(ref))
   # The same command again: finished, nothing to train.

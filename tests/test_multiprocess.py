@@ -17,13 +17,13 @@ import jax
 import numpy as np
 import pytest
 
-from localsgd_jax.configs import quickstart
 from localsgd_jax import checkpointing
 from localsgd_jax import data
 from localsgd_jax import distributed
 from localsgd_jax import models
 from localsgd_jax import optim
 from localsgd_jax import train_step as ts
+from localsgd_jax.configs import quickstart
 from localsgd_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -4,12 +4,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from localsgd_jax.configs import default
 from localsgd_jax import checkpointing
 from localsgd_jax import config_validation
 from localsgd_jax import models
 from localsgd_jax import optim
 from localsgd_jax import train_step as ts
+from localsgd_jax.configs import default
 from localsgd_jax.errors import UserError
 
 SHAPE = (16, 16, 1)

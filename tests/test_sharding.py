@@ -15,8 +15,6 @@ import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from localsgd_jax.configs import default
-from localsgd_jax.configs import quickstart
 from localsgd_jax import checkpointing
 from localsgd_jax import data
 from localsgd_jax import models
@@ -24,6 +22,8 @@ from localsgd_jax import optim
 from localsgd_jax import partition
 from localsgd_jax import train_lib
 from localsgd_jax import train_step as ts
+from localsgd_jax.configs import default
+from localsgd_jax.configs import quickstart
 from localsgd_jax.data import dataset as dataset_lib
 from localsgd_jax.data import in_memory
 from localsgd_jax.data import streaming

@@ -12,9 +12,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from localsgd_jax.configs import quickstart
 from localsgd_jax import train_lib
 from localsgd_jax.errors import UserError
+
+from run_helpers import metrics_lines
+from run_helpers import small_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIME_FIELDS = {'epoch_time_s', 'eval_time_s', 'compile_time_s',
@@ -22,24 +24,15 @@ TIME_FIELDS = {'epoch_time_s', 'eval_time_s', 'compile_time_s',
 
 
 def _config(**overrides):
-  config = quickstart.get_config()
-  config.selection.mode = 'sgd'  # the quickstart's static k: where asked
-  config.data.image_size = 16
-  config.num_epochs = 3
-  config.log.progress = False
-  config.log.check_finite_every = 5
-  config.update_from_flattened_dict(overrides)  # {'optim.lr': ...}
-  return config
-
-
-def _rows(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f]
+  return small_config(**{
+      'selection.mode': 'sgd',  # the quickstart's static k where asked
+      'num_epochs': 3, 'log.tensorboard': True, 'log.check_finite_every': 5,
+      **overrides})
 
 
 def test_run_writes_all_outputs(tmp_path):
   summary = train_lib.train_and_evaluate(_config(), str(tmp_path))
-  rows = _rows(tmp_path)
+  rows = metrics_lines(tmp_path)
   assert [r['epoch'] for r in rows] == [1, 2, 3]  # completed epochs
   for field in ('epoch', 'step', 'train_loss', 'train_accuracy',
                 'eval_accuracy', 'eval_loss', 'epoch_time_s',
@@ -63,7 +56,7 @@ def test_fixed_transition_still_learns(tmp_path):
   config = _config(**{'selection.mode': 'static', 'selection.table': '0:2',
                       'local.rule': 'gha'})
   train_lib.train_and_evaluate(config, str(tmp_path))
-  rows = _rows(tmp_path)
+  rows = metrics_lines(tmp_path)
   assert [r['transition'] for r in rows] == [2, 2, 2]
   assert all(r['local_lr'] > 0 for r in rows)
   assert rows[-1]['eval_accuracy'] > 0.6
@@ -73,7 +66,7 @@ def test_eval_every_n_epochs_and_always_the_last(tmp_path):
   train_lib.train_and_evaluate(_config(**{'num_epochs': 3,
                                           'eval_every_epochs': 2}),
                                str(tmp_path))
-  rows = _rows(tmp_path)
+  rows = metrics_lines(tmp_path)
   assert ['eval_accuracy' in r for r in rows] == [False, True, True]
   with open(tmp_path / 'summary.json') as f:
     assert json.load(f)['final_eval_accuracy'] == rows[-1]['eval_accuracy']
@@ -106,7 +99,7 @@ def test_step_costs_weight_hebbian_and_plain_steps(tmp_path):
   config = _config(**{'num_epochs': 1, 'selection.mode': 'static',
                       'selection.table': '0:2', 'local.hebbian_every': 3})
   seen = _train_seeing_costs(config, tmp_path)
-  row, = _rows(tmp_path)
+  row, = metrics_lines(tmp_path)
   counts = seen['counts']
   steps = row['step']
   assert counts == {(2, True): -(-steps // 3), (2, False): steps - -(-steps // 3)}
@@ -124,7 +117,7 @@ def test_frozen_units_compile_one_program_per_k(tmp_path, capsys):
   config = _config(**{'num_epochs': 1, 'selection.mode': 'static',
                       'selection.table': '0:2', 'local.rule': 'frozen'})
   seen = _train_seeing_costs(config, tmp_path)
-  row, = _rows(tmp_path)
+  row, = metrics_lines(tmp_path)
   assert seen['counts'] == {(2, False): row['step']}
   out = capsys.readouterr().out
   assert 'Compiling the step for k=2 (units 0..1 frozen: forward only)' in out
@@ -178,11 +171,11 @@ def test_nan_parameters_keep_the_last_good_checkpoint(tmp_path):
                       'log.check_finite_every': 1})
   with pytest.raises(UserError, match=r'a parameter became NaN or inf by '
                      r'step \d+ \(the loss was still finite\) \(epoch 2\); '
-                     r'.*checkpoint \(after epoch 1\) is kept'):
+                     r'.*checkpoint after epoch 1 is kept'):
     train_lib.train_and_evaluate(config, str(tmp_path))
   assert os.listdir(tmp_path / 'checkpoints') == ['1']
-  assert [r['epoch'] for r in _rows(tmp_path)] == [1]
-  assert np.isfinite(_rows(tmp_path)[0]['train_loss'])
+  assert [r['epoch'] for r in metrics_lines(tmp_path)] == [1]
+  assert np.isfinite(metrics_lines(tmp_path)[0]['train_loss'])
   params, batch_stats = _final_params(tmp_path)
   assert all(np.all(np.isfinite(leaf)) for leaf in
              jax.tree.leaves((params, batch_stats)))
@@ -196,8 +189,11 @@ def test_compilation_cache_serves_a_second_run(tmp_path):
   first = train_lib.train_and_evaluate(config, str(tmp_path / 'a'))
   assert any(cache.iterdir())
   second = train_lib.train_and_evaluate(config, str(tmp_path / 'b'))
-  # Loading a compiled program is much faster than compiling it.
-  assert second['compile_time_s'] < 0.5 * first['compile_time_s']
+  # Every program the second run asks for is loaded, none compiled again
+  # (the time it saves is benchmarks/loop_bench's to measure, not a test's).
+  assert first['compile_cache_requests'] > 0 == first['compile_cache_hits']
+  # (Fewer requests: programs this process holds compiled are not asked for.)
+  assert second['compile_cache_hits'] == second['compile_cache_requests'] > 0
   assert second['final_eval_accuracy'] == first['final_eval_accuracy']
 
 
@@ -211,7 +207,7 @@ def test_dynamic_mode_decides_every_n_steps(tmp_path):
       'selection.min_hold_epochs': 0.0, 'selection.retreat': False,
       'selection.k_max': 2})
   train_lib.train_and_evaluate(config, str(tmp_path))
-  first, second = _rows(tmp_path)
+  first, second = metrics_lines(tmp_path)
   steps = first['step']
   assert first['transition'] == 0 and second['transition'] == 2
   assert first['transitions'] == [[0, 0], [5, 1], [10, 2]]
@@ -280,7 +276,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     time.sleep(0.02)
   proc.send_signal(signal.SIGKILL)  # mid-epoch 2, after the first checkpoint
   proc.wait()
-  assert len(_rows(crashed)) < 3  # it really died before finishing
+  assert len(metrics_lines(crashed)) < 3  # it really died before finishing
   out = subprocess.run(_train_cmd(crashed, *flags), check=True, cwd=ROOT,
                        timeout=600, capture_output=True, text=True)
   assert 'Resuming from the checkpoint after epoch' in out.stdout
@@ -288,7 +284,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
   def strip(rows):
     return [{k: v for k, v in r.items() if k not in TIME_FIELDS}
             for r in rows]
-  assert strip(_rows(crashed)) == strip(_rows(ref))
+  assert strip(metrics_lines(crashed)) == strip(metrics_lines(ref))
   jax.tree.map(np.testing.assert_array_equal, _final_params(crashed),
                _final_params(ref))
 
@@ -307,7 +303,7 @@ def test_local_filter_change_is_logged_and_survives_resume(tmp_path):
   overrides = dict(_LOCAL_FROM_EPOCH_2, **{'local.rule': 'oja'})
   ref = tmp_path / 'ref'
   summary = train_lib.train_and_evaluate(_config(**overrides), str(ref))
-  rows = _rows(ref)
+  rows = metrics_lines(ref)
   assert rows[0]['local_filter_angle'] == [None] * 4  # all SGD
   assert rows[0]['local_rule_steps'] == 0
   for row in rows[1:]:
@@ -333,7 +329,7 @@ def test_local_filter_change_is_logged_and_survives_resume(tmp_path):
   def strip(rows):
     return [{k: v for k, v in r.items() if k not in TIME_FIELDS}
             for r in rows]
-  assert strip(_rows(resumed)) == strip(rows)
+  assert strip(metrics_lines(resumed)) == strip(rows)
   assert again['local_filter_angle'] == summary['local_filter_angle']
 
 

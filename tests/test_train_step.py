@@ -7,12 +7,12 @@ import numpy as np
 import optax
 import pytest
 
-from localsgd_jax.configs import default
 from localsgd_jax import models
 from localsgd_jax import optim
 from localsgd_jax import partition
 from localsgd_jax import step_cache
 from localsgd_jax import train_step as ts
+from localsgd_jax.configs import default
 from localsgd_jax.models import base as models_base
 
 SHAPE = (16, 16, 1)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from localsgd_jax.configs import quickstart
+from localsgd_jax import config_fields
 from localsgd_jax import config_validation
 from localsgd_jax import metrics as metrics_lib
 from localsgd_jax import resume_check
@@ -26,30 +26,21 @@ from localsgd_jax import workdir as workdir_lib
 from localsgd_jax import workdir_lock
 from localsgd_jax.errors import UserError
 
+from run_helpers import metrics_lines
+from run_helpers import small_config
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIME_FIELDS = {'epoch_time_s', 'eval_time_s', 'compile_time_s',
                'images_per_s'}
 
 
 def _config(**overrides):
-  config = quickstart.get_config()
-  config.data.image_size = 16
-  config.data.train_per_class = 10
-  config.batch_size = 48
-  # A constant, not following batch_size: the cases below change one field.
-  config.optim.learning_rate = 0.05
-  config.num_epochs = 2
-  config.selection.mode = 'sgd'
-  config.log.progress = False
-  config.log.tensorboard = False
-  config.log.check_finite_every = 1
-  config.update_from_flattened_dict(overrides)  # {'optim.lr': ...}
-  return config
-
-
-def _rows(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f]
+  return small_config(**{
+      'data.train_per_class': 10, 'batch_size': 48,
+      # A constant, not following batch_size: the cases below change one
+      # field.
+      'optim.learning_rate': 0.05, 'num_epochs': 2, 'selection.mode': 'sgd',
+      'log.check_finite_every': 1, **overrides})
 
 
 def _json(path):
@@ -79,13 +70,13 @@ def _one_line(err):
 
 
 def test_same_config_and_neutral_changes_resume(run_copy, capsys):
-  before = _rows(run_copy)
+  before = metrics_lines(run_copy)
   summary = train_lib.train_and_evaluate(_config(**{
       'checkpoint.keep': 5, 'eval_batch_size': 100, 'eval_every_epochs': 2,
       'log.check_finite_every': 3, 'checkpoint.every_epochs': 2,
       'compile_cache_dir': ''}), run_copy)
   assert 'Resuming from the checkpoint after epoch 2' in capsys.readouterr().out
-  assert _rows(run_copy) == before  # nothing trained again
+  assert metrics_lines(run_copy) == before  # nothing trained again
   assert summary['final_eval_accuracy'] == before[-1]['eval_accuracy']
 
 
@@ -99,7 +90,7 @@ def test_same_config_and_neutral_changes_resume(run_copy, capsys):
 def test_changed_config_is_refused_with_the_ways_on(run_copy, overrides,
                                                    listed):
   config_before = _json(os.path.join(run_copy, 'config.json'))
-  rows_before = _rows(run_copy)
+  rows_before = metrics_lines(run_copy)
   with pytest.raises(UserError) as err:
     train_lib.train_and_evaluate(_config(**overrides), run_copy)
   message = _one_line(err)
@@ -109,7 +100,7 @@ def test_changed_config_is_refused_with_the_ways_on(run_copy, overrides,
   assert f'--config.resume_allow={fields}' in message
   # Nothing was touched.
   assert _json(os.path.join(run_copy, 'config.json')) == config_before
-  assert _rows(run_copy) == rows_before
+  assert metrics_lines(run_copy) == rows_before
   assert not os.path.exists(os.path.join(run_copy, 'run.lock'))
 
 
@@ -145,7 +136,7 @@ def test_more_epochs_need_resume_allow_and_are_recorded(run_copy, capsys):
       _config(num_epochs=3, resume_allow='num_epochs,selection.warmup_epochs',
               **{'checkpoint.keep': 5}), run_copy)
   assert 'with num_epochs 2 -> 3' in capsys.readouterr().out
-  assert [r['epoch'] for r in _rows(run_copy)] == [1, 2, 3]
+  assert [r['epoch'] for r in metrics_lines(run_copy)] == [1, 2, 3]
   change = {'after_epoch': 2, 'changes': {'num_epochs': [2, 3]}}
   record = _json(os.path.join(run_copy, 'run.json'))
   got = record['resumed_with_changes'][0]
@@ -192,7 +183,7 @@ def test_extended_run_is_unfinished_until_it_ends(run_copy, monkeypatch):
   with pytest.raises(KeyboardInterrupt):
     train_lib.train_and_evaluate(
         _config(num_epochs=4, resume_allow='num_epochs'), run_copy)
-  assert [r['epoch'] for r in _rows(run_copy)] == [1, 2, 3]
+  assert [r['epoch'] for r in metrics_lines(run_copy)] == [1, 2, 3]
   assert not os.path.exists(os.path.join(run_copy, 'summary.json'))
   assert not os.path.exists(os.path.join(run_copy, 'run.lock'))
   assert not workdir_lib.finished_run(run_copy, _config(num_epochs=4))
@@ -240,13 +231,13 @@ def test_workdir_without_saved_config_resumes_with_a_warning(run_copy,
   train_lib.train_and_evaluate(_config(num_epochs=3), run_copy)
   err = capsys.readouterr().err
   assert 'has no config.json' in err and 'resuming without checking' in err
-  assert [r['epoch'] for r in _rows(run_copy)] == [1, 2, 3]
+  assert [r['epoch'] for r in metrics_lines(run_copy)] == [1, 2, 3]
   assert os.path.exists(os.path.join(run_copy, 'config.json'))
 
 
 def test_config_changes_ignore_neutral_and_new_default_fields():
-  saved = resume_check.as_dict(_config())
-  new = resume_check.as_dict(_config(**{
+  saved = config_fields.as_dict(_config())
+  new = config_fields.as_dict(_config(**{
       'eval_batch_size': 7, 'log.progress': True, 'checkpoint.keep': 9,
       'data.cache_dir': '/elsewhere', 'resume_allow': 'seed'}))
   assert resume_check.config_changes(saved, new) == []
@@ -257,7 +248,7 @@ def test_config_changes_ignore_neutral_and_new_default_fields():
   new['selection']['mode'] = 'static'
   assert [c.field for c in resume_check.config_changes(saved, new)] == [
       'local.rule', 'selection.mode', 'selection.warmup_epochs']
-  new = resume_check.as_dict(_config())
+  new = config_fields.as_dict(_config())
   del saved['init_from']  # a run from before the field existed
   assert resume_check.config_changes(saved, new) == []
   new['init_from'] = 'x:1'
@@ -320,8 +311,8 @@ def test_fork_continues_the_parent_and_is_recorded(finished, tmp_path,
   assert summary['fork']['epoch'] == 1
   # Epoch 1 is the parent's row; epoch 2, trained here from the parent's
   # checkpoint with the parent's config, is the parent's epoch 2 again.
-  assert _strip(_rows(fork)) == _strip(_rows(finished))
-  assert _rows(fork)[0] == _rows(finished)[0]
+  assert _strip(metrics_lines(fork)) == _strip(metrics_lines(finished))
+  assert metrics_lines(fork)[0] == metrics_lines(finished)[0]
   # Its own checkpoints from now on: rerunning resumes the fork itself.
   train_lib.train_and_evaluate(_config(init_from=f'{finished}:1'), fork)
   assert 'Resuming from the checkpoint after epoch 2' in (
@@ -338,7 +329,7 @@ def test_fork_records_what_differs_from_the_parent(finished, tmp_path):
   assert record['differs_from_parent'] == {
       'seed': [0, 1], 'selection.mode': ['sgd', 'static'],
       'selection.table': ['', '0:0,1:2']}
-  assert [r['transition'] for r in _rows(fork)] == [0, 2]
+  assert [r['transition'] for r in metrics_lines(fork)] == [0, 2]
 
 
 @pytest.mark.parametrize('init_from,match', [
@@ -390,12 +381,12 @@ def test_fork_keeps_model_and_data(finished, tmp_path):
 
 
 def test_init_from_syntax():
-  assert workdir_lib.parse_init_from('runs/sgd/seed_{seed}:6', 2) == (
+  assert config_fields.parse_init_from('runs/sgd/seed_{seed}:6', 2) == (
       'runs/sgd/seed_2', 6)
-  assert workdir_lib.parse_init_from('runs/x', 0) == ('runs/x', None)
-  assert workdir_lib.parse_init_from('', 0) is None
+  assert config_fields.parse_init_from('runs/x', 0) == ('runs/x', None)
+  assert config_fields.parse_init_from('', 0) is None
   with pytest.raises(UserError, match='only {seed} can be filled in'):
-    workdir_lib.parse_init_from('runs/{mode}:3', 0)
+    config_fields.parse_init_from('runs/{mode}:3', 0)
   with pytest.raises(UserError, match='no config field.*did you mean '
                      'num_epochs'):
     config_validation.validate_config(_config(resume_allow='num_epoch'))
@@ -419,14 +410,14 @@ def test_a_second_run_on_a_workdir_is_refused(run_copy):
   other = _sleeper()  # a live process holds the lock
   try:
     _write_lock(run_copy, pid=other.pid)
-    rows = _rows(run_copy)
+    rows = metrics_lines(run_copy)
     with pytest.raises(UserError) as err:
       train_lib.train_and_evaluate(_config(), run_copy)
     message = _one_line(err)
     assert f'is in use by another run (host {socket.gethostname()}, PID ' \
         f'{other.pid}' in message
     assert 'delete' in message and 'run.lock' in message
-    assert _rows(run_copy) == rows
+    assert metrics_lines(run_copy) == rows
     assert _json(os.path.join(run_copy, 'run.lock'))['pid'] == other.pid
   finally:
     other.kill()
@@ -517,7 +508,7 @@ def test_metrics_rows_are_keyed_by_epoch(tmp_path, capsys):
   assert 'dropped the torn last line (line 6)' in capsys.readouterr().err
   writer = metrics_lib.MetricsWriter(str(tmp_path), tensorboard=False)
   writer.truncate(2)
-  assert [r['epoch'] for r in _rows(tmp_path)] == [1, 2]
+  assert [r['epoch'] for r in metrics_lines(tmp_path)] == [1, 2]
   with open(path, 'a') as f:
     f.write('not json\n{"epoch": 3}\n')
   with pytest.raises(UserError, match='line 3 is not a metrics row'):
@@ -534,7 +525,7 @@ def test_resume_without_the_metrics_history_says_so(run_copy, capsys):
   assert 'metrics.jsonl lacks the rows of 2 of the 2 epochs' in warnings[0]
   assert '(epochs 1-2:' in warnings[0]
   assert summary['history_missing_epochs'] == [1, 2]
-  assert [r['epoch'] for r in _rows(run_copy)] == [3]
+  assert [r['epoch'] for r in metrics_lines(run_copy)] == [3]
 
 
 def test_resume_drops_a_torn_metrics_line(run_copy, capsys):
@@ -542,7 +533,7 @@ def test_resume_drops_a_torn_metrics_line(run_copy, capsys):
     f.write('{"epoch": 3, "train_lo')
   summary = train_lib.train_and_evaluate(_config(), run_copy)
   assert 'dropped the torn last line' in capsys.readouterr().err
-  rows = _rows(run_copy)
+  rows = metrics_lines(run_copy)
   assert [r['epoch'] for r in rows] == [1, 2]
   assert summary['final_eval_accuracy'] == rows[-1]['eval_accuracy']
 
@@ -612,4 +603,4 @@ def test_sigterm_says_what_was_saved_and_the_run_resumes(tmp_path):
                          timeout=600)
   assert again.returncode == 0, again.stderr
   assert f'Resuming from the checkpoint after epoch {saved}' in again.stdout
-  assert [r['epoch'] for r in _rows(str(workdir))] == list(range(1, 26))
+  assert [r['epoch'] for r in metrics_lines(str(workdir))] == list(range(1, 26))
