@@ -25,11 +25,11 @@ class Stopped(BaseException):
 
   Raised in the main thread by `signals_stop_the_run`'s handler; the
   training loop's `finally` clauses finish the pending checkpoint save and
-  release the workdir, and the handler's `saying` adds what was saved. Entry points print
-  it as one `error:` line, as a UserError, with the shell's exit status for
-  the signal (128 + its number: 143 for SIGTERM). Like KeyboardInterrupt it
-  is no `Exception`, so no handler of failures (e.g. a checkpoint that does
-  not restore) mistakes it for one.
+  release the workdir, and `signals_stop_the_run` adds what was saved
+  (`saying`). Entry points print it as one `error:` line, as a UserError,
+  with the shell's exit status for the signal (128 + its number: 143 for
+  SIGTERM). Like KeyboardInterrupt it is no `Exception`, so no handler of
+  failures (e.g. a checkpoint that does not restore) mistakes it for one.
   """
 
   def __init__(self, signum: int):

@@ -23,6 +23,7 @@ Besides the training outputs a workdir holds (process 0 writes them):
 `open_run` does all of this before the first step, and only after the
 config and the data were checked: a bad command creates nothing.
 """
+import contextlib
 import os
 import shutil
 from typing import Any, Dict, List, Optional, Tuple
@@ -109,7 +110,7 @@ def _all_agree(ok: bool) -> bool:
   return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
-class Run:
+class Run(contextlib.AbstractContextManager):
   """The run in a workdir, as `open_run` found and locked it."""
 
   def __init__(self, workdir: str, config: Dict[str, Any],
@@ -208,9 +209,6 @@ class Run:
     """The fork and resume history, for summary.json."""
     return {key: self._record[key] for key in ('fork', 'resumed_with_changes')
             if key in self._record}
-
-  def __enter__(self) -> 'Run':
-    return self
 
   def __exit__(self, exc_type, *exc_info) -> None:
     self.close(failed=exc_type is not None)
