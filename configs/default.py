@@ -139,6 +139,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.b1 = 0.9           # adamw only.
   config.optim.b2 = 0.999         # adamw only.
   config.optim.label_smoothing = 0.0
+  # > 0: keep an exponential moving average of the weights and BatchNorm
+  # statistics (decay warmed up over the first steps, train_step.ema_update)
+  # and evaluate it instead of the trained weights. Fixed within a run.
+  config.optim.ema_decay = 0.0
 
   # The local (Hebbian) rule applied to units before the transition index.
   config.local = ml_collections.ConfigDict()

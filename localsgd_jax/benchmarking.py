@@ -5,14 +5,16 @@ measures, in one process: XLA's FLOPs (`cost_analysis()` of the program
 compiled for the CPU, on any backend: `flops.py`), XLA's temporary bytes
 (`memory_analysis()` of the device's program), and the median wall time of
 a step, with the k's interleaved in a random order on every repeat (these
-machines are noisy), after a warm-up. Beside the Hebbian step it times the frozen step (the local
-units only run forward: the FreezeOut peer). Ratios are to k = 0.
+machines are noisy), after a warm-up. Beside the Hebbian step it times the
+frozen step (the local units only run forward: the FreezeOut peer). Ratios
+are to k = 0. Where the device's dense peak is known (`peak_flops`), each
+step's model-FLOP utilization: counted FLOPs / step time / peak.
 Used by benchmarks/step_bench.py and the notebooks.
 """
 import random
 import statistics
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +27,24 @@ from localsgd_jax import step_cache
 from localsgd_jax.configs import default
 from localsgd_jax import optim
 from localsgd_jax import train_step as ts
+
+
+# Dense (no sparsity) peak FLOP/s of the tensor cores, from NVIDIA's
+# datasheets, by a substring of jax's device_kind (first match wins) and the
+# compute dtype; float32 is held to the TF32 peak, the fastest XLA may use.
+_PEAKS = (('H100 PCIe', {'bfloat16': 756e12, 'float32': 378e12}),
+          ('H100', {'bfloat16': 989e12, 'float32': 495e12}),
+          ('H200', {'bfloat16': 989e12, 'float32': 495e12}),
+          ('A100', {'bfloat16': 312e12, 'float32': 156e12}))
+
+
+def peak_flops(device_kind: str, dtype: str) -> Optional[float]:
+  """The dense peak FLOP/s of `device_kind` in `dtype` (None: not known,
+  e.g. CPUs)."""
+  for name, peaks in _PEAKS:
+    if name in device_kind:
+      return peaks.get(dtype)
+  return None
 
 
 def _time_steps(compiled, state, batch, steps: int):
@@ -105,17 +125,25 @@ def measure_steps(model_name: str, batch_size: int, *, image_size: int = 32,
   for (name, k), ts_ in times.items():
     prefix = '' if name == 'hebbian' else 'frozen_'
     results[k][prefix + 'step_time_s'] = statistics.median(ts_)
-  return _with_ratios([results[k] for k in ks], batch_size, hebbian_every)
+  return _with_ratios([results[k] for k in ks], batch_size, hebbian_every,
+                      peak_flops(jax.devices()[0].device_kind, dtype))
 
 
 def _with_ratios(rows: List[Dict[str, Any]], batch_size: int,
-                 hebbian_every: int) -> List[Dict[str, Any]]:
-  """`rows` (one per k, k ascending) with throughput and, when k = 0 was
-  measured, each k's ratios to it."""
+                 hebbian_every: int, peak: Optional[float] = None
+                 ) -> List[Dict[str, Any]]:
+  """`rows` (one per k, k ascending) with throughput, model-FLOP
+  utilization against `peak` FLOP/s (None: not known, MFU left out) and,
+  when k = 0 was measured, each k's ratios to it."""
   base = rows[0] if rows[0]['k'] == 0 else None
   out = []
   for r in rows:
     r['images_per_s'] = batch_size / r['step_time_s']
+    if peak:
+      r['peak_flops'] = peak
+      r['mfu'] = r['flops'] / r['step_time_s'] / peak
+      if 'frozen_step_time_s' in r:
+        r['frozen_mfu'] = r['frozen_flops'] / r['frozen_step_time_s'] / peak
     if base is not None:
       r['flops_ratio'] = r['flops'] / base['flops']
       r['temp_ratio'] = r['temp_bytes'] / max(1, base['temp_bytes'])
@@ -134,12 +162,20 @@ def _with_ratios(rows: List[Dict[str, Any]], batch_size: int,
 
 
 def format_table(rows: List[Dict[str, Any]]) -> str:
-  """A plain-text table of the results (ratios to k = 0 where measured)."""
+  """A plain-text table of the results (ratios to k = 0 where measured;
+  MFU columns where the device's peak is known)."""
+  mfu = 'mfu' in rows[0]
   head = (f'{"k":>3} {"GFLOP":>8} {"xflops":>7} {"temp MB":>8} {"xtemp":>6} '
           f'{"step ms":>8} {"xtime":>6} {"img/s":>8} {"frozen ms":>9} '
-          f'{"xfrozen":>7} {"x(every m)":>10}')
+          f'{"xfrozen":>7} {"x(every m)":>10}'
+          + (f' {"MFU":>6} {"frozMFU":>7}' if mfu else ''))
   lines = [head, '-' * len(head)]
   for r in rows:
+    tail = ''
+    if mfu:
+      tail = f' {100 * r["mfu"]:>5.1f}%' + (
+          f' {100 * r["frozen_mfu"]:>6.1f}%' if 'frozen_mfu' in r
+          else f' {"-":>7}')
     lines.append(
         f'{r["k"]:>3} {r["flops"] / 1e9:>8.2f} {r.get("flops_ratio", 1):>7.3f} '
         f'{r["temp_bytes"] / 1e6:>8.1f} {r.get("temp_ratio", 1):>6.3f} '
@@ -148,5 +184,6 @@ def format_table(rows: List[Dict[str, Any]]) -> str:
         + (f'{r["frozen_step_time_s"] * 1e3:>9.1f} '
            f'{r["frozen_time_ratio"]:>7.3f} '
            f'{r["amortized_time_ratio"]:>10.3f}'
-           if 'frozen_time_ratio' in r else f'{"-":>9} {"-":>7} {"-":>10}'))
+           if 'frozen_time_ratio' in r else f'{"-":>9} {"-":>7} {"-":>10}')
+        + tail)
   return '\n'.join(lines)

@@ -19,6 +19,7 @@ trained; the previous checkpoint stays intact.
 """
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import glob
 import logging
@@ -80,7 +81,7 @@ def _restore(manager: ocp.CheckpointManager, epoch: int, template: Any
   """(state, host) of checkpoint `epoch`; its 'local_start' item (the local
   units' kernels at the start of their local phase), where it has one, as
   host['local_start'], placed like the state's (replicated) leaves."""
-  restored = manager.restore(epoch, args=_restore_args(template))
+  restored = manager.restore(epoch, args=_restore_args(_stored(template)))
   host = dict(restored['host'])
   units = host.pop('local_start_units', None)
   if units:
@@ -96,7 +97,20 @@ def _restore(manager: ocp.CheckpointManager, epoch: int, template: Any
     more = f' and {len(bad) - 3} more' if len(bad) > 3 else ''
     raise DamagedArrays(f'its arrays hold NaN/inf (damaged bytes): '
                         f'{", ".join(bad[:3])}{more}')
-  return restored['state'], host
+  state = restored['state']
+  if dataclasses.is_dataclass(template):
+    state = template.replace(**state)
+  return state, host
+
+
+def _stored(state: Any) -> Any:
+  """What is saved of a train state: its fields but the None ones, as a
+  dict, so that a state without a weight average (TrainState.ema) keeps the
+  layout the checkpoints had before that field existed."""
+  if not dataclasses.is_dataclass(state):
+    return state
+  return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
+          if getattr(state, f.name) is not None}
 
 
 def _non_finite(tree: Any, prefix: str, check_all: bool = False
@@ -179,7 +193,7 @@ class Checkpointer(contextlib.AbstractContextManager):
     if not force and epoch % self.every_epochs:
       return False
     local_start = local_start or {}
-    items = {'state': ocp.args.StandardSave(state),
+    items = {'state': ocp.args.StandardSave(_stored(state)),
              'host': ocp.args.JsonSave(
                  {**host, 'local_start_units': sorted(local_start)})}
     if local_start:

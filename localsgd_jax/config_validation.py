@@ -117,6 +117,8 @@ def validate_optim(o: ml_collections.ConfigDict) -> None:
   _check(o.warmup_epochs >= 0, 'optim.warmup_epochs', o.warmup_epochs, '>= 0')
   _check(0 <= o.label_smoothing < 1, 'optim.label_smoothing',
          o.label_smoothing, 'in [0, 1)')
+  _check(0 <= o.ema_decay < 1, 'optim.ema_decay', o.ema_decay,
+         'in [0, 1) (0: no weight moving average)')
   _one_of('optim.name', o.name, optim.OPTIMIZERS)
   _one_of('optim.schedule', o.schedule, optim.SCHEDULES)
   if o.schedule == 'triangular':

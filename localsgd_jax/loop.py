@@ -221,7 +221,8 @@ class TrainLoop:
     never compares equal).
     """
     state = train_step_lib.create_train_state(
-        self.model, self.tx, jax.random.key(seed), self.dataset.image_shape)
+        self.model, self.tx, jax.random.key(seed), self.dataset.image_shape,
+        ema=self.config.optim.ema_decay > 0)
     return data_lib.dataset.replicate(state, self.replicated)
 
   def _make_zeros(self):

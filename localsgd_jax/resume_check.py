@@ -36,7 +36,7 @@ DATA_LOCATION = ('data.dir', 'data.tfds_data_dir', 'data.storage',
 # another seed is another sample, never the same run continued).
 FIXED = ('model', 'data.name', 'data.image_size', 'data.train_per_class',
          'data.holdout_per_class', 'data.holdout_seed', 'optim.name',
-         'init_from', 'seed')
+         'optim.ema_decay', 'init_from', 'seed')
 DATA_CONTENTS = 'data contents'  # a change of the data's fingerprint
 
 _ABSENT = object()

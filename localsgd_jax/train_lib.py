@@ -53,11 +53,13 @@ def evaluate(eval_step, state, dataset, batch_size: int, sharding) -> Dict:
 
   With an eval step built for test-time augmentation
   (`train_step.make_eval_step(model, tta)`) also `eval_accuracy_tta` and
-  `eval_loss_tta`, from the same pass.
+  `eval_loss_tta`, from the same pass. With a weight moving average
+  (config.optim.ema_decay) the averaged weights are the ones evaluated.
   """
   totals = None
+  params, batch_stats = state.eval_variables()
   for batch in dataset.eval_batches(batch_size, sharding=sharding):
-    m = eval_step(state.params, state.batch_stats, batch)
+    m = eval_step(params, batch_stats, batch)
     totals = m if totals is None else jax.tree.map(jnp.add, totals, m)
   totals = jax.device_get(totals)
   count = max(float(totals['count']), 1.0)

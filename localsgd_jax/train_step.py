@@ -38,20 +38,50 @@ class TrainState:
   batch_stats: Any           # {'units_i': ...}
   opt_state: Any             # {'units_i': optax state of that unit}
   loss_ema: jax.Array        # running average of the training loss (weak sup.)
+  # config.optim.ema_decay > 0: {'params', 'batch_stats'}, the exponential
+  # moving average of both that evaluation uses; else None (no leaves, so
+  # runs without it keep the checkpoint layout they always had).
+  ema: Any = None
+
+  def eval_variables(self) -> Tuple[Any, Any]:
+    """(params, batch_stats) that evaluation uses: the moving average's
+    where there is one, else the trained ones."""
+    if self.ema is None:
+      return self.params, self.batch_stats
+    return self.ema['params'], self.ema['batch_stats']
 
 
 def create_train_state(model: base.Network, tx: optax.GradientTransformation,
-                       rng: jax.Array, image_shape) -> TrainState:
-  """Initialises parameters, BatchNorm statistics and per-unit optimizer state."""
+                       rng: jax.Array, image_shape,
+                       ema: bool = False) -> TrainState:
+  """Initialises parameters, BatchNorm statistics and per-unit optimizer
+  state, and with `ema` their moving average (starting at the same values)."""
   variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32),
                          train=False)
   params = dict(variables['params'])
+  batch_stats = dict(variables.get('batch_stats', {}))
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
-      batch_stats=dict(variables.get('batch_stats', {})),
+      batch_stats=batch_stats,
       opt_state={name: tx.init(p) for name, p in params.items()},
-      loss_ema=jnp.full((), jnp.nan, jnp.float32))
+      loss_ema=jnp.full((), jnp.nan, jnp.float32),
+      # Copies: the train step donates the state, each buffer once.
+      ema=(jax.tree.map(jnp.array, {'params': params,
+                                    'batch_stats': batch_stats})
+           if ema else None))
+
+
+def ema_update(ema: Any, new: Any, step: jax.Array, decay: float) -> Any:
+  """The moving average after global step `step` (0-based) trained `new`.
+
+  The decay is warmed up as TensorFlow's ExponentialMovingAverage does with
+  num_updates: min(decay, (1 + step) / (10 + step)), so that the average
+  leaves the initialization within the first tens of steps.
+  """
+  step = step.astype(jnp.float32)
+  d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  return jax.tree.map(lambda a, x: d * a + (1.0 - d) * x, ema, new)
 
 
 # --- Hebbian updates inside the forward pass --------------------------------
@@ -184,6 +214,7 @@ def make_train_step(model: base.Network, tx: optax.GradientTransformation,
   """
   local_cfg = config.local
   smoothing = config.optim.label_smoothing
+  ema_decay = config.optim.ema_decay
   local_forward = make_local_forward(model, local_cfg)
   peak_lr = config.optim.learning_rate
   unit_names = model.unit_names
@@ -233,6 +264,11 @@ def make_train_step(model: base.Network, tx: optax.GradientTransformation,
         batch_stats=partition.merge(local_bs, new_sgd_bs),
         opt_state=new_opt,
         loss_ema=loss_ema)
+    if ema_decay > 0:
+      new_state = new_state.replace(ema=ema_update(
+          state.ema, {'params': new_state.params,
+                      'batch_stats': new_state.batch_stats},
+          state.step, ema_decay))
     return new_state, _step_metrics(
         loss, logits, batch, lr,
         local_lr if directions else jnp.zeros(()), ws, grads, update_norms,

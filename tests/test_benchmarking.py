@@ -50,3 +50,26 @@ def test_loop_bench_prints_its_figures(tmp_path):
       r'loop ([\d.]+) ms/step, the same program back to back ([\d.]+)',
       proc.stdout)[0]]
   assert loop_ms > 0 and bare_ms > 0
+
+
+def test_model_flop_utilization_is_flops_over_time_over_the_peak():
+  """MFU from the counted FLOPs, the measured step time and the datasheet
+  peak of the device (none for a CPU: no MFU then)."""
+  from localsgd_jax import benchmarking
+  assert benchmarking.peak_flops('NVIDIA H200', 'bfloat16') == 989e12
+  assert benchmarking.peak_flops('NVIDIA H100 PCIe', 'bfloat16') == 756e12
+  assert benchmarking.peak_flops('NVIDIA H100 80GB HBM3', 'float32') == 495e12
+  assert benchmarking.peak_flops('cpu', 'float32') is None
+  rows = [{'k': 0, 'flops': 1492e9, 'temp_bytes': 1, 'step_time_s': 6.3e-3},
+          {'k': 5, 'flops': 1198e9, 'temp_bytes': 1, 'step_time_s': 4.7e-3,
+           'frozen_flops': 915e9, 'frozen_step_time_s': 3.6e-3}]
+  rows = benchmarking._with_ratios(rows, 512, 1, peak=989e12)  # pylint: disable=protected-access
+  assert rows[0]['mfu'] == pytest.approx(1492e9 / 6.3e-3 / 989e12)
+  assert rows[0]['mfu'] == pytest.approx(0.2395, abs=1e-4)
+  assert rows[1]['frozen_mfu'] == pytest.approx(915e9 / 3.6e-3 / 989e12)
+  table = benchmarking.format_table(rows)
+  assert 'MFU' in table.splitlines()[0] and '23.9%' in table.splitlines()[2]
+  plain = benchmarking._with_ratios(  # pylint: disable=protected-access
+      [{'k': 0, 'flops': 1e9, 'temp_bytes': 1, 'step_time_s': 1e-3}], 8, 1)
+  assert 'mfu' not in plain[0]
+  assert 'MFU' not in benchmarking.format_table(plain)

@@ -190,3 +190,48 @@ def test_a_full_disk_at_a_save_is_one_line(run_copy, monkeypatch):
   # The workdir's record is still the 3-epoch run's: its command resumes.
   assert _json(os.path.join(run_copy, 'config.json'))['num_epochs'] == 3
   assert os.path.exists(os.path.join(run_copy, 'summary.json'))
+
+
+def test_a_checkpoint_from_before_the_weight_average_restores(tmp_path):
+  """Checkpoints written before TrainState had its `ema` field (the state
+  saved as the dataclass of its five fields) restore into today's state,
+  and a state without a weight average is saved in that same layout."""
+  import flax  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from localsgd_jax import train_step as ts  # pylint: disable=g-import-not-at-top
+
+  @flax.struct.dataclass
+  class OldTrainState:
+    step: jax.Array
+    params: dict
+    batch_stats: dict
+    opt_state: dict
+    loss_ema: jax.Array
+
+  template = ts.TrainState(
+      step=jnp.zeros((), jnp.int32), params={'w': jnp.zeros(3)},
+      batch_stats={'m': jnp.zeros(2)}, opt_state={'w': jnp.zeros(3)},
+      loss_ema=jnp.zeros(()))
+  old = OldTrainState(step=jnp.array(7, jnp.int32),
+                      params={'w': jnp.arange(3.0)},
+                      batch_stats={'m': jnp.ones(2)},
+                      opt_state={'w': jnp.full(3, 2.0)},
+                      loss_ema=jnp.array(0.5))
+  with ocp.CheckpointManager(str(tmp_path / 'old' / 'checkpoints'),
+                             item_names=('state', 'host')) as mngr:
+    mngr.save(1, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(old),
+        host=ocp.args.JsonSave({'local_start_units': []})))
+  epoch, state, _ = checkpointing.restore_from(str(tmp_path / 'old'), 1,
+                                               template)
+  assert epoch == 1 and isinstance(state, ts.TrainState)
+  assert state.ema is None and int(state.step) == 7
+  assert state.params['w'].tolist() == [0.0, 1.0, 2.0]
+  with checkpointing.Checkpointer(str(tmp_path / 'new'), 1, 1) as saver:
+    saver.maybe_save(1, state, {})
+  saved = ocp.CheckpointManager(
+      str(tmp_path / 'new' / 'checkpoints'),
+      item_names=('state', 'host')).restore(1, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore()))['state']
+  assert set(saved) == {'step', 'params', 'batch_stats', 'opt_state',
+                           'loss_ema'}

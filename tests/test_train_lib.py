@@ -13,6 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from localsgd_jax import train_lib
+from localsgd_jax import train_step as ts
 from localsgd_jax.errors import UserError
 
 from run_helpers import metrics_lines
@@ -236,6 +237,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
     ('local.rule', 'magic', 'hebb, oja, gha, frozen'),
     ('model.name', 'resnet7', 'Valid models: .*resnet20'),
     ('data.name', 'mnist', 'cifar10, cifar100, digits'),
+    ('optim.ema_decay', 1.0, r'optim.ema_decay=1.0 is out of range.*0: no'),
 ])
 def test_bad_config_is_a_clear_error(tmp_path, key, value, match):
   with pytest.raises(UserError, match=match):
@@ -342,3 +344,51 @@ def test_frozen_units_measure_exactly_zero_change(tmp_path):
   # No step applies a rule: no weak-supervision statistics.
   assert summary['ws_factor_local'] is None
   assert summary['local_rule_steps'] == 0
+
+
+@pytest.mark.slow  # two short runs and a third that is refused
+def test_weight_moving_average_is_what_is_evaluated_and_resumes(tmp_path):
+  """optim.ema_decay: the eval row is the averaged weights' (evaluating the
+  checkpoint's average again gives it; its trained weights give another
+  loss), a resume restores the average bit-exactly, and the decay cannot
+  change within a run."""
+  overrides = {'optim.ema_decay': 0.9, 'checkpoint.keep': 3,
+               'eval_every_epochs': 1}
+  ref = tmp_path / 'ref'
+  train_lib.train_and_evaluate(_config(**overrides), str(ref))
+  rows = metrics_lines(ref)
+  mngr = ocp.CheckpointManager(os.path.join(ref, 'checkpoints'),
+                               item_names=('state', 'host'))
+  saved = mngr.restore(3, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore()))['state']
+  parts = train_lib.build(_config(**overrides))
+  state = parts.state.replace(params=saved['params'],
+                              batch_stats=saved['batch_stats'],
+                              ema=saved['ema'])
+  eval_step = jax.jit(ts.make_eval_step(parts.model))
+  again = train_lib.evaluate(eval_step, state, parts.dataset, 256, None)
+  trained = train_lib.evaluate(eval_step, state.replace(ema=None),
+                               parts.dataset, 256, None)
+  assert again['eval_loss'] == pytest.approx(rows[-1]['eval_loss'], rel=1e-6)
+  assert again['eval_accuracy'] == rows[-1]['eval_accuracy']
+  assert abs(trained['eval_loss'] - again['eval_loss']) > 1e-4
+
+  resumed = tmp_path / 'resumed'
+  shutil.copytree(ref, resumed)
+  shutil.rmtree(resumed / 'checkpoints' / '3')
+  train_lib.train_and_evaluate(_config(**overrides), str(resumed))
+
+  def strip(rows):
+    return [{k: v for k, v in r.items() if k not in TIME_FIELDS}
+            for r in rows]
+  assert strip(metrics_lines(resumed)) == strip(rows)
+  ema = [mngr.restore(3, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore()))['state']['ema']
+         for mngr in [ocp.CheckpointManager(
+             os.path.join(d, 'checkpoints'), item_names=('state', 'host'))
+                      for d in (ref, resumed)]]
+  jax.tree.map(np.testing.assert_array_equal, *ema)
+  with pytest.raises(UserError, match='optim.ema_decay cannot change'):
+    train_lib.train_and_evaluate(
+        _config(**{**overrides, 'optim.ema_decay': 0.99,
+                   'resume_allow': 'optim.ema_decay'}), str(resumed))

@@ -322,3 +322,39 @@ def test_local_phase_measures_the_steps_of_the_rule(rule):
                              got['local_filter_change'][:k]):
       assert 1e-4 < angle < 0.5
       assert change == pytest.approx(angle, rel=0.3)
+
+
+@pytest.mark.parametrize('k', [0, 2])
+def test_weight_moving_average_by_hand(k):
+  """With optim.ema_decay the state keeps a moving average of the weights
+  and BatchNorm statistics, with the warmed-up decay min(d, (1+t)/(10+t)),
+  and the trained weights are bit-identical to a run without it."""
+  config = _config()
+  config.optim.ema_decay = 0.9
+  model, tx, _, batch, step = _setup(config)
+  state = ts.create_train_state(model, tx, jax.random.key(0), SHAPE, ema=True)
+  plain_state = ts.create_train_state(model, tx, jax.random.key(0), SHAPE)
+  plain_step = jax.jit(_setup(_config())[4], static_argnums=2)
+  assert plain_state.ema is None
+  assert plain_state.eval_variables() == (plain_state.params,
+                                          plain_state.batch_stats)
+  want = jax.device_get({'params': state.params,
+                         'batch_stats': state.batch_stats})
+  jstep = jax.jit(step, static_argnums=2)
+  for t in range(12):  # the warm-up gives d = 0.9 from t = 80 on
+    state, _ = jstep(state, batch, k)
+    plain_state, _ = plain_step(plain_state, batch, k)
+    d = min(0.9, (1 + t) / (10 + t))
+    new = jax.device_get({'params': state.params,
+                          'batch_stats': state.batch_stats})
+    want = jax.tree.map(lambda a, x: d * a + (1 - d) * x, want, new)
+  jax.tree.map(np.testing.assert_array_equal, state.params,
+               plain_state.params)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5,
+                                 atol=1e-6), jax.device_get(state.ema), want)
+  params, stats = state.eval_variables()
+  assert params is state.ema['params'] and stats is state.ema['batch_stats']
+  # The average lags the weights: it is not a copy of them.
+  gap = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
+      jax.tree.leaves(state.params), jax.tree.leaves(state.ema['params'])))
+  assert gap > 1e-4
