@@ -11,9 +11,10 @@ compares). Four stages, in this order:
 
   recipe    the config's SGD recipe checked on a hold-out of train/ (never
             val/): peak learning rate x --recipe_lr_scales and cutout in
-            {the config's, 0}, --grid_seeds seeds, the full budget; the best
-            mean hold-out accuracy wins (a tie keeps the config's values),
-            and the later stages train with it;
+            {the config's, 0}, --grid_seeds seeds, the full budget, then the
+            best of those with a weight moving average (--recipe_ema); the
+            best mean hold-out accuracy wins (a tie keeps the config's
+            values, and no average), and the later stages train with it;
   grid      on the same hold-out, --grid_seeds seeds: SGD at every budget
             (its frontier: --budgets and the full one) and the static
             schedules (SGD for a --warmups fraction of the budget, then
@@ -97,6 +98,10 @@ _RULES = flags.DEFINE_list('rules', ['frozen', 'oja'],
                            'Schedule grid: local rules.')
 _RECIPE_LR = flags.DEFINE_list('recipe_lr_scales', ['1', '0.5', '2'],
                                'Recipe stage: peak learning rate factors.')
+_RECIPE_EMA = flags.DEFINE_list(
+    'recipe_ema', ['0.99'], 'Recipe stage: weight moving-average decays '
+    '(optim.ema_decay) tried on the best learning rate and cutout; empty: '
+    'none.')
 _SEEDS = flags.DEFINE_integer('seeds', 10, 'Seeds of the frontier stage.')
 _GRID_SEEDS = flags.DEFINE_integer('grid_seeds', 1,
                                    'Seeds of the recipe and grid stages.')
@@ -210,30 +215,43 @@ class Runner:
 
 
 def recipe_stage(config, workdir: str, run, seeds: List[int],
-                 lr_scales: List[float],
+                 lr_scales: List[float], ema_decays: List[float],
                  cutouts: Optional[List[int]] = None) -> Dict[str, Any]:
   """Peak learning rate x cutout (default: the config's and 0) on the
-  hold-out: the best mean accuracy."""
+  hold-out, then the best of them with each weight moving-average decay:
+  the best mean accuracy."""
   lr = float(config.optim.learning_rate)
   cutouts = list(dict.fromkeys(cutouts or [config.data.cutout, 0]))
   results = {}
+
+  def trial(name, scale, cutout, ema_decay):
+    accs = []
+    for seed in seeds:
+      cfg = sgd_run(config, seed, config.num_epochs)
+      cfg.optim.learning_rate = lr * scale
+      cfg.data.cutout = cutout
+      cfg.optim.ema_decay = ema_decay
+      accs.append(run(cfg, runs_lib.run_dir(workdir, name, seed))
+                  ['final_eval_accuracy'])
+    results[name] = {'lr_scale': scale, 'cutout': cutout,
+                     'ema_decay': ema_decay,
+                     'holdout_accuracy': run_stats.mean(accs)}
+
+  def best(given):
+    return max(results, key=lambda n: (results[n]['holdout_accuracy'],
+                                       n == given))
+
   for scale in lr_scales:
     for cutout in cutouts:
-      name = f'recipe_lr{scale:g}x_cutout{cutout}'
-      accs = []
-      for seed in seeds:
-        cfg = sgd_run(config, seed, config.num_epochs)
-        cfg.optim.learning_rate = lr * scale
-        cfg.data.cutout = cutout
-        accs.append(run(cfg, runs_lib.run_dir(workdir, name, seed))
-                    ['final_eval_accuracy'])
-      results[name] = {'lr_scale': scale, 'cutout': cutout,
-                       'holdout_accuracy': run_stats.mean(accs)}
-  given = f'recipe_lr{lr_scales[0]:g}x_cutout{cutouts[0]}'
-  best = max(results, key=lambda n: (results[n]['holdout_accuracy'],
-                                     n == given))
-  return {'runs': results, 'chosen': best, **results[best],
-          'learning_rate': lr * results[best]['lr_scale']}
+      trial(f'recipe_lr{scale:g}x_cutout{cutout}', scale, cutout,
+            config.optim.ema_decay)
+  plain = best(f'recipe_lr{lr_scales[0]:g}x_cutout{cutouts[0]}')
+  for decay in ema_decays:
+    trial(f'{plain}_ema{decay:g}', results[plain]['lr_scale'],
+          results[plain]['cutout'], decay)
+  chosen = best(plain)
+  return {'runs': results, 'chosen': chosen, **results[chosen],
+          'learning_rate': lr * results[chosen]['lr_scale']}
 
 
 def seed_runs(config, workdir: str, run, seed: int, budgets: List[float],
@@ -339,11 +357,14 @@ def main(argv):
         record('recipe', recipe_stage(
             held_out, os.path.join(runs_dir, 'recipe'), run, grid_seeds,
             [1.0, 2.0] if small else [float(s) for s in _RECIPE_LR.value],
+            [float(d) for d in _RECIPE_EMA.value],
             cutouts=[held_out.data.cutout] if small else None))
       chosen = record.get('recipe')
       for c in (config, held_out) if chosen else ():
         c.optim.learning_rate = chosen['learning_rate']
         c.data.cutout = chosen['cutout']
+        # A stages.json from before the EMA trial has no decay: none.
+        c.optim.ema_decay = chosen.get('ema_decay', 0.0)
       if 'grid' in stages:
         grid_dir = os.path.join(runs_dir, 'grid')
         for seed in grid_seeds:

@@ -17,8 +17,9 @@ leaves every finished part):
      256, k in {0, the k holding half of the forward FLOPs, the largest};
   4. full CIFAR-10 (train/ 45k, evaluated on val/ 5k), ResNet-18, bfloat16:
      SGD, the documented default (configs/cifar10_resnet.py: the static
-     schedule, its early units frozen) and the Hebbian rule (oja) on the
-     same schedule, for a fixed number of epochs, at batch 512 (the
+     schedule, its early units learning by the Hebbian rule oja) and the
+     same schedule with those units frozen, for a fixed number of epochs,
+     at batch 512 (the
      config's recipe; its learning rate follows the batch size).
 The decisive experiment (SGD's budget frontier, the schedule grid, 10
 seeds), for CIFAR-10 and for Imagenette (--config), is
@@ -65,7 +66,7 @@ _SMALL = flags.DEFINE_bool(
 _PARTS = flags.DEFINE_list('parts', ['smoke', 'step_bench', 'runs'],
                            'Which parts to run.')
 
-MODES = ('sgd', 'static', 'static_oja')
+MODES = ('sgd', 'static', 'static_frozen')
 
 
 def smoke(workdir: str) -> dict:

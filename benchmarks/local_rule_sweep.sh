@@ -21,7 +21,7 @@
 # over the local phase) the rule barely moves the filters; at 1e-2 oja
 # collapses them. The `*_c*` variants test the range in between where the
 # rule acts: oja and gha at a constant local rate (follow_sgd_schedule off)
-# of 3e-4, 1e-3 and 3e-3, each with weak supervision (`scale`) and without
+# of 1e-4, 3e-4, 1e-3 and 3e-3, each with weak supervision (`scale`) and without
 # (`_nows`). The weak-supervision variants average the loss over ~10 steps
 # (loss_ema_decay 0.9): over the default ~50 (0.98) the average of a
 # falling loss stays above every batch's loss and the factor is exactly 1
@@ -73,7 +73,7 @@ gha             --config.local.rule=gha
 VARIANTS
   local rule lr
   for rule in oja gha; do
-    for lr in 3e-4 1e-3 3e-3; do
+    for lr in 1e-4 3e-4 1e-3 3e-3; do
       flat="--config.local.rule=$rule --config.local.learning_rate=$lr --config.local.follow_sgd_schedule=false"
       echo "${rule}_c${lr} $flat --config.local.weak_supervision=scale --config.local.loss_ema_decay=0.9"
       echo "${rule}_c${lr}_nows $flat --config.local.weak_supervision=none"

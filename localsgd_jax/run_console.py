@@ -110,6 +110,10 @@ def announce_run(config: ml_collections.ConfigDict, model, state,
        f'{num_devices} {platform} device{"s" if num_devices > 1 else ""}, '
        f'{steps_per_epoch} steps per epoch')
   say(describe_selection(config, selector, start_epoch))
+  if config.optim.ema_decay > 0:
+    say(f'Evaluation: a moving average of the weights and BatchNorm '
+        f'statistics (optim.ema_decay {config.optim.ema_decay:g}), not the '
+        'trained weights')
   if start_epoch >= config.num_epochs:
     say(f'Nothing to train: all {config.num_epochs} epochs are done; a new '
          '--workdir starts a new run.')

@@ -50,7 +50,7 @@ def test_small_suite_writes_every_part(tmp_path):
     # k by the config's FLOP share (0.6: 1 of the tiny CNN's 4 units), all.
     assert [r['k'] for r in rows] == [0, 1, 3]
     assert rows[-1]['flops'] < rows[0]['flops']
-  for mode in ('sgd', 'static', 'static_oja'):
+  for mode in ('sgd', 'static', 'static_frozen'):
     assert parts[f'run_{mode}']['eval_split'] == 'val'
   for name in ('comparison.md', 'comparison.json', 'suite.log',
                'accuracy_vs_epoch.png'):
@@ -76,14 +76,20 @@ def test_small_frontier_runs_every_stage_and_resumes(tmp_path):
 
   parts = frontier(tmp_path / 'out', tmp_path / 'runs')
   recipe = parts['recipe']
-  assert set(recipe['runs']) == {'recipe_lr1x_cutout12',
-                                 'recipe_lr2x_cutout12'}
+  plain = {'recipe_lr1x_cutout12', 'recipe_lr2x_cutout12'}
+  assert plain < set(recipe['runs'])
+  # The moving average is tried on the better of the two learning rates.
+  better = max(plain, key=lambda n: (recipe['runs'][n]['holdout_accuracy'],
+                                     n == 'recipe_lr1x_cutout12'))
+  assert set(recipe['runs']) - plain == {f'{better}_ema0.99'}
+  assert recipe['runs'][f'{better}_ema0.99']['ema_decay'] == 0.99
   assert recipe['chosen'] in recipe['runs']
+  assert recipe['ema_decay'] == recipe['runs'][recipe['chosen']]['ema_decay']
   grid = parts['grid']
   assert grid['mode'] in ('static_w50_k1_frozen', 'static_w50_k1_oja')
-  # 16 runs: 2 recipe, 6 grid (sgd, 2 schedules, 2 peers, sgd@1) and
+  # 17 runs: 3 recipe, 6 grid (sgd, 2 schedules, 2 peers, sgd@1) and
   # 4 + 4 frontier (sgd, the pair, sgd@1 per seed).
-  assert parts['runs']['trained'] == 16
+  assert parts['runs']['trained'] == 17
   with open(tmp_path / 'out' / 'comparison.json') as f:
     entries = {e['mode']: e for e in json.load(f)['entries']}
   assert set(entries) == {'sgd', 'static_w50_k1_frozen', 'static_w50_k1_oja'}
@@ -96,5 +102,5 @@ def test_small_frontier_runs_every_stage_and_resumes(tmp_path):
           'summary.json').exists()
   again = frontier(tmp_path / 'out2', tmp_path / 'out' / 'runs')
   assert again['runs']['trained'] == 0
-  assert again['runs']['skipped'] == 16
+  assert again['runs']['skipped'] == 17
   assert again['grid']['mode'] == grid['mode']

@@ -347,7 +347,8 @@ def test_frozen_units_measure_exactly_zero_change(tmp_path):
 
 
 @pytest.mark.slow  # two short runs and a third that is refused
-def test_weight_moving_average_is_what_is_evaluated_and_resumes(tmp_path):
+def test_weight_moving_average_is_what_is_evaluated_and_resumes(tmp_path,
+                                                                capsys):
   """optim.ema_decay: the eval row is the averaged weights' (evaluating the
   checkpoint's average again gives it; its trained weights give another
   loss), a resume restores the average bit-exactly, and the decay cannot
@@ -356,6 +357,8 @@ def test_weight_moving_average_is_what_is_evaluated_and_resumes(tmp_path):
                'eval_every_epochs': 1}
   ref = tmp_path / 'ref'
   train_lib.train_and_evaluate(_config(**overrides), str(ref))
+  assert 'Evaluation: a moving average of the weights' in capsys.readouterr(
+      ).out
   rows = metrics_lines(ref)
   mngr = ocp.CheckpointManager(os.path.join(ref, 'checkpoints'),
                                item_names=('state', 'host'))
