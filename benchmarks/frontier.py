@@ -285,21 +285,24 @@ def seed_runs(config, workdir: str, run, seed: int, budgets: List[float],
 
 def best_schedule(workdir: str, names: List[str]) -> Optional[Dict]:
   """Of the schedules `names`, the one furthest above SGD's frontier at its
-  own cost (robust training time); one outside the budgets' costs is not
-  ranked."""
+  own cost: robust training time, or FLOPs where no schedule's time falls
+  within the budgets' times (a machine too noisy for them); one outside the
+  budgets' costs is not ranked. None: none is ranked."""
   entries, _ = aggregate.analyze(runs_lib.load_runs(workdir))
-  scored = {}
-  for entry in entries:
-    v = (entry.get('vs_frontier') or {}).get('time')
-    if entry['mode'] in names and v and v.get('accuracy_diff') is not None:
-      scored[entry['mode']] = v
-  if not scored:
-    return None
-  mode = max(scored, key=lambda m: scored[m]['accuracy_diff'])
-  return {'mode': mode, 'accuracy_diff': scored[mode]['accuracy_diff'],
-          'iso_accuracy_speedup': scored[mode]['speedup'],
-          'ranked': sorted(((v['accuracy_diff'], m)
-                            for m, v in scored.items()), reverse=True)}
+  for cost in ('time', 'flops'):
+    scored = {}
+    for entry in entries:
+      v = (entry.get('vs_frontier') or {}).get(cost)
+      if entry['mode'] in names and v and v.get('accuracy_diff') is not None:
+        scored[entry['mode']] = v
+    if scored:
+      mode = max(scored, key=lambda m: scored[m]['accuracy_diff'])
+      return {'mode': mode, 'cost': cost,
+              'accuracy_diff': scored[mode]['accuracy_diff'],
+              'iso_accuracy_speedup': scored[mode]['speedup'],
+              'ranked': sorted(((v['accuracy_diff'], m)
+                                for m, v in scored.items()), reverse=True)}
+  return None
 
 
 def copy_records(runs_dir: str, out_dir: str) -> None:
@@ -376,8 +379,13 @@ def main(argv):
       if 'frontier' in stages:
         best = record.get('grid')
         if not best:
-          raise app.UsageError('the frontier stage needs the grid stage '
-                               'first (--stages=grid,frontier)')
+          raise UserError(
+              'the frontier stage needs a schedule from the grid stage, and '
+              + ('the grid ranked none: no schedule costs less than the full '
+                 'budget and more than the smallest --budgets, in time or '
+                 'FLOPs; add budgets around the schedules\' costs and run '
+                 '--stages=grid,frontier' if 'grid' in record
+                 else 'it has not run: --stages=grid,frontier'))
         _, fraction, k, _ = next(s for s in schedules
                                  if s[0] == best['mode'])
         pair = [(schedule_name(fraction, k, r), fraction, k, r)

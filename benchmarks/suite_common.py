@@ -86,5 +86,8 @@ class Record:
   def get(self, part: str, default: Any = None) -> Any:
     return self.results['parts'].get(part, default)
 
+  def __contains__(self, part: str) -> bool:
+    return part in self.results['parts']
+
   def write(self) -> None:
     metrics_lib.write_json(self.path, self.results)
