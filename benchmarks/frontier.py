@@ -283,28 +283,6 @@ def seed_runs(config, workdir: str, run, seed: int, budgets: List[float],
       shutil.rmtree(os.path.join(path, 'checkpoints'), ignore_errors=True)
 
 
-def best_schedule(workdir: str, names: List[str]) -> Optional[Dict]:
-  """Of the schedules `names`, the one furthest above SGD's frontier at its
-  own cost: robust training time, or FLOPs where no schedule's time falls
-  within the budgets' times (a machine too noisy for them); one outside the
-  budgets' costs is not ranked. None: none is ranked."""
-  entries, _ = aggregate.analyze(runs_lib.load_runs(workdir))
-  for cost in ('time', 'flops'):
-    scored = {}
-    for entry in entries:
-      v = (entry.get('vs_frontier') or {}).get(cost)
-      if entry['mode'] in names and v and v.get('accuracy_diff') is not None:
-        scored[entry['mode']] = v
-    if scored:
-      mode = max(scored, key=lambda m: scored[m]['accuracy_diff'])
-      return {'mode': mode, 'cost': cost,
-              'accuracy_diff': scored[mode]['accuracy_diff'],
-              'iso_accuracy_speedup': scored[mode]['speedup'],
-              'ranked': sorted(((v['accuracy_diff'], m)
-                                for m, v in scored.items()), reverse=True)}
-  return None
-
-
 def copy_records(runs_dir: str, out_dir: str) -> None:
   """Every run's summary, metrics and config (no checkpoints) to OUT/runs:
   what a later machine needs to skip it."""
@@ -375,7 +353,9 @@ def main(argv):
                     list(PEERS))
         report.write_report(grid_dir, command=' '.join(sys.argv),
                             device=device)
-        record('grid', best_schedule(grid_dir, [s[0] for s in schedules]))
+        record('grid', aggregate.furthest_above_frontier(
+            aggregate.analyze(runs_lib.load_runs(grid_dir))[0],
+            [s[0] for s in schedules]))
       if 'frontier' in stages:
         best = record.get('grid')
         if not best:

@@ -355,3 +355,27 @@ def vs_frontier(points: List[Dict[str, Any]], by_seed, timing, cost: str,
   out['resamples'] = len(boots)
   out['seeds'] = seeds
   return out
+
+
+def furthest_above_frontier(entries: List[Dict[str, Any]],
+                            modes: Sequence[str]) -> Optional[Dict[str, Any]]:
+  """Of `modes` (entries of `analyze`), the one whose mean accuracy lies
+  furthest above SGD's frontier at its own cost: robust training time, or
+  FLOPs where no mode's time falls within the budgets' times (a machine too
+  noisy for them). A mode outside the budgets' costs is not ranked. None:
+  none is.
+  """
+  for cost in ('time', 'flops'):
+    scored = {}
+    for entry in entries:
+      v = (entry.get('vs_frontier') or {}).get(cost)
+      if entry['mode'] in modes and v and v.get('accuracy_diff') is not None:
+        scored[entry['mode']] = v
+    if scored:
+      mode = max(scored, key=lambda m: scored[m]['accuracy_diff'])
+      return {'mode': mode, 'cost': cost,
+              'accuracy_diff': scored[mode]['accuracy_diff'],
+              'iso_accuracy_speedup': scored[mode]['speedup'],
+              'ranked': sorted(((v['accuracy_diff'], m)
+                                for m, v in scored.items()), reverse=True)}
+  return None

@@ -90,16 +90,16 @@ def _restore(manager: ocp.CheckpointManager, epoch: int, template: Any
         u: local_phase.kernels(template.params[u]) for u in units})
     host['local_start'] = manager.restore(epoch, args=ocp.args.Composite(
         local_start=ocp.args.StandardRestore(abstract)))['local_start']
-  bad = _non_finite(restored['state'], 'state')
+  state = restored['state']
+  if dataclasses.is_dataclass(template):
+    state = template.replace(**state)
+  bad = _non_finite(state, 'state')
   if 'local_start' in host:
     bad += _non_finite(host['local_start'], 'local_start', check_all=True)
   if bad:
     more = f' and {len(bad) - 3} more' if len(bad) > 3 else ''
     raise DamagedArrays(f'its arrays hold NaN/inf (damaged bytes): '
                         f'{", ".join(bad[:3])}{more}')
-  state = restored['state']
-  if dataclasses.is_dataclass(template):
-    state = template.replace(**state)
   return state, host
 
 

@@ -691,3 +691,31 @@ def test_forks_share_the_sgd_warm_up(tmp_path):
     assert rows[0] == first and [r['transition'] for r in rows] == [0, 2]
   # Rerun: every run is finished with its config and skipped.
   comparison.run_comparison(config, workdir, ['static'], 2)
+
+
+def test_the_schedule_furthest_above_the_frontier_by_time_else_flops():
+  """aggregate.furthest_above_frontier ranks by time where a mode's time
+  lies within the budgets', else by FLOPs (a CPU too noisy for tiny runs'
+  times); None when neither ranks any."""
+  def vs(diff):
+    return {'accuracy_diff': diff, 'speedup': 1.0 + diff}
+
+  out_of_range = {'accuracy_diff': None, 'speedup': None}
+  entries = [
+      {'mode': 'sgd', 'vs_frontier': {'time': vs(0.0), 'flops': vs(0.0)}},
+      {'mode': 'a', 'vs_frontier': {'time': out_of_range,
+                                    'flops': vs(0.01)}},
+      {'mode': 'b', 'vs_frontier': {'time': out_of_range,
+                                    'flops': vs(0.02)}},
+      {'mode': 'c', 'vs_frontier': None}]  # no budget runs
+  best = aggregate.furthest_above_frontier(entries, ['a', 'b', 'c'])
+  assert (best['mode'], best['cost']) == ('b', 'flops')
+  assert best['ranked'] == [(0.02, 'b'), (0.01, 'a')]
+  entries[1]['vs_frontier']['time'] = vs(-0.05)  # a's time is in range
+  best = aggregate.furthest_above_frontier(entries, ['a', 'b'])
+  assert (best['mode'], best['cost'], best['iso_accuracy_speedup']) == (
+      'a', 'time', 0.95)
+  # In range on neither axis: none ranked (sgd's entry is not asked about).
+  for e in entries[1:3]:
+    e['vs_frontier'] = {'time': out_of_range, 'flops': out_of_range}
+  assert aggregate.furthest_above_frontier(entries, ['a', 'b', 'c']) is None

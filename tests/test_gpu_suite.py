@@ -106,31 +106,3 @@ def test_small_frontier_runs_every_stage_and_resumes(tmp_path):
   assert again['runs']['skipped'] == 17
   assert again['grid']['mode'] == grid['mode']
 
-
-def test_the_grid_ranks_by_flops_where_no_time_is_in_range(monkeypatch):
-  """frontier.best_schedule: by time where a schedule's time lies within
-  the budgets', else by FLOPs (a CPU too noisy for the tiny runs' times);
-  None when neither ranks any."""
-  monkeypatch.syspath_prepend(os.path.join(ROOT, 'benchmarks'))
-  import frontier  # pylint: disable=g-import-not-at-top
-
-  def vs(diff):
-    return {'accuracy_diff': diff, 'speedup': 1.0 + diff}
-
-  out_of_range = {'accuracy_diff': None, 'speedup': None}
-  entries = [
-      {'mode': 'sgd', 'vs_frontier': {'time': vs(0.0), 'flops': vs(0.0)}},
-      {'mode': 'a', 'vs_frontier': {'time': out_of_range,
-                                    'flops': vs(0.01)}},
-      {'mode': 'b', 'vs_frontier': {'time': out_of_range,
-                                    'flops': vs(0.02)}}]
-  monkeypatch.setattr(frontier.runs_lib, 'load_runs', lambda d: {})
-  monkeypatch.setattr(frontier.aggregate, 'analyze', lambda r: (entries, {}))
-  best = frontier.best_schedule('unused', ['a', 'b'])
-  assert (best['mode'], best['cost']) == ('b', 'flops')
-  entries[1]['vs_frontier']['time'] = vs(-0.05)  # a's time is in range
-  best = frontier.best_schedule('unused', ['a', 'b'])
-  assert (best['mode'], best['cost']) == ('a', 'time')
-  for e in entries[1:]:
-    e['vs_frontier'] = {'time': out_of_range, 'flops': out_of_range}
-  assert frontier.best_schedule('unused', ['a', 'b']) is None
