@@ -36,8 +36,11 @@ and no run starts after --time_limit_s, so a device call cut short loses
 only the run in progress and the same command goes on. Once all of a
 seed's runs are finished their checkpoints are deleted; summaries, metrics
 and configs stay, and are copied to OUT/runs: a later, fresh machine
-resumes with --runs_dir=<that copy>. OUT also gets stages.json (the
-choices and counts) and stages.log. GPUs: bfloat16 (the configs' float32
+resumes with --runs_dir=<that copy>. The runs' compilation cache is
+--runs_dir/compile_cache; its FLOP counts (a CPU compile per program off
+the CPU, `flops.cpu_flops`; a few KB) go to OUT/runs too, so a fresh
+machine compiles no program for its count again. OUT also gets stages.json
+(the choices and counts) and stages.log. GPUs: bfloat16 (the configs' float32
 stays on CPUs).
 """
 import copy
@@ -285,12 +288,13 @@ def seed_runs(config, workdir: str, run, seed: int, budgets: List[float],
 
 def copy_records(runs_dir: str, out_dir: str) -> None:
   """Every run's summary, metrics and config (no checkpoints) to OUT/runs:
-  what a later machine needs to skip it."""
+  what a later machine needs to skip it; and the FLOP counts."""
   keep = ('summary.json', 'metrics.jsonl', 'config.json', 'run.json',
           'match.json', 'stages.json')
   for root, _, files in os.walk(runs_dir):
+    counts = os.path.basename(root) == 'flop_counts'
     for name in files:
-      if name in keep:
+      if name in keep or counts and name.endswith('.json'):
         dest = os.path.join(out_dir, 'runs', os.path.relpath(root, runs_dir))
         os.makedirs(dest, exist_ok=True)
         shutil.copy(os.path.join(root, name), dest)
@@ -315,6 +319,7 @@ def main(argv):
   os.makedirs(out_dir, exist_ok=True)
   runs_dir = os.path.abspath(_RUNS_DIR.value or os.path.join(
       'runs', f'frontier_{config.model.name}'))
+  config.compile_cache_dir = os.path.join(runs_dir, 'compile_cache')
   budgets = [1.0] if small else modes_lib.parse_budgets(_BUDGETS.value)
   warmups = [0.5] if small else [float(w) for w in _WARMUPS.value]
   ks = [1] if small else [int(k) for k in _KS.value]

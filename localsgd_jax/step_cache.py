@@ -98,8 +98,11 @@ def enable_compilation_cache(path: str) -> None:
   Every program a run compiles (each k's step, the eval step) is stored
   there and loaded by later runs on this machine instead of compiled again:
   the runs of a comparison or a benchmark suite compile each program once.
+  The FLOP counts of programs that run off the CPU (`flops.cpu_flops`, a
+  CPU compile each) are kept in its folder `flop_counts/`.
   """
   path = os.path.abspath(os.path.expanduser(path)) if path else ''
+  flops_lib.keep_counts_in(os.path.join(path, 'flop_counts') if path else '')
   if (jax.config.jax_compilation_cache_dir or '') == path:
     return
   from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top

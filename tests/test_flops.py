@@ -1,5 +1,6 @@
 """XLA's FLOP counts from the CPU compile; k_max by FLOP share."""
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -115,6 +116,76 @@ def test_cpu_program_counts_reuse_it(monkeypatch):
   cache.get(0, state, batch)
   monkeypatch.setattr(flops, 'cpu_compile', None)  # would fail if called
   assert cache.costs((0, False))['flops'] > 0
+
+
+def _tanh_layer(rows):
+  """A small program, traced: its shape decides which program it is."""
+  x = jax.ShapeDtypeStruct((rows, 64), jnp.float32)
+  w = jax.ShapeDtypeStruct((64, 32), jnp.float32)
+  return jax.jit(lambda w, x: jnp.sum(jnp.tanh(x @ w))).trace(w, x)
+
+
+def _forbid_compiles(monkeypatch):
+  def compile_for_cpu(lowered):
+    raise AssertionError('compiled a program already counted')
+  monkeypatch.setattr(flops, '_compile_for_cpu', compile_for_cpu)
+
+
+def test_a_program_is_compiled_for_its_count_once(monkeypatch):
+  """The same program traced again (another run's step) is counted from
+  memory; another program (other shapes) is compiled for its own count."""
+  monkeypatch.setattr(flops, '_counts', {})
+  monkeypatch.setattr(flops, '_count_dir', '')
+  first = flops.cpu_flops(_tanh_layer(8))
+  assert first >= 2 * 8 * 64 * 32
+  compile_for_cpu = flops._compile_for_cpu
+  _forbid_compiles(monkeypatch)
+  assert flops.cpu_flops(_tanh_layer(8)) == first
+  with pytest.raises(AssertionError, match='already counted'):
+    flops.cpu_flops(_tanh_layer(16))
+  monkeypatch.setattr(flops, '_compile_for_cpu', compile_for_cpu)
+  assert flops.cpu_flops(_tanh_layer(16)) == pytest.approx(2 * first,
+                                                           rel=0.05)
+
+
+def test_counts_kept_on_disk_serve_a_new_process(monkeypatch, tmp_path):
+  """With a folder (the compilation cache's), a count outlives the
+  process: a fresh memory reads it back without compiling. A damaged
+  file is counted again and rewritten, not an error."""
+  monkeypatch.setattr(flops, '_counts', {})
+  monkeypatch.setattr(flops, '_count_dir', str(tmp_path / 'flop_counts'))
+  count = flops.cpu_flops(_tanh_layer(8))
+  files = list((tmp_path / 'flop_counts').iterdir())
+  assert [f.suffix for f in files] == ['.json']
+  monkeypatch.setattr(flops, '_counts', {})  # a new process
+  compile_for_cpu = flops._compile_for_cpu
+  _forbid_compiles(monkeypatch)
+  assert flops.cpu_flops(_tanh_layer(8)) == count
+  files[0].write_text('{"flo')  # cut short
+  monkeypatch.setattr(flops, '_counts', {})
+  monkeypatch.setattr(flops, '_compile_for_cpu', compile_for_cpu)
+  assert flops.cpu_flops(_tanh_layer(8)) == count
+  assert json.loads(files[0].read_text()) == {'flops': count}
+
+
+def test_runs_off_the_cpu_compile_each_step_for_its_count_once(monkeypatch):
+  """Two runs' step caches of the same step on a (faked) GPU: the second
+  run's FLOPs come without a CPU compile, and equal the first's."""
+  monkeypatch.setattr(flops, '_counts', {})
+  monkeypatch.setattr(flops, '_count_dir', '')
+  monkeypatch.setattr(flops, 'platform_of', lambda compiled: 'gpu')
+  compiles = []
+  compile_for_cpu = flops._compile_for_cpu
+  monkeypatch.setattr(flops, '_compile_for_cpu', lambda lowered: (
+      compiles.append(1), compile_for_cpu(lowered))[1])
+  counts = []
+  for _ in range(2):  # a run, then the next
+    cache, state, batch = _conv_step_cache()
+    cache.get(0, state, batch)
+    cache.get(1, state, batch, hebbian=False)
+    counts.append([cache.costs(key)['flops'] for key in cache.compiled])
+  assert len(compiles) == 2  # one per program, in the first run
+  assert counts[0] == counts[1] and counts[0][0] > counts[0][1] > 0
 
 
 @pytest.mark.parametrize('num_cpus', [1, 4])

@@ -101,6 +101,11 @@ def test_small_frontier_runs_every_stage_and_resumes(tmp_path):
               'checkpoints').exists()
   assert (tmp_path / 'out' / 'runs' / 'frontier' / 'sgd' / 'seed_1' /
           'summary.json').exists()
+  # And the FLOP counts of the runs' compilation cache, not the programs.
+  cache = tmp_path / 'out' / 'runs' / 'compile_cache'
+  assert {p.parent.name for p in cache.rglob('*')
+          if p.is_file()} == {'flop_counts'}
+  assert any((cache / 'flop_counts').glob('*.json'))
   again = frontier(tmp_path / 'out2', tmp_path / 'out' / 'runs')
   assert again['runs']['trained'] == 0
   assert again['runs']['skipped'] == 17
