@@ -168,6 +168,20 @@ def test_counts_kept_on_disk_serve_a_new_process(monkeypatch, tmp_path):
   assert json.loads(files[0].read_text()) == {'flops': count}
 
 
+def test_the_compilation_cache_keeps_the_counts(monkeypatch, tmp_path):
+  """The persistent compilation cache's folder holds the counts too; with
+  the cache off they stay in memory."""
+  monkeypatch.setattr(flops, '_count_dir', '')
+  before = jax.config.jax_compilation_cache_dir or ''
+  try:
+    step_cache.enable_compilation_cache(str(tmp_path / 'xla'))
+    assert flops._count_dir == str(tmp_path / 'xla' / 'flop_counts')
+    step_cache.enable_compilation_cache('')
+    assert flops._count_dir == ''
+  finally:
+    step_cache.enable_compilation_cache(before)
+
+
 def test_runs_off_the_cpu_compile_each_step_for_its_count_once(monkeypatch):
   """Two runs' step caches of the same step on a (faked) GPU: the second
   run's FLOPs come without a CPU compile, and equal the first's."""
