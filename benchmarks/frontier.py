@@ -34,20 +34,24 @@ compares). Four stages, in this order:
 Resumable: a run already finished in --runs_dir (same config) is skipped,
 and no run starts after --time_limit_s, so a device call cut short loses
 only the run in progress and the same command goes on. Once all of a
-seed's runs are finished their checkpoints are deleted; summaries, metrics
-and configs stay, and are copied to OUT/runs: a later, fresh machine
-resumes with --runs_dir=<that copy>. The runs' compilation cache is
---runs_dir/compile_cache; its FLOP counts (a CPU compile per program off
-the CPU, `flops.cpu_flops`; a few KB) go to OUT/runs too, so a fresh
-machine compiles no program for its count again. OUT also gets stages.json
-(the choices and counts) and stages.log. GPUs: bfloat16 (the configs' float32
-stays on CPUs).
+seed's runs are finished their checkpoints are deleted; summaries, metrics,
+configs and the stages' reports stay, and are packed into OUT/records.tgz
+with the FLOP counts of the runs' compilation cache (--runs_dir/
+compile_cache; a CPU compile per program off the CPU, `flops.cpu_flops`):
+a later, fresh machine resumes with --resume_from=<that file>. OUT holds
+six files, none in a subfolder (what a device call brings back):
+records.tgz, stages.json (the choices and counts), stages.log and the
+frontier's comparison.md, comparison.json and accuracy_vs_cost.png (its
+other plots are in the archive, and `--stages=report` redraws them from
+the records on any machine). GPUs: bfloat16 (the configs' float32 stays
+on CPUs).
 """
 import copy
 import math
 import os
 import shutil
 import sys
+import tarfile
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -113,6 +117,10 @@ _HOLDOUT = flags.DEFINE_integer(
     'for CIFAR-10, 100 otherwise).')
 _STAGES = flags.DEFINE_list('stages', ['recipe', 'grid', 'frontier',
                                        'report'], 'Which stages to run.')
+_RESUME_FROM = flags.DEFINE_string(
+    'resume_from', '', 'records.tgz of an earlier call (its OUT): unpacked '
+    'into --runs_dir first (files already there are kept), so its finished '
+    'runs are skipped.')
 _TIME_LIMIT = flags.DEFINE_float(
     'time_limit_s', 540, 'No run starts after this many seconds (a device '
     'call is limited to 600 s); 0 = no limit.')
@@ -286,18 +294,53 @@ def seed_runs(config, workdir: str, run, seed: int, budgets: List[float],
       shutil.rmtree(os.path.join(path, 'checkpoints'), ignore_errors=True)
 
 
-def copy_records(runs_dir: str, out_dir: str) -> None:
-  """Every run's summary, metrics and config (no checkpoints) to OUT/runs:
-  what a later machine needs to skip it; and the FLOP counts."""
-  keep = ('summary.json', 'metrics.jsonl', 'config.json', 'run.json',
-          'match.json', 'stages.json')
-  for root, _, files in os.walk(runs_dir):
-    counts = os.path.basename(root) == 'flop_counts'
-    for name in files:
-      if name in keep or counts and name.endswith('.json'):
-        dest = os.path.join(out_dir, 'runs', os.path.relpath(root, runs_dir))
-        os.makedirs(dest, exist_ok=True)
-        shutil.copy(os.path.join(root, name), dest)
+# What records.tgz keeps of --runs_dir: the runs' records, the stages'
+# choices and reports, and the FLOP counts (`flops.keep_counts_in`).
+_RECORDS = ('summary.json', 'metrics.jsonl', 'config.json', 'run.json',
+            'match.json', 'stages.json', 'comparison.md', 'comparison.json')
+# The frontier's report files that OUT gets as files of their own.
+_OUT_REPORT = ('comparison.md', 'comparison.json',
+               plots.PLOTS['accuracy_vs_cost'])
+
+
+def _is_record(relpath: str) -> bool:
+  folder, name = os.path.split(relpath)
+  if os.path.basename(folder) == 'flop_counts':
+    return name.endswith('.json')
+  return name in _RECORDS or name.endswith('.png')
+
+
+def pack_records(runs_dir: str, out_dir: str) -> str:
+  """OUT/records.tgz: what a later machine needs to skip the finished runs
+  (no checkpoints, no compiled programs); returns its path."""
+  path = os.path.join(out_dir, 'records.tgz')
+  with tarfile.open(f'{path}.tmp', 'w:gz') as tar:
+    for root, dirs, files in os.walk(runs_dir):
+      dirs[:] = sorted(d for d in dirs if d != 'checkpoints')
+      for name in sorted(files):
+        relpath = os.path.relpath(os.path.join(root, name), runs_dir)
+        if _is_record(relpath):
+          tar.add(os.path.join(root, name), arcname=relpath)
+  os.replace(f'{path}.tmp', path)
+  return path
+
+
+def unpack_records(path: str, runs_dir: str) -> int:
+  """An earlier call's records.tgz into `runs_dir`, keeping the files
+  already there; returns how many it added."""
+  if not os.path.isfile(path):
+    raise UserError(f'--resume_from={path}: no such file; pass the '
+                    'records.tgz an earlier call wrote to its --out')
+  try:
+    with tarfile.open(path) as tar:
+      members = [m for m in tar.getmembers() if m.isfile()
+                 and not os.path.exists(os.path.join(runs_dir, m.name))]
+      tar.extractall(runs_dir, members=members, filter='data')
+  except (tarfile.TarError, EOFError, OSError) as e:
+    raise UserError(f'--resume_from={path} is not a whole .tgz archive '
+                    f'({type(e).__name__}); pass the records.tgz an earlier '
+                    'call wrote, as it came back') from e
+  return len(members)
 
 
 def _data_dir(config) -> str:
@@ -333,6 +376,10 @@ def main(argv):
   held_out.data.holdout_per_class = holdout
   # In runs_dir, so a copy of runs_dir carries the stages' choices too.
   os.makedirs(runs_dir, exist_ok=True)
+  if _RESUME_FROM.value:
+    added = unpack_records(_RESUME_FROM.value, runs_dir)
+    print(f'{_RESUME_FROM.value}: {added} files of earlier runs into '
+          f'{runs_dir}', flush=True)
   record = suite_common.Record(runs_dir, 'stages.json', argv=sys.argv)
   run = Runner(0 if small else _TIME_LIMIT.value)
   device = jax.devices()[0].device_kind
@@ -381,8 +428,7 @@ def main(argv):
       if 'report' in stages:
         front = os.path.join(runs_dir, 'frontier')
         report.write_report(front, command=' '.join(sys.argv), device=device)
-        for name in ['comparison.md', 'comparison.json',
-                     *plots.PLOTS.values()]:
+        for name in _OUT_REPORT:
           if os.path.exists(os.path.join(front, name)):
             shutil.copy(os.path.join(front, name), out_dir)
     except _OutOfTime as stop:
@@ -391,7 +437,7 @@ def main(argv):
       record('stopped_before', str(stop))
     record('runs', {'trained': run.trained, 'skipped': run.skipped,
                     'wall_s': time.perf_counter() - _T0})
-    copy_records(runs_dir, out_dir)
+    pack_records(runs_dir, out_dir)
     shutil.copy(record.path, out_dir)
 
 

@@ -2,6 +2,7 @@
 import json
 import os
 import subprocess
+import tarfile
 
 import numpy as np
 import pytest
@@ -64,11 +65,11 @@ def test_small_frontier_runs_every_stage_and_resumes(tmp_path):
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': '',
          'XDG_CACHE_HOME': str(tmp_path / 'cache')}
 
-  def frontier(out, runs):
+  def frontier(out, runs, *flags):
     proc = subprocess.run(
         ['python', os.path.join(ROOT, 'benchmarks', 'frontier.py'),
          f'--out={out}', '--small', f'--data_dir={tmp_path / "cifar"}',
-         f'--runs_dir={runs}'],
+         f'--runs_dir={runs}', *flags],
         capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     with open(out / 'stages.json') as f:
@@ -96,18 +97,45 @@ def test_small_frontier_runs_every_stage_and_resumes(tmp_path):
   assert set(entries) == {'sgd', 'static_w50_k1_frozen', 'static_w50_k1_oja'}
   assert entries['sgd']['num_runs'] == 2
   assert (tmp_path / 'out' / 'accuracy_vs_cost.png').exists()
-  # Finished runs lose their checkpoints; OUT/runs holds their records.
+  # Finished runs lose their checkpoints.
   assert not (tmp_path / 'runs' / 'frontier' / 'sgd' / 'seed_0' /
               'checkpoints').exists()
-  assert (tmp_path / 'out' / 'runs' / 'frontier' / 'sgd' / 'seed_1' /
-          'summary.json').exists()
-  # And the FLOP counts of the runs' compilation cache, not the programs.
-  cache = tmp_path / 'out' / 'runs' / 'compile_cache'
-  assert {p.parent.name for p in cache.rglob('*')
-          if p.is_file()} == {'flop_counts'}
-  assert any((cache / 'flop_counts').glob('*.json'))
-  again = frontier(tmp_path / 'out2', tmp_path / 'out' / 'runs')
+  # OUT is what a device call brings back: at most 8 files, no subfolders,
+  # plain names; the records travel in one archive.
+  out = sorted(p.name for p in (tmp_path / 'out').iterdir())
+  assert out == ['accuracy_vs_cost.png', 'comparison.json', 'comparison.md',
+                 'records.tgz', 'stages.json', 'stages.log']
+  with tarfile.open(tmp_path / 'out' / 'records.tgz') as tar:
+    names = tar.getnames()
+  assert 'frontier/sgd/seed_1/summary.json' in names
+  assert 'frontier/accuracy_vs_epoch.png' in names
+  assert any(n.startswith('compile_cache/flop_counts/') for n in names)
+  assert not [n for n in names if 'checkpoints' in n or n.startswith(
+      'compile_cache/') and '/flop_counts/' not in n]
+  # A fresh machine: another runs folder, the archive only.
+  again = frontier(tmp_path / 'out2', tmp_path / 'runs2',
+                   f'--resume_from={tmp_path / "out" / "records.tgz"}')
   assert again['runs']['trained'] == 0
   assert again['runs']['skipped'] == 17
   assert again['grid']['mode'] == grid['mode']
 
+
+
+@pytest.mark.parametrize('archive', ['missing', 'damaged'])
+def test_frontier_refuses_records_it_cannot_unpack(tmp_path, archive):
+  """--resume_from a file that is not there, or cut short: one line that
+  names it, exit 2, nothing trained."""
+  path = tmp_path / 'records.tgz'
+  if archive == 'damaged':
+    path.write_bytes(b'\x1f\x8b\x08\x00cut short')
+  proc = subprocess.run(
+      ['python', os.path.join(ROOT, 'benchmarks', 'frontier.py'),
+       f'--out={tmp_path / "out"}', '--small', f'--data_dir={tmp_path}',
+       f'--runs_dir={tmp_path / "runs"}', f'--resume_from={path}'],
+      capture_output=True, text=True, timeout=300, cwd=ROOT,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''})
+  assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      f'error: --resume_from={path}')
+  assert 'Traceback' not in proc.stderr
+  assert not list((tmp_path / 'runs').rglob('summary.json'))
