@@ -307,7 +307,7 @@ def _is_record(relpath: str) -> bool:
   folder, name = os.path.split(relpath)
   if os.path.basename(folder) == 'flop_counts':
     return name.endswith('.json')
-  return name in _RECORDS or name.endswith('.png')
+  return name in _RECORDS or name in plots.PLOTS.values()
 
 
 def pack_records(runs_dir: str, out_dir: str) -> str:

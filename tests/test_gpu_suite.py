@@ -1,6 +1,7 @@
 """benchmarks/gpu_suite.sh --small: the GPU suite's code, end to end on a CPU."""
 import json
 import os
+import re
 import subprocess
 import tarfile
 
@@ -139,3 +140,27 @@ def test_frontier_refuses_records_it_cannot_unpack(tmp_path, archive):
       f'error: --resume_from={path}')
   assert 'Traceback' not in proc.stderr
   assert not list((tmp_path / 'runs').rglob('summary.json'))
+
+
+def test_frontier_dry_run_counts_flops_as_on_a_gpu(tmp_path):
+  """benchmarks/frontier_dry_run.py: the recipe stage on its own random
+  8x8 images, FLOPs on the GPU's path; two SGD runs of the same network
+  ask for the same unit counts, which compile once."""
+  proc = subprocess.run(
+      ['python', os.path.join(ROOT, 'benchmarks', 'frontier_dry_run.py'),
+       f'--out={tmp_path / "out"}', f'--runs_dir={tmp_path / "runs"}',
+       '--stages=recipe', '--recipe_lr_scales=1,2', '--recipe_ema=',
+       '--time_limit_s=0', '--config.model.name=resnet20',
+       '--config.num_epochs=1', '--config.batch_size=20',
+       '--config.eval_batch_size=20', '--config.data.cutout=0'],
+      capture_output=True, text=True, timeout=600, cwd=ROOT,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''})
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  asked, compiled = map(int, re.search(
+      r'FLOP counts asked for: (\d+), CPU compiles: (\d+)',
+      proc.stdout).groups())
+  # Per run: each unit's forward (k_max by FLOP share) and the step. The
+  # first run compiles them all, the second only its step (another
+  # learning rate, another program): its units' counts come from memory.
+  assert asked % 2 == 0 and compiled == asked // 2 + 1 > 2
+  assert (tmp_path / 'runs_data' / 'val' / 'class9').is_dir()
