@@ -7,11 +7,13 @@ SGD's accuracy-cost frontier and each mode's iso-accuracy speed-up against
 it (`frontier`, `vs_frontier`), from the run measures of `run_stats`.
 Numbers only: `report` renders them.
 """
+import collections
 import math
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from localsgd_jax import hardware
 from localsgd_jax import run_stats as stats
 from localsgd_jax import runs as runs_lib
 from localsgd_jax.modes import BASELINE, MODES, SAME_TIME
@@ -167,6 +169,64 @@ def _cache_fields(runs) -> Dict[str, Any]:
   for key in ('compile_cache_requests', 'compile_cache_hits'):
     values = [r['summary'].get(key) for r in runs]
     out[key] = None if None in values else int(sum(values))
+  return out
+
+
+# ------------------------------------------------- model-FLOP utilization
+
+
+def _kind_ks(kind: tuple) -> List[int]:
+  """The k's of a kind of epoch (`runs.epoch_kind`), in the epoch's order."""
+  return [entry[1] for entry in kind if isinstance(entry, (tuple, list))]
+
+
+def kind_label(kind: tuple) -> str:
+  """A kind of epoch (`runs.epoch_kind`) in words: its k's (several where
+  k changed within the epoch) and, with local units, the rule and how
+  often the Hebbian step ran."""
+  ks = _kind_ks(kind)
+  label = 'k=' + '->'.join(str(k) for k in ks)
+  if all(k == 0 for k in ks):
+    return label + ' (SGD)'
+  rule, every = kind[len(ks)], kind[len(ks) + 1]
+  return label + f', {rule}' + (f', Hebbian every {every} steps'
+                                if rule != 'frozen' and every and every > 1
+                                else '')
+
+
+def step_utilization(runs_by_mode, device_kind: str) -> List[Dict[str, Any]]:
+  """Model-FLOP utilization of each kind of epoch the runs trained.
+
+  Per kind (`runs.epoch_kind`): its counted FLOPs per step (the rows'
+  step_flops, XLA's count of the CPU-compiled program, `flops.py`), the
+  comparison's median time per step of that kind (the one the robust
+  time uses) and their ratio to the device's dense peak in the runs'
+  dtype (`hardware.peak_flops`). [] where the peak is not known (CPUs,
+  other cards) or the runs do not share one dtype.
+  """
+  runs = [run for by_seed in runs_by_mode.values() for run in by_seed.values()]
+  dtypes = {run['summary'].get('config', {}).get('dtype') for run in runs}
+  peak = (hardware.peak_flops(device_kind or '', dtypes.pop())
+          if len(dtypes) == 1 else None)
+  if not peak:
+    return []
+  times = runs_lib.median_epoch_times(runs_by_mode, 'epoch_time_s')
+  flops, epochs = collections.defaultdict(list), collections.Counter()
+  for run in runs:
+    for row in run['rows']:
+      kind = runs_lib.epoch_kind(run, row)
+      epochs[kind] += 1
+      if row.get('step_flops'):
+        flops[kind].append(row['step_flops'])
+  out = []
+  for kind in sorted(flops, key=lambda kind: (len(_kind_ks(kind)),
+                                              _kind_ks(kind),
+                                              kind_label(kind))):
+    step_flops, step_s = float(np.median(flops[kind])), times[kind]
+    out.append({'kind': kind_label(kind), 'epochs': epochs[kind],
+                'step_flops': step_flops, 'step_time_s': step_s,
+                'flops_per_s': step_flops / step_s,
+                'mfu': step_flops / step_s / peak, 'peak_flops': peak})
   return out
 
 

@@ -7,8 +7,9 @@ compiled for the CPU, on any backend: `flops.py`), XLA's temporary bytes
 a step, with the k's interleaved in a random order on every repeat (these
 machines are noisy), after a warm-up. Beside the Hebbian step it times the
 frozen step (the local units only run forward: the FreezeOut peer). Ratios
-are to k = 0. Where the device's dense peak is known (`peak_flops`), each
-step's model-FLOP utilization: counted FLOPs / step time / peak.
+are to k = 0. Where the device's dense peak is known
+(`hardware.peak_flops`), each step's model-FLOP utilization: counted
+FLOPs / step time / peak.
 Used by benchmarks/step_bench.py and the notebooks.
 """
 import random
@@ -21,30 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from localsgd_jax import config_validation
+from localsgd_jax import hardware
 from localsgd_jax import local_rules
 from localsgd_jax import models
 from localsgd_jax import step_cache
 from localsgd_jax.configs import default
 from localsgd_jax import optim
 from localsgd_jax import train_step as ts
-
-
-# Dense (no sparsity) peak FLOP/s of the tensor cores, from NVIDIA's
-# datasheets, by a substring of jax's device_kind (first match wins) and the
-# compute dtype; float32 is held to the TF32 peak, the fastest XLA may use.
-_PEAKS = (('H100 PCIe', {'bfloat16': 756e12, 'float32': 378e12}),
-          ('H100', {'bfloat16': 989e12, 'float32': 495e12}),
-          ('H200', {'bfloat16': 989e12, 'float32': 495e12}),
-          ('A100', {'bfloat16': 312e12, 'float32': 156e12}))
-
-
-def peak_flops(device_kind: str, dtype: str) -> Optional[float]:
-  """The dense peak FLOP/s of `device_kind` in `dtype` (None: not known,
-  e.g. CPUs)."""
-  for name, peaks in _PEAKS:
-    if name in device_kind:
-      return peaks.get(dtype)
-  return None
 
 
 def _time_steps(compiled, state, batch, steps: int):
@@ -126,7 +110,7 @@ def measure_steps(model_name: str, batch_size: int, *, image_size: int = 32,
     prefix = '' if name == 'hebbian' else 'frozen_'
     results[k][prefix + 'step_time_s'] = statistics.median(ts_)
   return _with_ratios([results[k] for k in ks], batch_size, hebbian_every,
-                      peak_flops(jax.devices()[0].device_kind, dtype))
+                      hardware.peak_flops(jax.devices()[0].device_kind, dtype))
 
 
 def _with_ratios(rows: List[Dict[str, Any]], batch_size: int,

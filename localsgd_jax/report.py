@@ -16,6 +16,7 @@ from localsgd_jax import plots as plots_lib
 from localsgd_jax import report_md
 from localsgd_jax import runs as runs_lib
 from localsgd_jax.aggregate import analyze
+from localsgd_jax.aggregate import step_utilization
 from localsgd_jax.errors import UserError
 from localsgd_jax.errors import warn
 from localsgd_jax.modes import SAME_TIME
@@ -29,7 +30,8 @@ def write_report(workdir: str, command: Optional[str] = None,
 
   Writes `comparison.json` ({'command', 'date', 'device', 'git_commit',
   'unfinished_runs', 'entries': [...], 'frontier': SGD's budget points or
-  None}), `comparison.md` and the PNGs in PLOTS, and warns (one line each)
+  None, 'step_utilization': each kind of step's MFU where the device's
+  peak is known, else []}), `comparison.md` and the PNGs in PLOTS, and warns (one line each)
   of the unfinished runs and of each folder holding another seed's run
   (`runs.other_seed`), which the report leaves out. The entries are
   `aggregate.analyze`'s, one per mode (the `sgd@B` budget runs make up
@@ -76,12 +78,14 @@ def write_report(workdir: str, command: Optional[str] = None,
                device, this_device, unfinished)
   if not writer:
     return entries  # One writer: every host sees the same files.
+  utilization = step_utilization(runs_by_mode, meta['device'])
   metrics_lib.write_json(json_path, {
       **meta, 'entries': entries,
       'frontier': None if points is None else [
-          {k: v for k, v in p.items() if k != 'runs'} for p in points]})
+          {k: v for k, v in p.items() if k != 'runs'} for p in points],
+      'step_utilization': utilization})
   with open(os.path.join(workdir, 'comparison.md'), 'w') as f:
-    f.write(report_md.markdown(meta, entries, points))
+    f.write(report_md.markdown(meta, entries, points, utilization))
   plots_lib.write_plots(workdir, runs_by_mode, entries, points)
   return entries
 

@@ -199,7 +199,11 @@ def _tta_note() -> str:
 
 
 def markdown(meta: Dict[str, Any], entries: List[Dict[str, Any]],
-              points: Optional[List[Dict[str, Any]]] = None) -> str:
+              points: Optional[List[Dict[str, Any]]] = None,
+              utilization: Optional[List[Dict[str, Any]]] = None) -> str:
+  """comparison.md: the headline, SGD's frontier, the details and, where
+  the device's peak is known, each kind of step's utilization
+  (`aggregate.step_utilization`)."""
   target = next((e['target_accuracy'] for e in entries
                  if e.get('target_accuracy') is not None), None)
   lines = [
@@ -227,6 +231,16 @@ def markdown(meta: Dict[str, Any], entries: List[Dict[str, Any]],
     lines += ['', '### Time to target', '', tta_table(entries), '',
               _tta_note(), '', '### Against SGD\'s frontier in FLOPs', '',
               _flops_table(entries)]
+  if utilization:
+    lines += ['', '### Model-FLOP utilization of each kind of step', '',
+              utilization_table(utilization), '',
+              'Counted FLOPs per step (XLA\'s count of the program compiled '
+              'for the CPU) over the comparison\'s median time per step of '
+              'that kind of epoch (the robust time\'s), over the '
+              f'{meta["device"]}\'s dense tensor-core peak in the runs\' '
+              f'dtype ({utilization[0]["peak_flops"] / 1e12:.0f} TFLOP/s, '
+              'NVIDIA\'s datasheet). An epoch in which k changed is a kind '
+              'of its own.']
   if meta['unfinished_runs']:
     lines += ['', 'Not counted (no summary.json yet: crashed or still '
               'running; run the comparison again to finish them): '
@@ -234,6 +248,15 @@ def markdown(meta: Dict[str, Any], entries: List[Dict[str, Any]],
   lines += ['', '## Plots', '']
   lines += [f'![{name}]({file})' for name, file in PLOTS.items()]
   return '\n'.join(lines) + '\n'
+
+
+def utilization_table(rows: List[Dict[str, Any]]) -> str:
+  return '\n'.join(_table(
+      ['kind of epoch', 'epochs', 'GFLOP/step', 'step (ms)', 'TFLOP/s',
+       'MFU'],
+      [[r['kind'], str(r['epochs']), f'{r["step_flops"] / 1e9:,.1f}',
+        f'{1e3 * r["step_time_s"]:.2f}', f'{r["flops_per_s"] / 1e12:.0f}',
+        f'{100 * r["mfu"]:.1f}%'] for r in rows]))
 
 
 def _flops_table(entries: List[Dict[str, Any]]) -> str:

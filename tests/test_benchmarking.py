@@ -56,10 +56,11 @@ def test_model_flop_utilization_is_flops_over_time_over_the_peak():
   """MFU from the counted FLOPs, the measured step time and the datasheet
   peak of the device (none for a CPU: no MFU then)."""
   from localsgd_jax import benchmarking
-  assert benchmarking.peak_flops('NVIDIA H200', 'bfloat16') == 989e12
-  assert benchmarking.peak_flops('NVIDIA H100 PCIe', 'bfloat16') == 756e12
-  assert benchmarking.peak_flops('NVIDIA H100 80GB HBM3', 'float32') == 495e12
-  assert benchmarking.peak_flops('cpu', 'float32') is None
+  from localsgd_jax import hardware
+  assert hardware.peak_flops('NVIDIA H200', 'bfloat16') == 989e12
+  assert hardware.peak_flops('NVIDIA H100 PCIe', 'bfloat16') == 756e12
+  assert hardware.peak_flops('NVIDIA H100 80GB HBM3', 'float32') == 495e12
+  assert hardware.peak_flops('cpu', 'float32') is None
   rows = [{'k': 0, 'flops': 1492e9, 'temp_bytes': 1, 'step_time_s': 6.3e-3},
           {'k': 5, 'flops': 1198e9, 'temp_bytes': 1, 'step_time_s': 4.7e-3,
            'frozen_flops': 915e9, 'frozen_step_time_s': 3.6e-3}]

@@ -397,6 +397,57 @@ def test_report_with_budgets_and_without(tmp_path):
   assert 'speedup to target' in report_md.headline_table(entries)
 
 
+def _with_configs(runs, dtype='bfloat16'):
+  """The runs' configs: their dtype, and oja every 4th step where k > 0."""
+  for by_seed in runs.values():
+    for run in by_seed.values():
+      run['summary']['config'] = {'dtype': dtype, 'local': {
+          'rule': 'oja', 'hebbian_every': 4, 'hebbian_fraction': 0.25}}
+  return runs
+
+
+def test_model_flop_utilization_of_each_kind_of_step():
+  """MFU per kind of epoch: the rows' counted FLOPs per step over the
+  median time per step of the kind, over the card's peak in the runs'
+  dtype; none on a CPU or where the runs mix dtypes."""
+  runs = _with_configs(_frontier_runs())
+  util = aggregate.step_utilization(runs, 'NVIDIA H200')
+  assert [u['kind'] for u in util] == ['k=0 (SGD)'] + [
+      f'k={k}, oja, Hebbian every 4 steps' for k in (1, 2, 3, 4)]
+  sgd, half = util[0], util[2]
+  # SGD: 1 s epochs of 10 steps, 1 FLOP a step; 2 x (1 + 2 + 3) epochs.
+  assert sgd['epochs'] == 12 and sgd['step_time_s'] == pytest.approx(0.1)
+  assert sgd['mfu'] == pytest.approx(1.0 / 0.1 / 989e12)
+  # k = 2: 0.5 s epochs, 0.5 FLOP a step.
+  assert half['step_time_s'] == pytest.approx(0.05)
+  assert half['mfu'] == pytest.approx(0.5 / 0.05 / 989e12)
+  assert half['flops_per_s'] == pytest.approx(10.0)
+  assert aggregate.step_utilization(runs, 'cpu') == []
+  runs['sgd@1'][0]['summary']['config']['dtype'] = 'float32'
+  assert aggregate.step_utilization(runs, 'NVIDIA H200') == []
+
+
+def test_report_shows_utilization_on_a_known_card(tmp_path):
+  workdir = str(tmp_path)
+  for mode, by_seed in _with_configs(_frontier_runs()).items():
+    for seed, run in by_seed.items():
+      path = runs.run_dir(workdir, mode, seed)
+      os.makedirs(path)
+      with open(os.path.join(path, 'metrics.jsonl'), 'w') as f:
+        f.writelines(json.dumps(r) + '\n' for r in run['rows'])
+      with open(os.path.join(path, 'summary.json'), 'w') as f:
+        json.dump(run['summary'], f)
+  report.write_report(workdir, device='NVIDIA H200')
+  md = open(os.path.join(workdir, 'comparison.md')).read()
+  assert '### Model-FLOP utilization of each kind of step' in md
+  assert '| k=0 (SGD) | 12 | 0.0 | 100.00 | 0 | 0.0% |' in md
+  assert len(_load(workdir)['step_utilization']) == 5
+  report.write_report(workdir, device='cpu')
+  assert 'utilization' not in open(os.path.join(workdir,
+                                                'comparison.md')).read()
+  assert _load(workdir)['step_utilization'] == []
+
+
 def test_budgets_parse_to_fractional_run_lengths():
   assert modes.parse_budgets(['13', '8', '12.6', '8']) == [8, 12.6, 13]
   with pytest.raises(UserError, match='--sgd_budgets'):
