@@ -365,9 +365,9 @@ def test_bootstrap_interval_holds_the_estimate():
   assert {e['mode']: e for e in again}['noisy']['vs_frontier']['time'] == v
 
 
-def test_report_with_budgets_and_without(tmp_path):
-  workdir = str(tmp_path)
-  for mode, by_seed in _frontier_runs().items():
+def _write_runs(workdir, runs_by_mode):
+  """Loaded runs back on disk, as the report reads them."""
+  for mode, by_seed in runs_by_mode.items():
     for seed, run in by_seed.items():
       path = runs.run_dir(workdir, mode, seed)
       os.makedirs(path)
@@ -375,6 +375,11 @@ def test_report_with_budgets_and_without(tmp_path):
         f.writelines(json.dumps(r) + '\n' for r in run['rows'])
       with open(os.path.join(path, 'summary.json'), 'w') as f:
         json.dump(run['summary'], f)
+
+
+def test_report_with_budgets_and_without(tmp_path):
+  workdir = str(tmp_path)
+  _write_runs(workdir, _frontier_runs())
   entries = report.write_report(workdir)
   on_disk = _load(workdir)
   assert [p['label'] for p in on_disk['frontier']] == [
@@ -429,14 +434,7 @@ def test_model_flop_utilization_of_each_kind_of_step():
 
 def test_report_shows_utilization_on_a_known_card(tmp_path):
   workdir = str(tmp_path)
-  for mode, by_seed in _with_configs(_frontier_runs()).items():
-    for seed, run in by_seed.items():
-      path = runs.run_dir(workdir, mode, seed)
-      os.makedirs(path)
-      with open(os.path.join(path, 'metrics.jsonl'), 'w') as f:
-        f.writelines(json.dumps(r) + '\n' for r in run['rows'])
-      with open(os.path.join(path, 'summary.json'), 'w') as f:
-        json.dump(run['summary'], f)
+  _write_runs(workdir, _with_configs(_frontier_runs()))
   report.write_report(workdir, device='NVIDIA H200')
   md = open(os.path.join(workdir, 'comparison.md')).read()
   assert '### Model-FLOP utilization of each kind of step' in md
