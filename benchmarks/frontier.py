@@ -38,12 +38,16 @@ seed's runs are finished their checkpoints are deleted; summaries, metrics,
 configs and the stages' reports stay, and are packed into OUT/records.tgz
 with the FLOP counts of the runs' compilation cache (--runs_dir/
 compile_cache; a CPU compile per program off the CPU, `flops.cpu_flops`):
-a later, fresh machine resumes with --resume_from=<that file>. OUT holds
-six files, none in a subfolder (what a device call brings back):
-records.tgz, stages.json (the choices and counts), stages.log and the
-frontier's comparison.md, comparison.json and accuracy_vs_cost.png (its
-other plots are in the archive, and `--stages=report` redraws them from
-the records on any machine). GPUs: bfloat16 (the configs' float32 stays
+a later, fresh machine resumes with --resume_from=<that file>. The
+compiled programs go to OUT/compile_cache.tgz where it stays under the
+15 MiB a device call brings back of a file; one beside the records is
+unpacked with them, so the next machine loads the programs it holds
+rather than compiling them. OUT holds at most seven files, none in a
+subfolder (what a device call brings back: at most 8): records.tgz,
+compile_cache.tgz, stages.json (the choices and counts), stages.log and
+the frontier's comparison.md, comparison.json and accuracy_vs_cost.png
+(its other plots are in the archive, and `--stages=report` redraws them
+from the records on any machine). GPUs: bfloat16 (the configs' float32 stays
 on CPUs).
 """
 import copy
@@ -325,17 +329,48 @@ def pack_records(runs_dir: str, out_dir: str) -> str:
   return path
 
 
-def unpack_records(path: str, runs_dir: str) -> int:
-  """An earlier call's records.tgz into `runs_dir`, keeping the files
-  already there; returns how many it added."""
+# A device call brings back files of up to 16 MiB.
+_CACHE_ARCHIVE_LIMIT = 15 * 2**20
+
+
+def pack_compile_cache(runs_dir: str, out_dir: str) -> Optional[str]:
+  """OUT/compile_cache.tgz: the runs' compiled programs (their FLOP counts
+  are in the records), where it fits in _CACHE_ARCHIVE_LIMIT; returns its
+  path, None where there is none or it is too big (it says so)."""
+  cache = os.path.join(runs_dir, 'compile_cache')
+  names = sorted(n for n in os.listdir(cache) if os.path.isfile(
+      os.path.join(cache, n))) if os.path.isdir(cache) else []
+  path = os.path.join(out_dir, 'compile_cache.tgz')
+  if os.path.exists(path):
+    os.remove(path)  # an earlier call's, which this one's replaces
+  if not names:
+    return None
+  with tarfile.open(f'{path}.tmp', 'w:gz') as tar:
+    for name in names:
+      tar.add(os.path.join(cache, name), arcname=name)
+  size = os.path.getsize(f'{path}.tmp')
+  if size > _CACHE_ARCHIVE_LIMIT:
+    os.remove(f'{path}.tmp')
+    print(f'compile cache: {len(names)} files, {size / 2**20:.1f} MiB '
+          f'packed, over the {_CACHE_ARCHIVE_LIMIT / 2**20:.0f} MiB a device '
+          'call brings back: not in OUT (the next machine compiles again)',
+          flush=True)
+    return None
+  os.replace(f'{path}.tmp', path)
+  return path
+
+
+def unpack(path: str, dest: str) -> int:
+  """An earlier call's archive (records.tgz, compile_cache.tgz) into
+  `dest`, keeping the files already there; returns how many it added."""
   if not os.path.isfile(path):
     raise UserError(f'--resume_from={path}: no such file; pass the '
                     'records.tgz an earlier call wrote to its --out')
   try:
     with tarfile.open(path) as tar:
       members = [m for m in tar.getmembers() if m.isfile()
-                 and not os.path.exists(os.path.join(runs_dir, m.name))]
-      tar.extractall(runs_dir, members=members, filter='data')
+                 and not os.path.exists(os.path.join(dest, m.name))]
+      tar.extractall(dest, members=members, filter='data')
   except (tarfile.TarError, EOFError, OSError) as e:
     raise UserError(f'--resume_from={path} is not a whole .tgz archive '
                     f'({type(e).__name__}); pass the records.tgz an earlier '
@@ -377,9 +412,17 @@ def main(argv):
   # In runs_dir, so a copy of runs_dir carries the stages' choices too.
   os.makedirs(runs_dir, exist_ok=True)
   if _RESUME_FROM.value:
-    added = unpack_records(_RESUME_FROM.value, runs_dir)
+    added = unpack(_RESUME_FROM.value, runs_dir)
     print(f'{_RESUME_FROM.value}: {added} files of earlier runs into '
           f'{runs_dir}', flush=True)
+    programs = os.path.join(os.path.dirname(_RESUME_FROM.value),
+                            'compile_cache.tgz')
+    if os.path.isfile(programs):  # optional: a damaged one is compiled anew
+      try:
+        added = unpack(programs, config.compile_cache_dir)
+        print(f'{programs}: {added} compiled programs', flush=True)
+      except UserError as e:
+        print(f'warning: compiled programs not unpacked: {e}', flush=True)
   record = suite_common.Record(runs_dir, 'stages.json', argv=sys.argv)
   run = Runner(0 if small else _TIME_LIMIT.value)
   device = jax.devices()[0].device_kind
@@ -438,6 +481,7 @@ def main(argv):
     record('runs', {'trained': run.trained, 'skipped': run.skipped,
                     'wall_s': time.perf_counter() - _T0})
     pack_records(runs_dir, out_dir)
+    pack_compile_cache(runs_dir, out_dir)
     shutil.copy(record.path, out_dir)
 
 

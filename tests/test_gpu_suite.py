@@ -105,7 +105,13 @@ def test_small_frontier_runs_every_stage_and_resumes(tmp_path):
   # plain names; the records travel in one archive.
   out = sorted(p.name for p in (tmp_path / 'out').iterdir())
   assert out == ['accuracy_vs_cost.png', 'comparison.json', 'comparison.md',
-                 'records.tgz', 'stages.json', 'stages.log']
+                 'compile_cache.tgz', 'records.tgz', 'stages.json',
+                 'stages.log']
+  with tarfile.open(tmp_path / 'out' / 'compile_cache.tgz') as tar:
+    programs = tar.getnames()
+  # JAX's cache entries, flat (their FLOP counts are in the records).
+  assert any(n.endswith('-cache') for n in programs)
+  assert not [n for n in programs if '/' in n or n == 'flop_counts']
   with tarfile.open(tmp_path / 'out' / 'records.tgz') as tar:
     names = tar.getnames()
   assert 'frontier/sgd/seed_1/summary.json' in names
@@ -118,6 +124,9 @@ def test_small_frontier_runs_every_stage_and_resumes(tmp_path):
                    f'--resume_from={tmp_path / "out" / "records.tgz"}')
   assert again['runs']['trained'] == 0
   assert again['runs']['skipped'] == 17
+  # The programs came along, into the new runs folder's cache.
+  assert sorted(p.name for p in (tmp_path / 'runs2' / 'compile_cache').iterdir()
+                if p.is_file()) == sorted(programs)
   assert again['grid']['mode'] == grid['mode']
 
 
