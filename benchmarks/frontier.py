@@ -32,8 +32,10 @@ compares). Four stages, in this order:
             copied to OUT.
 
 Resumable: a run already finished in --runs_dir (same config) is skipped,
-and no run starts after --time_limit_s, so a device call cut short loses
-only the run in progress and the same command goes on. Once all of a
+and no run starts that is expected to end after --time_limit_s; in its
+last 3 minutes OUT's records are brought up to date after every run, so a
+device call cut short loses only the run in progress and the same command
+goes on. Once all of a
 seed's runs are finished their checkpoints are deleted; summaries, metrics,
 configs and the stages' reports stay, and are packed into OUT/records.tgz
 with the FLOP counts of the runs' compilation cache (--runs_dir/
@@ -126,8 +128,11 @@ _RESUME_FROM = flags.DEFINE_string(
     'into --runs_dir first (files already there are kept), so its finished '
     'runs are skipped.')
 _TIME_LIMIT = flags.DEFINE_float(
-    'time_limit_s', 540, 'No run starts after this many seconds (a device '
-    'call is limited to 600 s); 0 = no limit.')
+    'time_limit_s', 540, 'No run starts that is expected to end after this '
+    'many seconds (a device call is limited to 600 s; a run\'s expected '
+    'time: the same run\'s of an earlier seed in this call, else the median '
+    'of its runs), and in its last 3 minutes the records are packed into '
+    'OUT after every run; 0 = no limit.')
 
 _T0 = time.perf_counter()
 PEERS = ('freeze', 'autofreeze')
@@ -204,28 +209,34 @@ def _finished(path: str, cfg) -> bool:
 
 class Runner:
   """Trains runs one at a time, skipping finished ones, within the time
-  limit; one console line per run, the run's own output in its train.log."""
+  limit (`suite_common.RunBudget`: no run starts that is expected to
+  outlast it, and near it `save` runs after every run); one console line
+  per run, the run's own output in its train.log."""
 
-  def __init__(self, time_limit_s: float):
-    self.time_limit_s = time_limit_s
+  def __init__(self, time_limit_s: float, save=lambda: None):
+    self.budget = suite_common.RunBudget(time_limit_s)
+    self.save = save
     self.trained, self.skipped = 0, 0
 
   def __call__(self, cfg, path: str) -> Dict[str, Any]:
     if _finished(path, cfg):
       self.skipped += 1
       return runs_lib.read_json(os.path.join(path, 'summary.json'))
-    elapsed = time.perf_counter() - _T0
-    if self.time_limit_s and elapsed > self.time_limit_s:
+    key, start = os.path.dirname(path), time.perf_counter()
+    if not self.budget.may_start(key, start - _T0):
       raise _OutOfTime(path)
-    print(f'=== {path} ({elapsed:.0f}s)', flush=True)
+    print(f'=== {path} ({start - _T0:.0f}s)', flush=True)
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, 'train.log'), 'a') as log:
       with suite_common.redirect(log):
         summary = train_lib.train_and_evaluate(cfg, path)
     self.trained += 1
+    self.budget.finished(key, time.perf_counter() - start)
     print(f'    {summary["eval_split"]} accuracy '
           f'{summary["final_eval_accuracy"]:.4f}, '
           f'{summary["total_time_s"]:.1f}s', flush=True)
+    if self.budget.closing(time.perf_counter() - _T0):
+      self.save()
     return summary
 
 
@@ -424,7 +435,8 @@ def main(argv):
       except UserError as e:
         print(f'warning: compiled programs not unpacked: {e}', flush=True)
   record = suite_common.Record(runs_dir, 'stages.json', argv=sys.argv)
-  run = Runner(0 if small else _TIME_LIMIT.value)
+  run = Runner(0 if small else _TIME_LIMIT.value,
+               save=lambda: pack_records(runs_dir, out_dir))
   device = jax.devices()[0].device_kind
   stages = _STAGES.value
   with suite_common.tee(os.path.join(out_dir, 'stages.log')):

@@ -8,8 +8,9 @@ import datetime
 import io
 import json
 import os
+import statistics
 import sys
-from typing import Any
+from typing import Any, Dict, List
 
 import jax
 
@@ -91,3 +92,37 @@ class Record:
 
   def write(self) -> None:
     metrics_lib.write_json(self.path, self.results)
+
+
+class RunBudget:
+  """Whether a time-limited call may start another run, and when it should
+  save its records after every run.
+
+  A device call is killed at its own limit, and with it whatever the call
+  had not yet written out. So no run starts once `limit_s` has passed, nor
+  where it is expected to outlast it: its expected duration is that of the
+  same run (`key`, e.g. its mode's folder) earlier in this call, else the
+  median of this call's runs. From `limit_s - closing_s` on, the caller
+  saves its records after each run (`closing`), so that a run that
+  overruns all the same loses only itself. limit_s 0: no limit.
+  """
+
+  def __init__(self, limit_s: float, closing_s: float = 180.0):
+    self.limit_s, self.closing_s = limit_s, closing_s
+    self._by_key: Dict[str, float] = {}
+    self._all: List[float] = []
+
+  def expected_s(self, key: str) -> float:
+    if key in self._by_key:
+      return self._by_key[key]
+    return statistics.median(self._all) if self._all else 0.0
+
+  def may_start(self, key: str, elapsed_s: float) -> bool:
+    return not self.limit_s or elapsed_s + self.expected_s(key) <= self.limit_s
+
+  def finished(self, key: str, duration_s: float) -> None:
+    self._by_key[key] = duration_s
+    self._all.append(duration_s)
+
+  def closing(self, elapsed_s: float) -> bool:
+    return bool(self.limit_s) and elapsed_s >= self.limit_s - self.closing_s

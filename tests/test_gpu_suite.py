@@ -3,6 +3,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -173,3 +174,23 @@ def test_frontier_dry_run_counts_flops_as_on_a_gpu(tmp_path):
   # learning rate, another program): its units' counts come from memory.
   assert asked % 2 == 0 and compiled == asked // 2 + 1 > 2
   assert (tmp_path / 'runs_data' / 'val' / 'class9').is_dir()
+
+
+def test_run_budget_starts_no_run_expected_to_outlast_the_limit():
+  """suite_common.RunBudget: a run's expected time is its own earlier
+  one, else the median of the call's runs; the records are saved after
+  every run in the last `closing_s`; limit 0 is no limit."""
+  sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+  import suite_common  # pylint: disable=g-import-not-at-top
+  budget = suite_common.RunBudget(100, closing_s=30)
+  assert budget.may_start('sgd', 99.0) and not budget.may_start('sgd', 100.5)
+  for key, seconds in (('sgd', 10.0), ('fork', 2.0), ('freeze', 40.0)):
+    budget.finished(key, seconds)
+  assert budget.expected_s('freeze') == 40.0
+  assert budget.expected_s('new') == 10.0  # the median of 2, 10, 40
+  assert budget.may_start('fork', 98.0) and not budget.may_start('sgd', 91.0)
+  assert budget.may_start('new', 90.0) and not budget.may_start('freeze', 61)
+  assert not budget.closing(69.0) and budget.closing(70.0)
+  free = suite_common.RunBudget(0)
+  free.finished('sgd', 1e6)
+  assert free.may_start('sgd', 1e9) and not free.closing(1e9)
