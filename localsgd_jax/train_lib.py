@@ -38,14 +38,30 @@ from localsgd_jax.config_validation import validate_eval_tta
 from localsgd_jax.errors import UserError
 
 
-def git_commit() -> str:
-  """The commit of the code being run, or 'unknown' outside a git checkout."""
-  try:
+def _checkout_commit() -> str:
+  """The checkout's HEAD, '-dirty' if tracked files differ from it;
+  'unknown' outside a git checkout."""
+  def git(*args):
     return subprocess.run(
-        ['git', 'rev-parse', 'HEAD'], cwd=os.path.dirname(__file__),
-        capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        ['git', *args], cwd=os.path.dirname(__file__), capture_output=True,
+        text=True, check=True, timeout=10).stdout.strip()
+  try:
+    head = git('rev-parse', 'HEAD')
+    return head + ('-dirty' if git('status', '--porcelain',
+                                   '--untracked-files=no') else '')
   except (OSError, subprocess.SubprocessError):
     return 'unknown'
+
+
+# Read when this module is imported: the code a process runs is the code
+# it imported, whatever the checkout's HEAD becomes while it runs.
+_COMMIT = _checkout_commit()
+
+
+def git_commit() -> str:
+  """The commit of the code being run (as imported; '-dirty' with
+  uncommitted changes), or 'unknown' outside a git checkout."""
+  return _COMMIT
 
 
 def evaluate(eval_step, state, dataset, batch_size: int, sharding) -> Dict:

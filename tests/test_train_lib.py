@@ -395,3 +395,21 @@ def test_weight_moving_average_is_what_is_evaluated_and_resumes(tmp_path,
     train_lib.train_and_evaluate(
         _config(**{**overrides, 'optim.ema_decay': 0.99,
                    'resume_allow': 'optim.ema_decay'}), str(resumed))
+
+
+def test_the_commit_is_the_imported_code_s(monkeypatch):
+  """git_commit names the checkout as this process imported it: a commit
+  made while it runs does not change it; uncommitted changes to tracked
+  files mark it -dirty."""
+  status = {'text': ''}
+
+  def run(args, **kwargs):
+    out = {'rev-parse': 'abc123\n', 'status': status['text']}[args[1]]
+    return subprocess.CompletedProcess(args, 0, out, '')
+
+  imported = train_lib.git_commit()
+  monkeypatch.setattr(train_lib.subprocess, 'run', run)
+  assert train_lib.git_commit() == imported  # read once, at import
+  assert train_lib._checkout_commit() == 'abc123'  # pylint: disable=protected-access
+  status['text'] = ' M localsgd_jax/loop.py\n'
+  assert train_lib._checkout_commit() == 'abc123-dirty'  # pylint: disable=protected-access
