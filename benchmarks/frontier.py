@@ -35,12 +35,12 @@ Resumable: a run already finished in --runs_dir (same config) is skipped,
 and no run starts that is expected to end after --time_limit_s; in its
 last 3 minutes OUT's records are brought up to date after every run, so a
 device call cut short loses only the run in progress and the same command
-goes on. Once all of a
-seed's runs are finished their checkpoints are deleted; summaries, metrics,
-configs and the stages' reports stay, and are packed into OUT/records.tgz
-with the FLOP counts of the runs' compilation cache (--runs_dir/
-compile_cache; a CPU compile per program off the CPU, `flops.cpu_flops`):
-a later, fresh machine resumes with --resume_from=<that file>. The
+goes on. Once all of a seed's runs are finished their checkpoints are
+deleted; summaries, metrics, configs and the stages' reports stay, and
+are packed into OUT/records.tgz with the FLOP counts of the runs'
+compilation cache (--runs_dir/compile_cache; a CPU compile per program
+off the CPU, `flops.cpu_flops`): a later, fresh machine resumes with
+--resume_from=<that file>. The
 compiled programs go to OUT/compile_cache.tgz where it stays under the
 15 MiB a device call brings back of a file; one beside the records is
 unpacked with them, so the next machine loads the programs it holds
@@ -49,8 +49,8 @@ subfolder (what a device call brings back: at most 8): records.tgz,
 compile_cache.tgz, stages.json (the choices and counts), stages.log and
 the frontier's comparison.md, comparison.json and accuracy_vs_cost.png
 (its other plots are in the archive, and `--stages=report` redraws them
-from the records on any machine). GPUs: bfloat16 (the configs' float32 stays
-on CPUs).
+from the records on any machine). GPUs: bfloat16 (the configs' float32
+stays on CPUs).
 """
 import copy
 import math
@@ -325,18 +325,25 @@ def _is_record(relpath: str) -> bool:
   return name in _RECORDS or name in plots.PLOTS.values()
 
 
+def _write_tgz(path: str, root: str, relpaths: List[str]) -> None:
+  """`root`'s files `relpaths` into the archive `path`, whole or not at
+  all (written aside, then moved)."""
+  with tarfile.open(f'{path}.tmp', 'w:gz') as tar:
+    for relpath in relpaths:
+      tar.add(os.path.join(root, relpath), arcname=relpath)
+  os.replace(f'{path}.tmp', path)
+
+
 def pack_records(runs_dir: str, out_dir: str) -> str:
   """OUT/records.tgz: what a later machine needs to skip the finished runs
   (no checkpoints, no compiled programs); returns its path."""
+  relpaths = []
+  for root, dirs, files in os.walk(runs_dir):
+    dirs[:] = sorted(d for d in dirs if d != 'checkpoints')
+    relpaths += [os.path.relpath(os.path.join(root, name), runs_dir)
+                 for name in sorted(files)]
   path = os.path.join(out_dir, 'records.tgz')
-  with tarfile.open(f'{path}.tmp', 'w:gz') as tar:
-    for root, dirs, files in os.walk(runs_dir):
-      dirs[:] = sorted(d for d in dirs if d != 'checkpoints')
-      for name in sorted(files):
-        relpath = os.path.relpath(os.path.join(root, name), runs_dir)
-        if _is_record(relpath):
-          tar.add(os.path.join(root, name), arcname=relpath)
-  os.replace(f'{path}.tmp', path)
+  _write_tgz(path, runs_dir, [r for r in relpaths if _is_record(r)])
   return path
 
 
@@ -356,18 +363,15 @@ def pack_compile_cache(runs_dir: str, out_dir: str) -> Optional[str]:
     os.remove(path)  # an earlier call's, which this one's replaces
   if not names:
     return None
-  with tarfile.open(f'{path}.tmp', 'w:gz') as tar:
-    for name in names:
-      tar.add(os.path.join(cache, name), arcname=name)
-  size = os.path.getsize(f'{path}.tmp')
+  _write_tgz(path, cache, names)
+  size = os.path.getsize(path)
   if size > _CACHE_ARCHIVE_LIMIT:
-    os.remove(f'{path}.tmp')
+    os.remove(path)
     print(f'compile cache: {len(names)} files, {size / 2**20:.1f} MiB '
           f'packed, over the {_CACHE_ARCHIVE_LIMIT / 2**20:.0f} MiB a device '
           'call brings back: not in OUT (the next machine compiles again)',
           flush=True)
     return None
-  os.replace(f'{path}.tmp', path)
   return path
 
 

@@ -31,9 +31,9 @@ def write_report(workdir: str, command: Optional[str] = None,
   Writes `comparison.json` ({'command', 'date', 'device', 'git_commit',
   'unfinished_runs', 'entries': [...], 'frontier': SGD's budget points or
   None, 'step_utilization': each kind of step's MFU where the device's
-  peak is known, else []}), `comparison.md` and the PNGs in PLOTS, and warns (one line each)
-  of the unfinished runs and of each folder holding another seed's run
-  (`runs.other_seed`), which the report leaves out. The entries are
+  peak is known, else []}), `comparison.md` and the PNGs in PLOTS, and
+  warns (one line each) of the unfinished runs and of each folder holding
+  another seed's run (`runs.other_seed`), which the report leaves out. The entries are
   `aggregate.analyze`'s, one per mode (the `sgd@B` budget runs make up
   'frontier' instead).
 
