@@ -219,7 +219,6 @@ class UnitCosts:
     self.counter = counter
     self.config = _config()
     self.tx = optim.direction(self.config.optim)
-    self.schedule = optim.learning_rate_schedule(self.config.optim, 100, 1)
     self.cache: Dict[Any, Dict[str, Any]] = {}
 
   def __call__(self, unit, x_shape, variables, is_head: bool,
@@ -304,16 +303,15 @@ class UnitCosts:
       out[f'sgd_{int(with_input)}'] = c.count(
           program.trace(params, bstats, x, *extra))
 
-    def update(p, g, s, step):
+    def update(p, g, s, lr):
       # As the train step does per SGD unit: direction, lr step, the norms.
-      lr = self.schedule(step)
       upd, s = self.tx.update(g, s, p)
       new = jax.tree.map(lambda p, u: p - lr * u, p, upd)
       return new, s, lr * optax.tree.norm(upd), optax.tree.norm(g)
     opt_state = c.replicated(jax.eval_shape(self.tx.init, params[name]))
     out['sgd_update'] = c.count_lowered(jax.jit(update).trace(
         params[name], params[name], opt_state,
-        jax.ShapeDtypeStruct((), jnp.int32, sharding=c.rep)))
+        jax.ShapeDtypeStruct((), jnp.float32, sharding=c.rep)))
     return out
 
 
@@ -382,8 +380,8 @@ def full_step(counter: Counter, name: str, px: int, k: int, rule: str,
   config = _config(rule)
   model = models.create_model(name, num_classes, cifar_stem=cifar)
   tx = optim.direction(config.optim)
-  step = ts.make_train_step(
-      model, tx, optim.learning_rate_schedule(config.optim, 100, 1), config)
+  step = functools.partial(ts.make_train_step(model, tx, config),
+                           rates=ts.step_rates(config))
   state = counter.replicated(jax.eval_shape(lambda: ts.create_train_state(
       model, tx, jax.random.key(0), (px, px, 3))))
   b = DEVICES * per_device

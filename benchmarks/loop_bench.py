@@ -19,7 +19,6 @@ import time
 from absl import app
 from absl import flags
 import jax
-import numpy as np
 
 from localsgd_jax import data
 from localsgd_jax import metrics as metrics_lib
@@ -68,9 +67,7 @@ def loop_cost(repeats: int):
   # The same compiled program, inputs fixed, called back to back.
   compiled = loop.steps.compiled[(0, False)]
   feed = dataset.train_feed(0, config.batch_size, loop.replicated)
-  operand = {'device': feed.device, 'host': None,
-             'first_step': data.dataset.replicate(
-                 np.int32((repeats + 1) * steps), loop.replicated)}
+  operand = loop.operand(repeats + 1, feed)
   carry = (state, loop._zeros())  # pylint: disable=protected-access
   bare = []
   for _ in range(repeats):

@@ -12,6 +12,7 @@ are to k = 0. Where the device's dense peak is known
 FLOPs / step time / peak.
 Used by benchmarks/step_bench.py and the notebooks.
 """
+import functools
 import random
 import statistics
 import time
@@ -64,7 +65,6 @@ def measure_steps(model_name: str, batch_size: int, *, image_size: int = 32,
   ks = list(range(num_units)) if ks is None else list(ks)
   shape = (image_size, image_size, channels)
   tx = optim.direction(config.optim)
-  lr = optim.learning_rate_schedule(config.optim, 100, 1)
   state = ts.create_train_state(model, tx, jax.random.key(seed), shape)
   rng = np.random.default_rng(seed)
   batch = {
@@ -72,13 +72,15 @@ def measure_steps(model_name: str, batch_size: int, *, image_size: int = 32,
       'label': jnp.asarray(rng.integers(0, num_classes, batch_size), jnp.int32),
       'mask': jnp.ones((batch_size,), jnp.float32)}
 
-  variants = {'hebbian': step_cache.StepCache(
-      ts.make_train_step(model, tx, lr, config))}
+  # One step at the peak learning rate (the rates are data of the step).
+  variants = {'hebbian': step_cache.StepCache(functools.partial(
+      ts.make_train_step(model, tx, config), rates=ts.step_rates(config)))}
   if frozen:
     frozen_cfg = config.copy_and_resolve_references()
     frozen_cfg.local.rule = local_rules.FROZEN
-    variants['frozen'] = step_cache.StepCache(
-        ts.make_train_step(model, tx, lr, frozen_cfg))
+    variants['frozen'] = step_cache.StepCache(functools.partial(
+        ts.make_train_step(model, tx, frozen_cfg),
+        rates=ts.step_rates(frozen_cfg)))
   jobs = [(name, k) for name in variants for k in ks
           if not (name == 'frozen' and k == 0)]  # k = 0 is the same step
   results = {k: {'k': k, 'num_units': num_units, 'model': model_name,

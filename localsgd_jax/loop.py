@@ -53,9 +53,10 @@ def make_loop_step(train_step: Callable, dataset: data_lib.Dataset,
   """`loop_step((state, acc), feed, k, hebbian) -> (state, acc)`.
 
   `feed` is `{'device': EpochFeed.device, 'host': this step's host batch or
-  None, 'first_step': int32 global step of the epoch's first step}`; the
-  step within the epoch is `state.step - first_step`, so nothing about the
-  step's position is uploaded.
+  None, 'first_step': int32 global step of the epoch's first step, 'rates':
+  the epoch's `train_step.step_rates`, one per step}`; the step within the
+  epoch is `state.step - first_step`, so nothing about the step's position
+  is uploaded, and the learning rates are an epoch's table, uploaded once.
   """
   def loop_step(carry, feed, k: int, hebbian: bool):
     state, acc = carry
@@ -63,7 +64,8 @@ def make_loop_step(train_step: Callable, dataset: data_lib.Dataset,
     batch = dataset.assemble(feed['device'], feed['host'], i)
     if batch_sharding is not None:
       batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-    state, m = train_step(state, batch, k, hebbian)
+    state, m = train_step(state, batch, k, hebbian,
+                          rates=jax.tree.map(lambda r: r[i], feed['rates']))
     acc = {name: acc[name].at[i].set(m[name]) for name in _ACC_FIELDS}
     return state, acc
   return loop_step
@@ -195,12 +197,19 @@ class TrainLoop:
         mesh, jax.sharding.PartitionSpec('data'))
     self.tx = optim.direction(config.optim)
     self.num_steps = num_train_steps(config, self.steps_per_epoch)
-    # The schedule's shape compressed into the run's exact steps.
+    # The schedule's shape compressed into the run's exact steps, evaluated
+    # here once: the steps take their rates as data (one program whatever
+    # the schedule, its peak or the run's length).
     lr_schedule = optim.learning_rate_schedule(
         config.optim, self.steps_per_epoch,
         self.num_steps / self.steps_per_epoch)
+    steps = np.arange(self.num_steps)
+    with jax.default_device(jax.local_devices(backend='cpu')[0]):
+      # (A constant schedule gives one value for any steps.)
+      lrs = np.broadcast_to(jax.device_get(lr_schedule(steps)), steps.shape)
+    self.rates = train_step_lib.step_rates(config, lrs)
     self.steps = step_cache.StepCache(make_loop_step(
-        train_step_lib.make_train_step(model, self.tx, lr_schedule, config),
+        train_step_lib.make_train_step(model, self.tx, config),
         dataset, self.batch_sharding))
     self._local_forward = jax.jit(
         train_step_lib.make_local_forward(model, config.local),
@@ -237,6 +246,22 @@ class TrainLoop:
     epoch (see `num_train_steps`)."""
     return min(self.steps_per_epoch,
                self.num_steps - epoch * self.steps_per_epoch)
+
+  def operand(self, epoch: int, feed: data_lib.dataset.EpochFeed) -> Dict[str, Any]:
+    """The loop step's `feed` for epoch `epoch` (`make_loop_step`), placed
+    on the devices once per epoch, its host batch still None. Its rates are
+    `self.rates`' rows of the epoch, steps_per_epoch of each: a partial last
+    epoch repeats its last row in the steps it does not run, so every
+    epoch's table has one shape."""
+    first = epoch * self.steps_per_epoch
+    rows = np.minimum(np.arange(first, first + self.steps_per_epoch),
+                      self.num_steps - 1)
+    return {'device': feed.device, 'host': None,
+            'first_step': data_lib.dataset.replicate(np.int32(first),
+                                                     self.replicated),
+            'rates': data_lib.dataset.replicate(
+                {name: r[rows] for name, r in self.rates.items()},
+                self.replicated)}
 
   @property
   def compile_time_s(self) -> float:
@@ -292,9 +317,7 @@ class TrainLoop:
     feed = self.dataset.train_feed(epoch, self.batch_size, self.replicated,
                                    self.batch_sharding)
     first_step = epoch * steps_per_epoch
-    operand = {'device': feed.device, 'host': None,
-               'first_step': data_lib.dataset.replicate(
-                   np.int32(first_step), self.replicated)}
+    operand = self.operand(epoch, feed)
     acc = self._zeros()
     steps = self.steps_in_epoch(epoch)
     period = _Period(selector, epoch, steps_per_epoch, state.params,

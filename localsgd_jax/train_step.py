@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from localsgd_jax import local_rules
@@ -189,17 +190,44 @@ def make_local_forward(model: base.Network,
   return local_forward
 
 
+Rates = Dict[str, Any]
+
+
+def step_rates(config: ml_collections.ConfigDict, lr: Any = None) -> Rates:
+  """The learning rates a train step takes as data, from SGD's scheduled
+  rate `lr` (a scalar, or one per step: an array; None: the peak,
+  config.optim.learning_rate, as a constant schedule gives).
+
+  {'lr': SGD's rate, 'local_lr': the local rule's before the weak-
+  supervision factor (which the step computes): config.local.learning_rate
+  x hebbian_every, times lr / peak with follow_sgd_schedule}, float32.
+  Being data, not constants of the program, every budget, peak and
+  schedule of a run config shares one compiled step.
+  """
+  peak = config.optim.learning_rate
+  lr = np.asarray(peak if lr is None else lr, np.float64)
+  local = config.local
+  local_lr = np.full_like(lr, local.learning_rate * local.hebbian_every)
+  if local.follow_sgd_schedule:
+    local_lr = local_lr * lr / peak
+  with np.errstate(over='ignore'):  # a huge local rate: inf, as it runs
+    return {'lr': lr.astype(np.float32),
+            'local_lr': local_lr.astype(np.float32)}
+
+
 def make_train_step(model: base.Network, tx: optax.GradientTransformation,
-                    lr_schedule: optax.Schedule,
                     config: ml_collections.ConfigDict) -> Callable:
-  """Builds `train_step(state, batch, k, hebbian) -> (state, metrics)`.
+  """Builds `train_step(state, batch, k, hebbian, *, rates) -> (state,
+  metrics)`.
 
   The step is one traced function read top to bottom (local forward, SGD
   loss and grads, optimizer, Hebbian update), so that the boundary between
   the two partitions stays in view; only its measurements are a helper
   (`_step_metrics`).
 
-  `k` and `hebbian` are static. With `hebbian=False` the local units only run
+  `k` and `hebbian` are static; `rates` (`step_rates`: this step's SGD and
+  local learning rates) is data, so the program does not depend on the
+  learning-rate schedule. With `hebbian=False` the local units only run
   forward (no Hebbian GEMM); `config.local.hebbian_every = m` has the trainer
   run the Hebbian step every m-th step and scales the local learning rate by
   m, so the update per epoch stays the same while the Hebbian cost is
@@ -208,19 +236,18 @@ def make_train_step(model: base.Network, tx: optax.GradientTransformation,
   Args:
     model: the unit sequence.
     tx: the per-unit update direction (`optim.direction`).
-    lr_schedule: SGD learning rate of the global step.
     config: the run config; reads `config.local` and
-      `config.optim.label_smoothing`.
+      `config.optim.label_smoothing` and `ema_decay`.
   """
   local_cfg = config.local
   smoothing = config.optim.label_smoothing
   ema_decay = config.optim.ema_decay
   local_forward = make_local_forward(model, local_cfg)
-  peak_lr = config.optim.learning_rate
   unit_names = model.unit_names
 
   def train_step(state: TrainState, batch: Batch, k: int,
-                 hebbian: bool = True) -> Tuple[TrainState, Metrics]:
+                 hebbian: bool = True, *,
+                 rates: Rates) -> Tuple[TrainState, Metrics]:
     local_p, sgd_p = partition.split(state.params, k)
     local_bs, sgd_bs = partition.split(state.batch_stats, k)
     x = batch['image']
@@ -240,7 +267,7 @@ def make_train_step(model: base.Network, tx: optax.GradientTransformation,
         loss_fn, has_aux=True)(sgd_p)
     new_sgd_bs = partition.split(dict(new_sgd_bs), k)[1]
 
-    lr = lr_schedule(state.step)
+    lr = rates['lr']
     new_sgd_p, new_opt, update_norms = {}, dict(state.opt_state), {}
     for name, g in grads.items():
       upd, new_opt[name] = tx.update(g, state.opt_state[name], sgd_p[name])
@@ -251,9 +278,7 @@ def make_train_step(model: base.Network, tx: optax.GradientTransformation,
     ws, loss_ema = local_rules.weak_supervision(
         local_cfg.weak_supervision, loss, state.loss_ema,
         local_cfg.loss_ema_decay, local_cfg.ws_power)
-    local_lr = local_cfg.learning_rate * local_cfg.hebbian_every * ws
-    if local_cfg.follow_sgd_schedule:
-      local_lr = local_lr * lr / peak_lr
+    local_lr = rates['local_lr'] * ws
     if directions:
       local_p = _apply_hebbian(local_p, directions, local_lr,
                                local_cfg.normalize)

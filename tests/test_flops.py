@@ -53,8 +53,8 @@ def _conv_step_cache():
   config = default.get_config()
   model = _conv_net()
   tx = optim.direction(config.optim)
-  step = ts.make_train_step(
-      model, tx, optim.learning_rate_schedule(config.optim, 10, 1), config)
+  step = functools.partial(ts.make_train_step(model, tx, config),
+                           rates=ts.step_rates(config))
   state = ts.create_train_state(model, tx, jax.random.key(0),
                                 (_H, _H, _CIN))
   batch = {'image': jnp.ones((_B, _H, _H, _CIN)),

@@ -87,9 +87,9 @@ def _zero_gradient_step(decay_norm_and_bias: bool, k: int = 0):
   batch = {'image': jnp.ones((4, *SHAPE), jnp.float32),
            'label': jnp.zeros((4,), jnp.int32),
            'mask': jnp.zeros((4,), jnp.float32)}
-  step = ts.make_train_step(model, tx, optim.learning_rate_schedule(
-      config.optim, 10, 1), config)
-  new, _ = jax.jit(step, static_argnums=2)(state, batch, k)
+  step = ts.make_train_step(model, tx, config)
+  new, _ = jax.jit(step, static_argnums=2)(state, batch, k,
+                                           rates=ts.step_rates(config))
   return state, new
 
 

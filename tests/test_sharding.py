@@ -59,9 +59,11 @@ def _batches(num, seed=0):
 def _setup(config, dtype=jnp.float32):
   model = models.create_model('tiny', 10, dtype=dtype)
   tx = optim.direction(config.optim)
-  lr = optim.learning_rate_schedule(config.optim, 10, 1)
   state = ts.create_train_state(model, tx, jax.random.key(0), SHAPE)
-  step = jax.jit(ts.make_train_step(model, tx, lr, config), static_argnums=2)
+  # The first step's rates (a cosine schedule without warm-up: the peak).
+  step = jax.jit(functools.partial(ts.make_train_step(model, tx, config),
+                                   rates=ts.step_rates(config)),
+                 static_argnums=2)
   return model, state, step
 
 

@@ -198,6 +198,33 @@ def test_compilation_cache_serves_a_second_run(tmp_path):
   assert second['final_eval_accuracy'] == first['final_eval_accuracy']
 
 
+@pytest.mark.slow  # three short runs
+def test_one_train_step_program_serves_every_schedule(tmp_path):
+  """The learning rates are data of the step, not constants of its program:
+  runs that differ in peak rate, schedule and length share one compiled
+  step (one `jit_loop_step` in the compilation cache), and each run's
+  rates follow its own schedule."""
+  from localsgd_jax import optim  # pylint: disable=g-import-not-at-top
+  cache = tmp_path / 'xla'
+  base = {'selection.mode': 'sgd', 'compile_cache_dir': str(cache)}
+  runs = [{'num_epochs': 1},
+          {'num_epochs': 2, 'optim.learning_rate': 0.3,
+           'optim.schedule': 'triangular', 'optim.warmup_epochs': 0.0},
+          {'num_epochs': 2, 'last_epoch_fraction': 0.5,
+           'optim.schedule': 'constant'}]
+  for i, overrides in enumerate(runs):
+    config = _config(**base, **overrides)
+    summary = train_lib.train_and_evaluate(config, str(tmp_path / str(i)))
+    steps_per_epoch = metrics_lines(tmp_path / str(i))[0]['step']
+    schedule = optim.learning_rate_schedule(
+        config.optim, steps_per_epoch,
+        summary['num_steps'] / steps_per_epoch)
+    for row in metrics_lines(tmp_path / str(i)):  # the epoch's last step
+      assert row['learning_rate'] == pytest.approx(
+          float(schedule(row['step'] - 1)), rel=1e-6)
+  assert len(list(cache.glob('jit_loop_step*'))) == 1
+
+
 def test_dynamic_mode_decides_every_n_steps(tmp_path):
   # Every unit counts as settled (settle_fraction 1): the boundary advances
   # one unit per 5-step period up to k_max, inside the first epoch.

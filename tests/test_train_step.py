@@ -33,13 +33,14 @@ def _config(**local):
 def _setup(config, name='tiny', shape=SHAPE, batch=8):
   model = models.create_model(name, 10, dtype=jnp.float32)
   tx = optim.direction(config.optim)
-  lr = optim.learning_rate_schedule(config.optim, 10, 1)
   state = ts.create_train_state(model, tx, jax.random.key(0), shape)
   rng = np.random.default_rng(0)
   batch = {'image': jnp.asarray(rng.normal(size=(batch, *shape)), jnp.float32),
            'label': jnp.asarray(rng.integers(0, 10, batch), jnp.int32),
            'mask': jnp.ones((batch,), jnp.float32)}
-  step = ts.make_train_step(model, tx, lr, config)
+  # The configs' constant schedule: the peak rate at every step.
+  step = functools.partial(ts.make_train_step(model, tx, config),
+                           rates=ts.step_rates(config))
   return model, tx, state, batch, step
 
 
