@@ -378,7 +378,11 @@ def vs_frontier(points: List[Dict[str, Any]], by_seed, timing, cost: str,
   Their 95% intervals ('*stats.ci95') come from a paired bootstrap over seeds:
   `resamples` draws of the seeds with replacement (RNG seed `seed`), the
   same draw for the mode and every budget, the frontier and the mode's
-  means recomputed from each. An interval end beyond the frontier's range
+  means recomputed from each. Paired: only the seeds with a run of the
+  mode and of every budget count ('seeds'; the others are
+  'seeds_left_out', e.g. a seed whose runs a time limit cut short), unless
+  no seed has them all ('paired' False: every seed, each mean over the
+  seeds it has). An interval end beyond the frontier's range
   is a bound ('*_ci95_bounds'); accuracy differences exist only for
   resamples whose cost lies within the budgets' costs
   ('accuracy_diff_resamples'). None when a cost was not recorded.
@@ -392,7 +396,10 @@ def vs_frontier(points: List[Dict[str, Any]], by_seed, timing, cost: str,
        {s: stats.final_acc(r) for s, r in p['runs'].items()}) for p in points]
   mode_data = ({s: _cost(r, timing, cost) for s, r in by_seed.items()},
                {s: stats.final_acc(r) for s, r in by_seed.items()})
-  seeds = sorted(set(by_seed).union(*(p['runs'] for p in points)))
+  every = set(by_seed).union(*(p['runs'] for p in points))
+  seeds = sorted(set(by_seed).intersection(*(p['runs'] for p in points)))
+  paired = bool(seeds)
+  seeds = seeds or sorted(every)
   out = _estimate(frontier_data, mode_data, {s: 1 for s in seeds})
   if out is None:
     return None
@@ -414,6 +421,8 @@ def vs_frontier(points: List[Dict[str, Any]], by_seed, timing, cost: str,
   out['accuracy_diff_resamples'] = f'{len(diffs)}/{len(boots)}'
   out['resamples'] = len(boots)
   out['seeds'] = seeds
+  out['seeds_left_out'] = sorted(every - set(seeds))
+  out['paired'] = paired
   return out
 
 

@@ -365,6 +365,28 @@ def test_bootstrap_interval_holds_the_estimate():
   assert {e['mode']: e for e in again}['noisy']['vs_frontier']['time'] == v
 
 
+def test_a_seed_without_every_budget_is_left_out_of_the_pairing():
+  """A seed with the mode's run but not every budget's (a time limit cut
+  its runs short) would pair its own accuracy with the other seeds'
+  frontier: it is left out, and the estimate is the complete seeds'."""
+  runs = _frontier_runs()
+  complete = aggregate.analyze(runs, resamples=50)[0]
+  runs['half_cost'][2] = _run(0.5, [0.5] * 2, 2, flops=0.5)  # a bad seed
+  runs['sgd@3'][2] = _run(0.6, [1.0] * 3)    # ... with one budget of three
+  cut = aggregate.analyze(runs, resamples=50)[0]
+  want = {e['mode']: e for e in complete}['half_cost']['vs_frontier']['time']
+  got = {e['mode']: e for e in cut}['half_cost']['vs_frontier']['time']
+  assert got['seeds'] == [0, 1] and got['seeds_left_out'] == [2]
+  assert got['paired'] and got['speedup'] == pytest.approx(want['speedup'])
+  assert got['accuracy_diff'] == pytest.approx(0.02)
+  # No seed with every budget: every seed, unpaired, and said so.
+  for seed in (0, 1):
+    del runs['sgd@3'][seed]
+  got = {e['mode']: e for e in aggregate.analyze(runs, resamples=50)[0]
+         }['half_cost']['vs_frontier']['time']
+  assert not got['paired'] and got['seeds'] == [0, 1, 2]
+
+
 def _write_runs(workdir, runs_by_mode):
   """Loaded runs back on disk, as the report reads them."""
   for mode, by_seed in runs_by_mode.items():
@@ -388,7 +410,7 @@ def test_report_with_budgets_and_without(tmp_path):
   md = open(os.path.join(workdir, 'comparison.md')).read()
   assert '**2.00x** [2.00, 2.00]' in md
   assert "> 3.00x** [> 3.00, > 3.00] (accuracy above the largest" in md
-  assert 'paired bootstrap over seeds' in md and '### SGD\'s frontier' in md
+  assert 'paired bootstrap over the seeds' in md and '### SGD\'s frontier' in md
   assert '| sgd@2 | 2 | 2 | 92.00 ± 0.71 |' in md
   _assert_pngs(workdir)
   assert report_md.headline_table(entries).startswith(
