@@ -247,7 +247,8 @@ class TrainLoop:
     return min(self.steps_per_epoch,
                self.num_steps - epoch * self.steps_per_epoch)
 
-  def operand(self, epoch: int, feed: data_lib.dataset.EpochFeed) -> Dict[str, Any]:
+  def operand(self, epoch: int,
+              feed: data_lib.dataset.EpochFeed) -> Dict[str, Any]:
     """The loop step's `feed` for epoch `epoch` (`make_loop_step`), placed
     on the devices once per epoch, its host batch still None. Its rates are
     `self.rates`' rows of the epoch, steps_per_epoch of each: a partial last
