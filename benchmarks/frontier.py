@@ -40,11 +40,11 @@ deleted; summaries, metrics, configs and the stages' reports stay, and
 are packed into OUT/records.tgz with the FLOP counts of the runs'
 compilation cache (--runs_dir/compile_cache; a CPU compile per program
 off the CPU, `flops.cpu_flops`): a later, fresh machine resumes with
---resume_from=<that file>. The
-compiled programs go to OUT/compile_cache.tgz where it stays under the
-15 MiB a device call brings back of a file; one beside the records is
-unpacked with them, so the next machine loads the programs it holds
-rather than compiling them. OUT holds at most seven files, none in a
+--resume_from=<that file>. The compiled programs go to
+OUT/compile_cache.tgz, the newest first, as many as fit in the 15 MiB a
+device call brings back of a file; one beside the records is unpacked
+with them, so the next machine loads the programs it holds rather than
+compiling them. OUT holds at most seven files, none in a
 subfolder (what a device call brings back: at most 8): records.tgz,
 compile_cache.tgz, stages.json (the choices and counts), stages.log and
 the frontier's comparison.md, comparison.json and accuracy_vs_cost.png
@@ -59,6 +59,7 @@ import shutil
 import sys
 import tarfile
 import time
+import zlib
 from typing import Any, Dict, List, Optional, Tuple
 
 from absl import app
@@ -351,27 +352,37 @@ def pack_records(runs_dir: str, out_dir: str) -> str:
 _CACHE_ARCHIVE_LIMIT = 15 * 2**20
 
 
-def pack_compile_cache(runs_dir: str, out_dir: str) -> Optional[str]:
+def pack_compile_cache(runs_dir: str, out_dir: str,
+                       limit: int = _CACHE_ARCHIVE_LIMIT) -> Optional[str]:
   """OUT/compile_cache.tgz: the runs' compiled programs (their FLOP counts
-  are in the records), where it fits in _CACHE_ARCHIVE_LIMIT; returns its
-  path, None where there is none or it is too big (it says so)."""
+  are in the records), newest first, as many as fit in `limit` bytes:
+  those the latest runs compiled, which the runs still to come are the
+  likeliest to need (the frontier's steps, not the grid's). Returns its
+  path, None where the cache is empty or none fits."""
   cache = os.path.join(runs_dir, 'compile_cache')
-  names = sorted(n for n in os.listdir(cache) if os.path.isfile(
-      os.path.join(cache, n))) if os.path.isdir(cache) else []
+  names = [n for n in os.listdir(cache) if os.path.isfile(
+      os.path.join(cache, n))] if os.path.isdir(cache) else []
+  names.sort(key=lambda n: (-os.path.getmtime(os.path.join(cache, n)), n))
   path = os.path.join(out_dir, 'compile_cache.tgz')
   if os.path.exists(path):
     os.remove(path)  # an earlier call's, which this one's replaces
-  if not names:
-    return None
-  _write_tgz(path, cache, names)
-  size = os.path.getsize(path)
-  if size > _CACHE_ARCHIVE_LIMIT:
-    os.remove(path)
-    print(f'compile cache: {len(names)} files, {size / 2**20:.1f} MiB '
-          f'packed, over the {_CACHE_ARCHIVE_LIMIT / 2**20:.0f} MiB a device '
-          'call brings back: not in OUT (the next machine compiles again)',
+  chosen, packed = [], 0
+  for name in names:
+    with open(os.path.join(cache, name), 'rb') as f:
+      # Its compressed size, plus a tar header and padding: an upper
+      # bound of what it adds to the archive.
+      size = len(zlib.compress(f.read(), 6)) + 1024
+    if packed + size <= limit:
+      chosen.append(name)
+      packed += size
+  if len(chosen) < len(names):
+    print(f'compile cache: the newest {len(chosen)} of its {len(names)} '
+          f'programs packed, the {limit / 2**20:.0f} MiB a device call '
+          'brings back of a file (the next machine compiles the others)',
           flush=True)
+  if not chosen:
     return None
+  _write_tgz(path, cache, chosen)
   return path
 
 

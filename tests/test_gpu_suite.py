@@ -132,6 +132,42 @@ def test_small_frontier_runs_every_stage_and_resumes(tmp_path):
 
 
 
+def test_frontier_packs_the_newest_programs_that_fit(tmp_path):
+  """pack_compile_cache: a cache larger than a device call brings back
+  travels as its newest programs (a smaller older one fills the rest);
+  the archive stays under the limit; an empty cache packs nothing."""
+  script = f"""
+import os, sys, tarfile
+sys.path.insert(0, {os.path.join(ROOT, 'benchmarks')!r})
+import frontier
+cache = os.path.join(sys.argv[1], 'runs', 'compile_cache')
+os.makedirs(os.path.join(cache, 'flop_counts'))
+sizes = {{'oldest': 40_000, 'old': 60_000, 'new': 60_000, 'newest': 50_000}}
+for age, (name, size) in enumerate(reversed(list(sizes.items()))):
+  path = os.path.join(cache, name + '-cache')
+  with open(path, 'wb') as f:
+    f.write(os.urandom(size))  # incompressible
+  os.utime(path, (1e9 - age, 1e9 - age))
+out = os.path.join(sys.argv[1], 'out')
+os.makedirs(out)
+path = frontier.pack_compile_cache(os.path.dirname(cache), out, 160_000)
+assert os.path.getsize(path) <= 160_000
+with tarfile.open(path) as tar:
+  print(sorted(tar.getnames()))
+empty = os.path.join(sys.argv[1], 'empty')
+print(frontier.pack_compile_cache(empty, out), os.listdir(out))
+"""
+  proc = subprocess.run([sys.executable, '-c', script, str(tmp_path)],
+                        capture_output=True, text=True, timeout=300,
+                        env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = proc.stdout.strip().splitlines()
+  assert 'the newest 3 of its 4 programs packed' in lines[0]
+  # 'old' (60 kB) no longer fits after 'newest' and 'new'; 'oldest' does.
+  assert lines[1] == "['new-cache', 'newest-cache', 'oldest-cache']"
+  assert lines[2] == 'None []'  # and the earlier archive is gone
+
+
 @pytest.mark.parametrize('archive', ['missing', 'damaged'])
 def test_frontier_refuses_records_it_cannot_unpack(tmp_path, archive):
   """--resume_from a file that is not there, or cut short: one line that
