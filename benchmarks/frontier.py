@@ -219,13 +219,20 @@ class Runner:
     self.save = save
     self.trained, self.skipped = 0, 0
 
-  def __call__(self, cfg, path: str) -> Dict[str, Any]:
-    if _finished(path, cfg):
+  def __call__(self, cfg, path: str, again: bool = False) -> Dict[str, Any]:
+    """Trains `cfg` in `path` unless it is finished there; `again`: a
+    finished run is trained anew (its records replaced)."""
+    finished = _finished(path, cfg)
+    if finished and not again:
       self.skipped += 1
       return runs_lib.read_json(os.path.join(path, 'summary.json'))
     key, start = os.path.dirname(path), time.perf_counter()
     if not self.budget.may_start(key, start - _T0):
       raise _OutOfTime(path)
+    if finished:
+      print(f'{path}: finished elsewhere, without the checkpoints its '
+            'unfinished forks start from; trained again', flush=True)
+      shutil.rmtree(path)
     print(f'=== {path} ({start - _T0:.0f}s)', flush=True)
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, 'train.log'), 'a') as log:
@@ -286,7 +293,14 @@ def seed_runs(config, workdir: str, run, seed: int, budgets: List[float],
               peers: List[str]) -> None:
   """One seed's runs: SGD at the full budget (checkpoints at every warm-up
   end), its forks, the peers and SGD at the other budgets. A seed's runs
-  finish together, so a stop leaves complete pairs."""
+  finish together, so a stop leaves complete pairs.
+
+  A full-budget run finished on another machine (its records came in an
+  archive, without checkpoints) while some of its forks did not is
+  trained again first, so that they have its checkpoints to fork from
+  (its records are replaced; the forks finished before keep theirs, which
+  on a GPU may differ from the new run's in the last bits).
+  """
   epochs = config.num_epochs
   warmups = sorted({max(1, round(f * epochs)) for _, f, _, _ in schedules})
   parent = runs_lib.run_dir(workdir, modes_lib.BASELINE, seed)
@@ -294,10 +308,14 @@ def seed_runs(config, workdir: str, run, seed: int, budgets: List[float],
   if warmups:
     cfg.checkpoint.every_epochs = math.gcd(*warmups)
     cfg.checkpoint.keep = epochs
-  run(cfg, parent)
-  for name, fraction, k, rule in schedules:
-    run(schedule_run(config, seed, parent, max(1, round(fraction * epochs)),
-                     k, rule), runs_lib.run_dir(workdir, name, seed))
+  forks = [(schedule_run(config, seed, parent, max(1, round(f * epochs)), k,
+                         rule), runs_lib.run_dir(workdir, name, seed))
+           for name, f, k, rule in schedules]
+  no_checkpoints = not os.path.isdir(os.path.join(parent, 'checkpoints'))
+  run(cfg, parent, again=no_checkpoints and not all(
+      _finished(path, fork) for fork, path in forks))
+  for fork, path in forks:
+    run(fork, path)
   for mode in peers:
     run(modes_lib.mode_config(config, mode, seed),
         runs_lib.run_dir(workdir, mode, seed))

@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -129,6 +130,19 @@ def test_small_frontier_runs_every_stage_and_resumes(tmp_path):
   assert sorted(p.name for p in (tmp_path / 'runs2' / 'compile_cache').iterdir()
                 if p.is_file()) == sorted(programs)
   assert again['grid']['mode'] == grid['mode']
+  # A lend that stopped between a seed's full-budget run and one of its
+  # forks: the next machine has that run's records but not the checkpoints
+  # the fork starts from, so it trains the run again, then the fork.
+  runs3 = tmp_path / 'runs3'
+  with tarfile.open(tmp_path / 'out' / 'records.tgz') as tar:
+    tar.extractall(runs3, filter='data')
+  shutil.rmtree(runs3 / 'frontier' / 'static_w50_k1_oja' / 'seed_1')
+  third = frontier(tmp_path / 'out3', runs3)
+  assert (third['runs']['trained'], third['runs']['skipped']) == (2, 15)
+  with open(tmp_path / 'out3' / 'stages.log') as f:
+    assert 'frontier/sgd/seed_1: finished elsewhere' in f.read()
+  assert (runs3 / 'frontier' / 'static_w50_k1_oja' / 'seed_1' /
+          'summary.json').exists()
 
 
 
