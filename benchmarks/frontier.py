@@ -299,7 +299,9 @@ def seed_runs(config, workdir: str, run, seed: int, budgets: List[float],
   archive, without checkpoints) while some of its forks did not is
   trained again first, so that they have its checkpoints to fork from
   (its records are replaced; the forks finished before keep theirs, which
-  on a GPU may differ from the new run's in the last bits).
+  on a GPU may differ from the new run's in the last bits). A call with
+  time for that run but not for a fork after it makes no progress here:
+  --time_limit_s must fit a few runs.
   """
   epochs = config.num_epochs
   warmups = sorted({max(1, round(f * epochs)) for _, f, _, _ in schedules})
