@@ -474,6 +474,7 @@ def main(argv):
                save=lambda: pack_records(runs_dir, out_dir))
   device = jax.devices()[0].device_kind
   stages = _STAGES.value
+  stopped = None  # the run before which the time limit stopped this call
   with suite_common.tee(os.path.join(out_dir, 'stages.log')):
     try:
       if 'recipe' in stages:
@@ -524,7 +525,10 @@ def main(argv):
     except _OutOfTime as stop:
       print(f'time limit: stopped before {stop}; run the same command again '
             'to go on', flush=True)
-      record('stopped_before', str(stop))
+      stopped = str(stop)
+    # This call's (an earlier call's is replaced): None when every stage
+    # asked for ran to its end.
+    record('stopped_before', stopped)
     record('runs', {'trained': run.trained, 'skipped': run.skipped,
                     'wall_s': time.perf_counter() - _T0})
     pack_records(runs_dir, out_dir)

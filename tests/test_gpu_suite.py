@@ -126,6 +126,7 @@ def test_small_frontier_runs_every_stage_and_resumes(tmp_path):
                    f'--resume_from={tmp_path / "out" / "records.tgz"}')
   assert again['runs']['trained'] == 0
   assert again['runs']['skipped'] == 17
+  assert again['stopped_before'] is None and parts['stopped_before'] is None
   # The programs came along, into the new runs folder's cache.
   assert sorted(p.name for p in (tmp_path / 'runs2' / 'compile_cache').iterdir()
                 if p.is_file()) == sorted(programs)
@@ -137,8 +138,14 @@ def test_small_frontier_runs_every_stage_and_resumes(tmp_path):
   with tarfile.open(tmp_path / 'out' / 'records.tgz') as tar:
     tar.extractall(runs3, filter='data')
   shutil.rmtree(runs3 / 'frontier' / 'static_w50_k1_oja' / 'seed_1')
+  with open(runs3 / 'stages.json') as f:
+    stages = json.load(f)
+  stages['parts']['stopped_before'] = 'the call that stopped there'
+  with open(runs3 / 'stages.json', 'w') as f:
+    json.dump(stages, f)
   third = frontier(tmp_path / 'out3', runs3)
   assert (third['runs']['trained'], third['runs']['skipped']) == (2, 15)
+  assert third['stopped_before'] is None  # that call's record replaced
   with open(tmp_path / 'out3' / 'stages.log') as f:
     assert 'frontier/sgd/seed_1: finished elsewhere' in f.read()
   assert (runs3 / 'frontier' / 'static_w50_k1_oja' / 'seed_1' /
