@@ -1,10 +1,13 @@
 """The paper's cost table: what each transition index k saves, compiled only.
 
 For every network of the zoo at its resolutions and every k, from XLA's
-CPU-compiled programs (nothing is trained or run):
+CPU programs (nothing is trained or run; FLOPs are XLA's count of each
+program as written, before optimization, `localsgd_jax/flops.py`; bytes
+come from the compiled programs):
   * FLOPs per image of the training step: plain SGD (k = 0), the Hebbian
-    step (units [0, k) forward + their Hebbian GEMM, the default rule of
-    configs/default.py) and the frozen step (units [0, k) forward only);
+    step (units [0, k) forward + their Hebbian GEMM, with the defaults of
+    configs/default.py: the rule, on a quarter of the batch) and the frozen
+    step (units [0, k) forward only);
   * the activation bytes held for the backward pass, parameter bytes, and
     the bytes the data-parallel step all-reduces per step on 4 host devices
     (1 image per device), split into parameter gradients and the rest
@@ -183,19 +186,20 @@ class Counter:
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(
         a.shape, a.dtype, sharding=self.data), tree)
 
-  def count_lowered(self, traced) -> Dict[str, float]:
-    """FLOPs of `traced`'s CPU lowering (XLA's HLO count before
-    optimization, no compile): for the elementwise parameter updates."""
-    lowered = traced.lower(lowering_platforms=('cpu',))
-    return {'flops': float(lowered.cost_analysis()['flops'])}
+  def count_replicated(self, traced) -> Dict[str, float]:
+    """FLOPs of a replicated program (the elementwise parameter updates),
+    which every device runs whole: `count`'s per-device share times the
+    devices, no compile."""
+    return {'flops': flops_lib.cpu_flops(traced) * DEVICES}
 
   def count(self, traced) -> Dict[str, float]:
-    """FLOPs per device and all-reduce bytes of `traced` compiled for CPU."""
+    """FLOPs per device of `traced` as written (`flops.cpu_flops`), and
+    the all-reduce and temporary bytes of its compiled program."""
     t0 = time.perf_counter()
-    compiled = flops_lib.cpu_compile(traced)
+    compiled = traced.lower().compile()
     self.compile_s += time.perf_counter() - t0
     self.compiles += 1
-    out = {'flops': flops_lib.cost_counts(compiled)['flops']}
+    out = {'flops': flops_lib.cpu_flops(traced)}
     out.update(reduce_bytes(compiled.as_text()))
     out['temp_bytes'] = int(compiled.memory_analysis().temp_size_in_bytes)
     return out
@@ -251,7 +255,7 @@ class UnitCosts:
       directions = jax.eval_shape(heb, params, bstats, x)[2]
       apply_heb = jax.jit(lambda p, d, lr: ts._apply_hebbian(  # pylint: disable=protected-access
           p, d, lr, self.config.local.normalize))
-      out['hebbian_update'] = c.count_lowered(apply_heb.trace(
+      out['hebbian_update'] = c.count_replicated(apply_heb.trace(
           params, c.replicated(directions),
           jax.ShapeDtypeStruct((), jnp.float32, sharding=c.rep)))
     smoothing = self.config.optim.label_smoothing
@@ -309,7 +313,7 @@ class UnitCosts:
       new = jax.tree.map(lambda p, u: p - lr * u, p, upd)
       return new, s, lr * optax.tree.norm(upd), optax.tree.norm(g)
     opt_state = c.replicated(jax.eval_shape(self.tx.init, params[name]))
-    out['sgd_update'] = c.count_lowered(jax.jit(update).trace(
+    out['sgd_update'] = c.count_replicated(jax.jit(update).trace(
         params[name], params[name], opt_state,
         jax.ShapeDtypeStruct((), jnp.float32, sharding=c.rep)))
     return out

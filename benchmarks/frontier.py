@@ -37,10 +37,9 @@ last 3 minutes OUT's records are brought up to date after every run, so a
 device call cut short loses only the run in progress and the same command
 goes on. Once all of a seed's runs are finished their checkpoints are
 deleted; summaries, metrics, configs and the stages' reports stay, and
-are packed into OUT/records.tgz with the FLOP counts of the runs'
-compilation cache (--runs_dir/compile_cache; a CPU compile per program
-off the CPU, `flops.cpu_flops`): a later, fresh machine resumes with
---resume_from=<that file>. The compiled programs go to
+are packed into OUT/records.tgz: a later, fresh machine resumes with
+--resume_from=<that file>. The compiled programs of the runs'
+compilation cache (--runs_dir/compile_cache) go to
 OUT/compile_cache.tgz, the newest first, as many as fit in the 15 MiB a
 device call brings back of a file; one beside the records is unpacked
 with them, so the next machine loads the programs it holds rather than
@@ -330,8 +329,8 @@ def seed_runs(config, workdir: str, run, seed: int, budgets: List[float],
       shutil.rmtree(os.path.join(path, 'checkpoints'), ignore_errors=True)
 
 
-# What records.tgz keeps of --runs_dir: the runs' records, the stages'
-# choices and reports, and the FLOP counts (`flops.keep_counts_in`).
+# What records.tgz keeps of --runs_dir: the runs' records and the stages'
+# choices and reports.
 _RECORDS = ('summary.json', 'metrics.jsonl', 'config.json', 'run.json',
             'match.json', 'stages.json', 'comparison.md', 'comparison.json')
 # The frontier's report files that OUT gets as files of their own.
@@ -340,9 +339,7 @@ _OUT_REPORT = ('comparison.md', 'comparison.json',
 
 
 def _is_record(relpath: str) -> bool:
-  folder, name = os.path.split(relpath)
-  if os.path.basename(folder) == 'flop_counts':
-    return name.endswith('.json')
+  name = os.path.basename(relpath)
   return name in _RECORDS or name in plots.PLOTS.values()
 
 
@@ -374,8 +371,8 @@ _CACHE_ARCHIVE_LIMIT = 15 * 2**20
 
 def pack_compile_cache(runs_dir: str, out_dir: str,
                        limit: int = _CACHE_ARCHIVE_LIMIT) -> Optional[str]:
-  """OUT/compile_cache.tgz: the runs' compiled programs (their FLOP counts
-  are in the records), newest first, as many as fit in `limit` bytes:
+  """OUT/compile_cache.tgz: the runs' compiled programs, newest first, as
+  many as fit in `limit` bytes:
   those the latest runs compiled, which the runs still to come are the
   likeliest to need (the frontier's steps, not the grid's). Returns its
   path, None where the cache is empty or none fits."""

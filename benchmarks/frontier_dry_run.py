@@ -1,4 +1,4 @@
-"""frontier.py's whole command on a CPU, its FLOPs counted as on a GPU.
+"""frontier.py's whole command on a CPU, on tiny random images.
 
   python benchmarks/frontier_dry_run.py --out=OUT --runs_dir=RUNS \
       --seeds=2 --time_limit_s=0 --config.batch_size=20 \
@@ -7,23 +7,19 @@
 Runs benchmarks/frontier.py with the flags given (every stage, the real
 networks and grid) on a tiny image folder of random 8x8 images (6 training
 and 2 val images per class, a hold-out of 2; made in RUNS_data unless
---data_dir is given), so ResNet-18's 26-epoch runs take seconds. The
-steps' platform reads 'gpu', so their FLOPs take the path they take on a
-GPU (a CPU compile each, `flops.cpu_flops`). It prints how many FLOP
-counts the runs asked for and how many CPU compiles they took; each run's
-summary.json says how many programs it compiled cold
+--data_dir is given), so ResNet-18's 26-epoch runs take seconds. Each
+run's summary.json says how many programs it compiled cold
 (compile_cache_requests - compile_cache_hits). Before a GPU lend this
-checks that the command gets through all its stages, and sizes its
+checks that the command gets through all its stages (and, with
+--time_limit_s and --resume_from, call after call), and sizes its
 compiles (RESULTS.md: the GPU protocol's re-estimate).
 """
-import atexit
 import os
 import sys
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from localsgd_jax import flops  # pylint: disable=g-import-not-at-top
 
 
 def _image_folder(root: str) -> None:
@@ -38,26 +34,6 @@ def _image_folder(root: str) -> None:
                         ).save(os.path.join(folder, f'{i:04d}.png'))
 
 
-def _counting() -> None:
-  """Fakes the GPU platform for the FLOP counts and counts them."""
-  asked, compiled = [0], [0]
-  cpu_flops, compile_for_cpu = flops.cpu_flops, flops._compile_for_cpu  # pylint: disable=protected-access
-
-  def counted_flops(traced):
-    asked[0] += 1
-    return cpu_flops(traced)
-
-  def counted_compile(lowered):
-    compiled[0] += 1
-    return compile_for_cpu(lowered)
-
-  flops.cpu_flops, flops._compile_for_cpu = counted_flops, counted_compile  # pylint: disable=protected-access
-  flops.platform_of = lambda compiled: 'gpu'
-  atexit.register(lambda: print(
-      f'FLOP counts asked for: {asked[0]}, CPU compiles: {compiled[0]}',
-      flush=True))
-
-
 def main() -> None:
   argv = sys.argv[1:]
   if not any(a.startswith('--data_dir=') for a in argv):
@@ -69,7 +45,6 @@ def main() -> None:
     argv.append(f'--data_dir={data}')
   if not any(a.startswith('--holdout_per_class=') for a in argv):
     argv.append('--holdout_per_class=2')
-  _counting()
   import frontier  # pylint: disable=g-import-not-at-top
   from absl import app  # pylint: disable=g-import-not-at-top
   app.run(frontier._main, argv=[sys.argv[0], *argv])  # pylint: disable=protected-access

@@ -111,7 +111,7 @@ def imagenet_bench(small: bool) -> dict:
   classes) and 128 px (Imagenette's, 10), bfloat16, batch 256, synthetic
   inputs; k in {0, the k whose units hold at most half of the forward
   FLOPs, all units but the head}; the default local-rule settings beside
-  the frozen step. FLOPs from the CPU compile (flops.py)."""
+  the frozen step. FLOPs of the programs as written (flops.py)."""
   local = cifar10_resnet.get_config().local
   settings = [('tiny', 32, 32, 10)] if small else [
       (name, size, 256, 1000 if size == 224 else 10)

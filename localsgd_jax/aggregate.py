@@ -198,7 +198,7 @@ def step_utilization(runs_by_mode, device_kind: str) -> List[Dict[str, Any]]:
   """Model-FLOP utilization of each kind of epoch the runs trained.
 
   Per kind (`runs.epoch_kind`): its counted FLOPs per step (the rows'
-  step_flops, XLA's count of the CPU-compiled program, `flops.py`), the
+  step_flops, XLA's count of the program as written, `flops.py`), the
   comparison's median time per step of that kind (the one the robust
   time uses) and their ratio to the device's dense peak in the runs'
   dtype (`hardware.peak_flops`). [] where the peak is not known (CPUs,

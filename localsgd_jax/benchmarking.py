@@ -1,8 +1,9 @@
 """Measuring the compiled LoCal+SGD step for every transition index k.
 
 For each k (0 = plain SGD) `measure_steps` compiles the real train step and
-measures, in one process: XLA's FLOPs (`cost_analysis()` of the program
-compiled for the CPU, on any backend: `flops.py`), XLA's temporary bytes
+measures, in one process: XLA's FLOPs (of the program as written, its
+CPU lowering before optimization, on any backend: `flops.py`), XLA's
+temporary bytes
 (`memory_analysis()` of the device's program), and the median wall time of
 a step, with the k's interleaved in a random order on every repeat (these
 machines are noisy), after a warm-up. Beside the Hebbian step it times the
@@ -89,8 +90,8 @@ def measure_steps(model_name: str, batch_size: int, *, image_size: int = 32,
                  'hebbian_every': hebbian_every} for k in ks}
   for name, k in jobs:
     compiled = variants[name].get(k, state, batch)
-    # FLOPs from the CPU compile of each program, temporary bytes from the
-    # device's (StepCache.costs).
+    # FLOPs of each program as written, temporary bytes from the device's
+    # (StepCache.costs).
     key = step_cache.program_key(k, True)
     costs = variants[name].costs(key)
     if name == 'hebbian':

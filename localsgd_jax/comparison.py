@@ -107,7 +107,7 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str,
     command: the command line, recorded in the report.
     match_mode: the mode whose training cost `sgd_same_time` gets.
     match_cost: 'time' (robust training time: the median time of each kind
-      of epoch) or 'flops' (XLA's compiled FLOPs of the steps run).
+      of epoch) or 'flops' (XLA's FLOPs of the steps run, `flops.py`).
     target, target_drop: the time-to-accuracy target (see
       `report.write_report`).
     sgd_budgets: epochs (fractional ones allowed) at which SGD is trained

@@ -12,10 +12,9 @@
     parameters finite" flag, one fetch), and at the end of each selection
     period (the epoch, or `config.selection.every_steps` steps);
   * the step for each (k, hebbian) is compiled once (`StepCache`), and its
-    XLA counts come from that program (FLOPs from its CPU compile, which on
-    a CPU backend is the program itself: `flops.py`); the share of the FLOPs
-    spent in the local units from the local forward pass compiled for the
-    CPU.
+    XLA counts come from that program (FLOPs of the program as written,
+    its CPU lowering: `flops.py`); the share of the FLOPs spent in the
+    local units from the local forward pass, counted the same way.
 """
 import collections
 import dataclasses
@@ -273,14 +272,14 @@ class TrainLoop:
     its FLOPs in the local units (their forward pass and Hebbian GEMMs).
 
     FLOPs, the step's and the local units', are XLA's counts of the programs
-    compiled for the CPU (`flops.py`), per device (the image batch sharded as
-    the step's); temporary bytes are the device program's. Each key's local
-    forward is compiled for the CPU once.
+    as written (`flops.py`: their CPU lowerings, unoptimized), per device
+    (the image batch sharded as the step's); temporary bytes are the device
+    program's. Each key's programs are counted once.
     """
     k, hebbian = key
     if key not in self._local_flops:
-      # The first count of each program compiles for the CPU (off the CPU:
-      # the step and the local forward): compile time, not training time.
+      # The first count of each program traces and lowers it again (the
+      # step and the local forward): compile time, not training time.
       t0 = time.perf_counter()
       self.steps.costs(key)
       local = 0.0

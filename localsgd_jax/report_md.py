@@ -235,8 +235,8 @@ def markdown(meta: Dict[str, Any], entries: List[Dict[str, Any]],
   if utilization:
     lines += ['', '### Model-FLOP utilization of each kind of step', '',
               utilization_table(utilization), '',
-              'Counted FLOPs per step (XLA\'s count of the program compiled '
-              'for the CPU) over the comparison\'s median time per step of '
+              'Counted FLOPs per step (XLA\'s count of the program as '
+              'written, `flops.py`) over the comparison\'s median time per step of '
               'that kind of epoch (the robust time\'s), over the '
               f'{meta["device"]}\'s dense tensor-core peak in the runs\' '
               f'dtype ({utilization[0]["peak_flops"] / 1e12:.0f} TFLOP/s, '

@@ -2,8 +2,8 @@
 
 `StepCache` wraps a step function with static `k` and `hebbian` (the train
 step, or the train loop's step that also builds the batch) and keeps each
-program's compile time and XLA counts (`xla_costs`: FLOPs from the CPU
-compile, `flops.py`; temporary bytes from the device's program).
+program's compile time and XLA counts (`xla_costs`: FLOPs of the program
+as written, `flops.py`; temporary bytes from the device's program).
 `program_key` names which program a step runs. Programs are kept across
 runs in JAX's persistent compilation cache (`enable_compilation_cache`).
 """
@@ -17,17 +17,16 @@ import numpy as np
 from localsgd_jax import flops as flops_lib
 
 
-def xla_costs(compiled, traced=None) -> Dict[str, float]:
+def xla_costs(compiled, traced) -> Dict[str, float]:
   """XLA's FLOPs and temporary bytes of a compiled step.
 
-  'flops' are counted on the CPU compile of the program (`flops.py`: a GPU
-  program's own count leaves out its cuDNN / cuBLAS calls): `compiled`
-  itself where it runs on the CPU, else `traced` (the same
-  `jax.jit(step).trace(...)`, required then) compiled for the CPU.
-  'temp_bytes' are the device's: `compiled.memory_analysis()` of the
-  program that actually runs.
+  'flops' are those of `traced` (the same `jax.jit(step).trace(...)`) as
+  written, `flops.cpu_flops` (a compiled program's own count leaves out
+  the cuDNN / cuBLAS calls on GPUs and densifies depthwise weight
+  gradients on CPUs). 'temp_bytes' are the device's:
+  `compiled.memory_analysis()` of the program that actually runs.
   """
-  return {'flops': flops_lib.program_flops(compiled, traced),
+  return {'flops': flops_lib.cpu_flops(traced),
           'temp_bytes': int(compiled.memory_analysis().temp_size_in_bytes)}
 
 
@@ -54,9 +53,9 @@ class StepCache:
   holds the program), so the trainer can report compile time apart from
   step time; `compiled[key]` exposes XLA's `cost_analysis()` /
   `memory_analysis()` to benchmarks and tests, and `costs(key)` their
-  FLOPs (counted on the CPU compile: off a CPU backend the step is traced
-  again from the shapes of its first arguments and compiled for the CPU,
-  once per key) and temporary bytes (the device program's).
+  FLOPs (the step traced again from the shapes of its first arguments and
+  counted on its CPU lowering, `flops.cpu_flops`: no compile) and
+  temporary bytes (the device program's).
   """
 
   def __init__(self, train_step: Callable, donate: bool = True):
@@ -70,11 +69,8 @@ class StepCache:
   def costs(self, key: Tuple[int, bool]) -> Dict[str, float]:
     """`xla_costs` of the compiled step `key` (compiled already)."""
     if key not in self._costs:
-      compiled = self.compiled[key]
-      traced = None
-      if flops_lib.platform_of(compiled) != 'cpu':
-        traced = self._jitted.trace(*self._shapes[key], *key)
-      self._costs[key] = xla_costs(compiled, traced)
+      self._costs[key] = xla_costs(
+          self.compiled[key], self._jitted.trace(*self._shapes[key], *key))
     return self._costs[key]
 
   def get(self, k: int, state: Any, batch: Any,
@@ -98,11 +94,8 @@ def enable_compilation_cache(path: str) -> None:
   Every program a run compiles (each k's step, the eval step) is stored
   there and loaded by later runs on this machine instead of compiled again:
   the runs of a comparison or a benchmark suite compile each program once.
-  The FLOP counts of programs that run off the CPU (`flops.cpu_flops`, a
-  CPU compile each) are kept in its folder `flop_counts/`.
   """
   path = os.path.abspath(os.path.expanduser(path)) if path else ''
-  flops_lib.keep_counts_in(os.path.join(path, 'flop_counts') if path else '')
   if (jax.config.jax_compilation_cache_dir or '') == path:
     return
   from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top

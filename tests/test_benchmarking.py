@@ -1,4 +1,5 @@
-"""The step benchmark's CLI writes one JSON object per k with XLA's counts."""
+"""The step benchmark's CLI writes one JSON object per k with XLA's counts;
+the other benchmark scripts print their figures."""
 import json
 import os
 import re
@@ -50,6 +51,26 @@ def test_loop_bench_prints_its_figures(tmp_path):
       r'loop ([\d.]+) ms/step, the same program back to back ([\d.]+)',
       proc.stdout)[0]]
   assert loop_ms > 0 and bare_ms > 0
+
+
+@pytest.mark.slow  # a subprocess compiling the tiny CNN's step 5 times
+def test_flop_count_check_prints_both_counts():
+  """benchmarks/flop_count_check.py --small: a row per (rule, k), the
+  compiled count beside the one as written; the tiny CNN has no depthwise
+  convolution, so they agree within a few percent, and k lowers both."""
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'benchmarks',
+                                    'flop_count_check.py'), '--small'],
+      capture_output=True, text=True, timeout=600,
+      env={**os.environ, 'XLA_FLAGS': ''})
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = [line.split(' | ') for line in proc.stdout.splitlines()
+          if line.startswith('| tiny |')]
+  assert [(r[2], int(r[3])) for r in rows] == [
+      ('oja', 0), ('oja', 1), ('oja', 3), ('frozen', 1), ('frozen', 3)]
+  written = [float(r[4]) for r in rows]
+  assert all(0.97 < float(r[6]) < 1.05 for r in rows)
+  assert written[2] < written[0] and written[4] < written[3] < written[0]
 
 
 def test_model_flop_utilization_is_flops_over_time_over_the_peak():

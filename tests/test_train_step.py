@@ -131,12 +131,12 @@ def test_local_batchnorm_statistics_keep_updating():
   assert not np.allclose(before, after)
 
 
-def _compiled(step, state, batch, k):
-  return jax.jit(step, static_argnums=2).lower(state, batch, k).compile()
+def _traced(step, state, batch, k):
+  return jax.jit(step, static_argnums=2).trace(state, batch, k)
 
 
-def _flops(compiled):
-  return step_cache.xla_costs(compiled)['flops']
+def _flops(traced):
+  return step_cache.xla_costs(traced.lower().compile(), traced)['flops']
 
 
 def test_local_unit_costs_forward_plus_one_gemm():
@@ -145,12 +145,12 @@ def test_local_unit_costs_forward_plus_one_gemm():
   model, _, _, _, step_f = _setup(_config(rule='frozen'), batch=16)
   fwd = jax.jit(lambda v, x: model.apply(v, x, train=True, start=0, stop=1,
                                          mutable=['batch_stats'])[0])
-  fwd_flops = _flops(fwd.lower({'params': state.params,
+  fwd_flops = _flops(fwd.trace({'params': state.params,
                                 'batch_stats': state.batch_stats},
-                               batch['image']).compile())
-  hebb = _flops(_compiled(step_h, state, batch, 1))
-  frozen = _flops(_compiled(step_f, state, batch, 1))
-  sgd = _flops(_compiled(step_h, state, batch, 0))
+                               batch['image']))
+  hebb = _flops(_traced(step_h, state, batch, 1))
+  frozen = _flops(_traced(step_f, state, batch, 1))
+  sgd = _flops(_traced(step_h, state, batch, 0))
   # The Hebbian GEMM has the forward conv's size; the rest is elementwise.
   assert hebb - frozen <= 1.25 * fwd_flops
   assert hebb - frozen >= 0.8 * fwd_flops * 0.5
@@ -168,9 +168,10 @@ def test_flops_and_temp_memory_fall_as_k_grows(rule):
   model, _, state, batch, step = _setup(config, 'tiny', (32, 32, 1), 32)
   flops, temp = [], []
   for k in range(model.num_units):
-    c = _compiled(step, state, batch, k)
-    flops.append(_flops(c))
-    temp.append(step_cache.xla_costs(c)['temp_bytes'])
+    traced = _traced(step, state, batch, k)
+    costs = step_cache.xla_costs(traced.lower().compile(), traced)
+    flops.append(costs['flops'])
+    temp.append(costs['temp_bytes'])
   assert all(b <= a * 1.01 for a, b in zip(flops, flops[1:])), flops
   assert all(b <= a * 1.05 for a, b in zip(temp, temp[1:])), temp
   assert flops[-1] < 0.75 * flops[0]
