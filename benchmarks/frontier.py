@@ -12,9 +12,12 @@ compares). Four stages, in this order:
   recipe    the config's SGD recipe checked on a hold-out of train/ (never
             val/): peak learning rate x --recipe_lr_scales and cutout in
             {the config's, 0}, --grid_seeds seeds, the full budget, then the
-            best of those with a weight moving average (--recipe_ema); the
-            best mean hold-out accuracy wins (a tie keeps the config's
-            values, and no average), and the later stages train with it;
+            best of those with the other parameter init (--recipe_inits:
+            model.init, PyTorch's layer defaults or torchvision's He
+            init), then the best so far with a weight moving average
+            (--recipe_ema); the best mean hold-out accuracy wins (a tie
+            keeps the config's values, and no average), and the later
+            stages train with it;
   grid      on the same hold-out, --grid_seeds seeds: SGD at every budget
             (its frontier: --budgets and the full one) and the static
             schedules (SGD for a --warmups fraction of the budget, then
@@ -59,7 +62,7 @@ import sys
 import tarfile
 import time
 import zlib
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
@@ -69,6 +72,7 @@ from ml_collections import config_flags
 
 from localsgd_jax import aggregate
 from localsgd_jax import config_fields
+from localsgd_jax import models
 from localsgd_jax import modes as modes_lib
 from localsgd_jax import plots
 from localsgd_jax import report
@@ -111,6 +115,10 @@ _RULES = flags.DEFINE_list('rules', ['frozen', 'oja'],
                            'Schedule grid: local rules.')
 _RECIPE_LR = flags.DEFINE_list('recipe_lr_scales', ['1', '0.5', '2'],
                                'Recipe stage: peak learning rate factors.')
+_RECIPE_INITS = flags.DEFINE_list(
+    'recipe_inits', list(models.INITS), 'Recipe stage: parameter inits '
+    '(model.init) other than the config\'s, tried on the best learning rate '
+    'and cutout; empty: none.')
 _RECIPE_EMA = flags.DEFINE_list(
     'recipe_ema', ['0.99'], 'Recipe stage: weight moving-average decays '
     '(optim.ema_decay) tried on the best learning rate and cutout; empty: '
@@ -249,25 +257,28 @@ class Runner:
 
 def recipe_stage(config, workdir: str, run, seeds: List[int],
                  lr_scales: List[float], ema_decays: List[float],
-                 cutouts: Optional[List[int]] = None) -> Dict[str, Any]:
+                 cutouts: Optional[List[int]] = None,
+                 inits: Sequence[str] = ()) -> Dict[str, Any]:
   """Peak learning rate x cutout (default: the config's and 0) on the
-  hold-out, then the best of them with each weight moving-average decay:
+  hold-out, then the best of them with each other parameter init of
+  `inits`, then the best so far with each weight moving-average decay:
   the best mean accuracy."""
   lr = float(config.optim.learning_rate)
   cutouts = list(dict.fromkeys(cutouts or [config.data.cutout, 0]))
   results = {}
 
-  def trial(name, scale, cutout, ema_decay):
+  def trial(name, scale, cutout, ema_decay, init=config.model.init):
     accs = []
     for seed in seeds:
       cfg = sgd_run(config, seed, config.num_epochs)
       cfg.optim.learning_rate = lr * scale
       cfg.data.cutout = cutout
       cfg.optim.ema_decay = ema_decay
+      cfg.model.init = init
       accs.append(run(cfg, runs_lib.run_dir(workdir, name, seed))
                   ['final_eval_accuracy'])
     results[name] = {'lr_scale': scale, 'cutout': cutout,
-                     'ema_decay': ema_decay,
+                     'ema_decay': ema_decay, 'init': init,
                      'holdout_accuracy': run_stats.mean(accs)}
 
   def best(given):
@@ -279,9 +290,14 @@ def recipe_stage(config, workdir: str, run, seeds: List[int],
       trial(f'recipe_lr{scale:g}x_cutout{cutout}', scale, cutout,
             config.optim.ema_decay)
   plain = best(f'recipe_lr{lr_scales[0]:g}x_cutout{cutouts[0]}')
+  for init in dict.fromkeys(inits):
+    if init != config.model.init:
+      trial(f'{plain}_{init}', results[plain]['lr_scale'],
+            results[plain]['cutout'], config.optim.ema_decay, init)
+  plain = best(plain)
   for decay in ema_decays:
     trial(f'{plain}_ema{decay:g}', results[plain]['lr_scale'],
-          results[plain]['cutout'], decay)
+          results[plain]['cutout'], decay, results[plain]['init'])
   chosen = best(plain)
   return {'runs': results, 'chosen': chosen, **results[chosen],
           'learning_rate': lr * results[chosen]['lr_scale']}
@@ -479,13 +495,16 @@ def main(argv):
             held_out, os.path.join(runs_dir, 'recipe'), run, grid_seeds,
             [1.0, 2.0] if small else [float(s) for s in _RECIPE_LR.value],
             [float(d) for d in _RECIPE_EMA.value],
-            cutouts=[held_out.data.cutout] if small else None))
+            cutouts=[held_out.data.cutout] if small else None,
+            inits=_RECIPE_INITS.value))
       chosen = record.get('recipe')
       for c in (config, held_out) if chosen else ():
         c.optim.learning_rate = chosen['learning_rate']
         c.data.cutout = chosen['cutout']
-        # A stages.json from before the EMA trial has no decay: none.
+        # A stages.json from before the EMA (init) trial has no decay
+        # (init): none (the config's).
         c.optim.ema_decay = chosen.get('ema_decay', 0.0)
+        c.model.init = chosen.get('init', c.model.init)
       if 'grid' in stages:
         grid_dir = os.path.join(runs_dir, 'grid')
         for seed in grid_seeds:

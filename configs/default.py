@@ -75,6 +75,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   config.model.name = 'tiny'      # See localsgd_jax.models.MODELS.
   config.model.cifar_stem = True  # 3x3 stride-1 stem for 32x32 inputs.
+  # he_fan_out (torchvision's) or torch_default (PyTorch's layer defaults):
+  # localsgd_jax/models/base.py.
+  config.model.init = 'he_fan_out'
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'digits'     # digits, cifar10, cifar100, imagenet2012,

@@ -68,6 +68,7 @@ def validate_run(config: ml_collections.ConfigDict) -> None:
          config.eval_every_epochs, '>= 1 (the last epoch is always '
          'evaluated)')
   _one_of('eval_tta', config.eval_tta, train_step.TTA_MODES)
+  _one_of('model.init', config.model.init, models.INITS)
 
 
 def validate_eval_tta(eval_tta: str, dataset) -> None:

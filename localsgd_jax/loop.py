@@ -230,7 +230,7 @@ class TrainLoop:
     """
     state = train_step_lib.create_train_state(
         self.model, self.tx, jax.random.key(seed), self.dataset.image_shape,
-        ema=self.config.optim.ema_decay > 0)
+        ema=self.config.optim.ema_decay > 0, init=self.config.model.init)
     return data_lib.dataset.replicate(state, self.replicated)
 
   def _make_zeros(self):

@@ -54,12 +54,18 @@ class TrainState:
 
 def create_train_state(model: base.Network, tx: optax.GradientTransformation,
                        rng: jax.Array, image_shape,
-                       ema: bool = False) -> TrainState:
-  """Initialises parameters, BatchNorm statistics and per-unit optimizer
-  state, and with `ema` their moving average (starting at the same values)."""
+                       ema: bool = False,
+                       init: str = 'he_fan_out') -> TrainState:
+  """Initialises parameters (`init`: one of models.INITS, see base.py),
+  BatchNorm statistics and per-unit optimizer state, and with `ema` their
+  moving average (starting at the same values)."""
+  if init not in base.INITS:
+    raise ValueError(f'init={init!r}: expected one of {base.INITS}')
   variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32),
                          train=False)
   params = dict(variables['params'])
+  if init == 'torch_default':
+    params = base.torch_default_init(params, jax.random.fold_in(rng, 1))
   batch_stats = dict(variables.get('batch_stats', {}))
   return TrainState(
       step=jnp.zeros((), jnp.int32),

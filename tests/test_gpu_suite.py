@@ -81,19 +81,29 @@ def test_small_frontier_runs_every_stage_and_resumes(tmp_path):
   recipe = parts['recipe']
   plain = {'recipe_lr1x_cutout12', 'recipe_lr2x_cutout12'}
   assert plain < set(recipe['runs'])
-  # The moving average is tried on the better of the two learning rates.
-  better = max(plain, key=lambda n: (recipe['runs'][n]['holdout_accuracy'],
+  # The other init is tried on the better of the two learning rates (the
+  # config's is torchvision's), the moving average on the better of those.
+  runs = recipe['runs']
+  better = max(plain, key=lambda n: (runs[n]['holdout_accuracy'],
                                      n == 'recipe_lr1x_cutout12'))
-  assert set(recipe['runs']) - plain == {f'{better}_ema0.99'}
-  assert recipe['runs'][f'{better}_ema0.99']['ema_decay'] == 0.99
-  assert recipe['chosen'] in recipe['runs']
-  assert recipe['ema_decay'] == recipe['runs'][recipe['chosen']]['ema_decay']
+  torch = f'{better}_torch_default'
+  assert runs[better]['init'] == 'he_fan_out'
+  assert runs[torch]['init'] == 'torch_default'
+  assert runs[torch]['lr_scale'] == runs[better]['lr_scale']
+  best = max((better, torch), key=lambda n: (runs[n]['holdout_accuracy'],
+                                             n == better))
+  assert set(runs) - plain == {torch, f'{best}_ema0.99'}
+  assert runs[f'{best}_ema0.99']['ema_decay'] == 0.99
+  assert runs[f'{best}_ema0.99']['init'] == runs[best]['init']
+  assert recipe['chosen'] in runs
+  for field in ('ema_decay', 'init'):
+    assert recipe[field] == runs[recipe['chosen']][field]
   grid = parts['grid']
   assert grid['mode'] in ('static_w50_k1_frozen', 'static_w50_k1_oja')
   assert grid['cost'] in ('time', 'flops')
-  # 17 runs: 3 recipe, 6 grid (sgd, 2 schedules, 2 peers, sgd@1) and
+  # 18 runs: 4 recipe, 6 grid (sgd, 2 schedules, 2 peers, sgd@1) and
   # 4 + 4 frontier (sgd, the pair, sgd@1 per seed).
-  assert parts['runs']['trained'] == 17
+  assert parts['runs']['trained'] == 18
   with open(tmp_path / 'out' / 'comparison.json') as f:
     entries = {e['mode']: e for e in json.load(f)['entries']}
   assert set(entries) == {'sgd', 'static_w50_k1_frozen', 'static_w50_k1_oja'}
@@ -123,7 +133,7 @@ def test_small_frontier_runs_every_stage_and_resumes(tmp_path):
   again = frontier(tmp_path / 'out2', tmp_path / 'runs2',
                    f'--resume_from={tmp_path / "out" / "records.tgz"}')
   assert again['runs']['trained'] == 0
-  assert again['runs']['skipped'] == 17
+  assert again['runs']['skipped'] == 18
   assert again['stopped_before'] is None and parts['stopped_before'] is None
   # The programs came along, into the new runs folder's cache.
   assert sorted(p.name for p in (tmp_path / 'runs2' / 'compile_cache').iterdir()
@@ -142,7 +152,7 @@ def test_small_frontier_runs_every_stage_and_resumes(tmp_path):
   with open(runs3 / 'stages.json', 'w') as f:
     json.dump(stages, f)
   third = frontier(tmp_path / 'out3', runs3)
-  assert (third['runs']['trained'], third['runs']['skipped']) == (2, 15)
+  assert (third['runs']['trained'], third['runs']['skipped']) == (2, 16)
   assert third['stopped_before'] is None  # that call's record replaced
   with open(tmp_path / 'out3' / 'stages.log') as f:
     assert 'frontier/sgd/seed_1: finished elsewhere' in f.read()

@@ -210,3 +210,54 @@ def test_adaptive_avg_pool_matches_pytorch_windows(size_in):
       want[:, i, j] = x[:, h0:h1, w0:w1].mean(axis=(1, 2))
   np.testing.assert_allclose(vgg.adaptive_avg_pool(jnp.asarray(x), 7), want,
                              rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('name', ['resnet20', 'mobilenet_v2'])
+def test_torch_default_init_draws_pytorch_layer_defaults(name):
+  """init='torch_default': every conv and dense kernel, and the head's bias,
+  is U(-b, b) with b = 1 / sqrt(fan_in) as torch.nn.Conv2d / nn.Linear
+  draw them (fan_in of a depthwise kernel: kh * kw); BatchNorm stays at
+  (1, 0); 'he_fan_out' keeps the modules' own initialisers bit for bit."""
+  import optax  # pylint: disable=g-import-not-at-top
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  from localsgd_jax import train_step  # pylint: disable=g-import-not-at-top
+  model = models.create_model(name, 10)
+  states = {init: train_step.create_train_state(
+      model, optax.sgd(0.1), _rng(0), (32, 32, 3), init=init)
+            for init in models.INITS}
+  variables = model.init(_rng(0), jnp.zeros((1, 32, 32, 3)), train=False)
+  for a, b in zip(jax.tree.leaves(states['he_fan_out'].params),
+                  jax.tree.leaves(variables['params'])):
+    np.testing.assert_array_equal(a, b)
+  flat = traverse_util.flatten_dict(states['torch_default'].params)
+  he = traverse_util.flatten_dict(states['he_fan_out'].params)
+  kernels = [p for p in flat if p[-1] == 'kernel']
+  assert len(kernels) == sum(p[-1] == 'kernel' for p in he) > 10
+  depthwise = 0
+  for path in kernels:
+    kernel = np.asarray(flat[path])
+    fan_in = int(np.prod(kernel.shape[:-1]))
+    depthwise += kernel.ndim == 4 and kernel.shape[2] == 1
+    bound = 1 / np.sqrt(fan_in)
+    assert np.abs(kernel).max() <= bound, path
+    if kernel.size >= 4096:  # std of U(-b, b) is b / sqrt(3)
+      np.testing.assert_allclose(kernel.std(), bound / np.sqrt(3), rtol=0.05)
+    bias = path[:-1] + ('bias',)
+    if bias in flat:  # the head's Dense
+      assert 0 < np.abs(flat[bias]).max() <= bound
+  assert depthwise == (17 if name == 'mobilenet_v2' else 0)
+  for path, leaf in flat.items():
+    if path[-1] == 'scale' or (path[-1] == 'bias' and
+                               path[:-1] + ('kernel',) not in flat):
+      np.testing.assert_array_equal(leaf, he[path])  # BatchNorm: (1, 0)
+
+
+def test_unknown_init_is_refused_with_the_choices():
+  from localsgd_jax import config_validation  # pylint: disable=g-import-not-at-top
+  from localsgd_jax.configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.model.init = 'xavier'
+  with pytest.raises(errors.UserError,
+                     match="config.model.init='xavier'.*he_fan_out, "
+                           'torch_default'):
+    config_validation.validate_config(config)

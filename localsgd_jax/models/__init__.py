@@ -26,6 +26,7 @@ MODELS: Dict[str, Callable[..., base.Network]] = {
     'vgg19': vgg.vgg19,
     'mobilenet_v2': mobilenet_v2.mobilenet_v2,
 }
+INITS = base.INITS  # config.model.init (base.py says what each is)
 # config.dtype -> the compute dtype `create_model` takes.
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 

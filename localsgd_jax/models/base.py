@@ -4,8 +4,10 @@ The transition index k splits a network into units [0, k) (trained by the local
 rule) and [k, L) (trained by SGD). A unit is never split: a residual or
 inverted-residual block is one unit, and the head is always the last unit.
 """
+import math
 from typing import Any, Callable, Optional, Sequence
 
+from flax import traverse_util
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -59,6 +61,35 @@ def batch_norm(train: bool, dtype: Any, name: Optional[str] = None,
 
 # He initialisation for convs (fan_out, as torchvision's ResNets).
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+# config.model.init, how the conv and dense layers start:
+#   he_fan_out     the modules' own initialisers, torchvision's: He normal
+#                  (fan_out) convs, LeCun normal head with zero bias;
+#   torch_default  PyTorch's layer defaults (nn.Conv2d and nn.Linear:
+#                  kaiming_uniform(a=sqrt(5)) kernels and uniform biases,
+#                  both U(-1/sqrt(fan_in), 1/sqrt(fan_in))), which networks
+#                  written as plain torch modules train from, e.g. the public
+#                  CIFAR-10 ResNet-18 recipe. Its same-width 3x3 conv kernels
+#                  start 6x smaller in squared norm (fan_out / (6 fan_in)).
+INITS = ('he_fan_out', 'torch_default')
+
+
+def torch_default_init(params: Any, rng: jax.Array) -> Any:
+  """`params` with every layer that has a 'kernel' (convs, dense) drawn anew
+  as PyTorch's defaults: kernel and bias U(-b, b), b = 1 / sqrt(fan_in),
+  fan_in = the kernel's size over its last (output) axis (kh * kw * in /
+  groups for a conv, in for a dense). Other leaves (BatchNorm) are kept."""
+  flat = traverse_util.flatten_dict(params)
+  layers = sorted({path[:-1] for path in flat if path[-1] == 'kernel'})
+  for layer, key in zip(layers, jax.random.split(rng, len(layers))):
+    kernel = flat[layer + ('kernel',)]
+    bound = 1.0 / math.sqrt(math.prod(kernel.shape[:-1]))
+    for name, k in zip(('kernel', 'bias'), jax.random.split(key)):
+      if layer + (name,) in flat:
+        leaf = flat[layer + (name,)]
+        flat[layer + (name,)] = jax.random.uniform(
+            k, leaf.shape, leaf.dtype, -bound, bound)
+  return traverse_util.unflatten_dict(flat)
 
 
 def conv(features: int, kernel_size: int, strides: int = 1,
