@@ -482,10 +482,15 @@ def main(argv):
         print(f'{programs}: {added} compiled programs', flush=True)
       except UserError as e:
         print(f'warning: compiled programs not unpacked: {e}', flush=True)
+  # The machine the runs trained on: the earlier calls' (stages.json's),
+  # for a call that trains none (a report redrawn on a CPU is of GPU runs).
+  trained_on = (runs_lib.read_json(os.path.join(runs_dir, 'stages.json'))
+                or {}).get('device')
   record = suite_common.Record(runs_dir, 'stages.json', argv=sys.argv)
   run = Runner(0 if small else _TIME_LIMIT.value,
                save=lambda: pack_records(runs_dir, out_dir))
   device = jax.devices()[0].device_kind
+  runs_device = lambda: device if run.trained else trained_on or device
   stages = _STAGES.value
   stopped = None  # the run before which the time limit stopped this call
   with suite_common.tee(os.path.join(out_dir, 'stages.log')):
@@ -511,7 +516,7 @@ def main(argv):
           seed_runs(held_out, grid_dir, run, seed, budgets, schedules,
                     list(PEERS))
         report.write_report(grid_dir, command=' '.join(sys.argv),
-                            device=device)
+                            device=runs_device())
         record('grid', aggregate.furthest_above_frontier(
             aggregate.analyze(runs_lib.load_runs(grid_dir))[0],
             [s[0] for s in schedules]))
@@ -534,7 +539,8 @@ def main(argv):
                     budgets, pair, [])
       if 'report' in stages:
         front = os.path.join(runs_dir, 'frontier')
-        report.write_report(front, command=' '.join(sys.argv), device=device)
+        report.write_report(front, command=' '.join(sys.argv),
+                            device=runs_device())
         for name in _OUT_REPORT:
           if os.path.exists(os.path.join(front, name)):
             shutil.copy(os.path.join(front, name), out_dir)

@@ -52,8 +52,14 @@ _OUT_OF_RANGE = {'>': 'accuracy above the largest budget\'s',
                  '<': 'accuracy below the smallest budget\'s'}
 
 
+# Fewer paired seeds than this: a bootstrap's percentiles show the seeds'
+# spread (2 seeds: 3 distinct resamples), not a 95% interval; the cell says so.
+MIN_INTERVAL_SEEDS = 5
+
+
 def _speedup_cell(v: Optional[Dict[str, Any]]) -> str:
-  """The iso-accuracy speed-up with its bootstrap interval."""
+  """The iso-accuracy speed-up with its bootstrap interval, and the seeds
+  behind it where they are too few for one or some were left out."""
   if v is None:
     return 'n/a'
   (lo, hi), (lo_b, hi_b) = v['speedup_ci95'], v['speedup_ci95_bounds']
@@ -61,7 +67,14 @@ def _speedup_cell(v: Optional[Dict[str, Any]]) -> str:
           f'[{_bounded(lo, lo_b, ".2f")}, {_bounded(hi, hi_b, ".2f")}]')
   if v['bound']:
     cell += f' ({_OUT_OF_RANGE[v["bound"]]})'
-  return cell
+  notes = []
+  if len(v['seeds']) < MIN_INTERVAL_SEEDS:
+    notes.append(f'n={len(v["seeds"])}: the seeds\' spread, not a 95% '
+                 'interval')
+  if v['seeds_left_out']:
+    notes.append('seed ' + ', '.join(map(str, v['seeds_left_out'])) +
+                 ' left out: not every budget')
+  return cell + ''.join(f' ({n})' for n in notes)
 
 
 def _equal_cost_cell(v: Optional[Dict[str, Any]]) -> str:

@@ -379,6 +379,12 @@ def test_a_seed_without_every_budget_is_left_out_of_the_pairing():
   assert got['seeds'] == [0, 1] and got['seeds_left_out'] == [2]
   assert got['paired'] and got['speedup'] == pytest.approx(want['speedup'])
   assert got['accuracy_diff'] == pytest.approx(0.02)
+  # The report says how few seeds the interval stands on, and which not.
+  cell = report_md._speedup_cell(got)  # pylint: disable=protected-access
+  assert cell.endswith("(n=2: the seeds' spread, not a 95% interval) "
+                       '(seed 2 left out: not every budget)')
+  five = dict(got, seeds=list(range(5)), seeds_left_out=[])
+  assert report_md._speedup_cell(five).endswith(']')  # pylint: disable=protected-access
   # No seed with every budget: every seed, unpaired, and said so.
   for seed in (0, 1):
     del runs['sgd@3'][seed]
