@@ -297,7 +297,8 @@ def _summary(config: ml_collections.ConfigDict, run: workdir_lib.Run,
       # The run's length in epochs (fractional with last_epoch_fraction).
       train_epochs=parts.loop.num_steps / parts.steps_per_epoch,
       num_steps=parts.loop.num_steps, num_units=parts.model.num_units,
-      num_devices=parts.num_devices, git_commit=commit,
+      num_devices=parts.num_devices,
+      device_kind=jax.devices()[0].device_kind, git_commit=commit,
       history_missing_epochs=metrics_lib.missing_epochs(rows, start.epoch),
       config=json.loads(config.to_json_best_effort()),
       **run.summary_fields())  # the fork and the changes allowed on resume

@@ -48,6 +48,7 @@ def test_run_writes_all_outputs(tmp_path):
                 'total_time_s', 'compile_time_s', 'config'):
     assert on_disk[field] == summary[field]
   assert on_disk['config']['model']['name'] == 'tiny'
+  assert on_disk['device_kind'] == jax.devices()[0].device_kind  # e.g. 'cpu'
   assert os.listdir(tmp_path / 'tb')[0].startswith('events.out.tfevents')
   assert (tmp_path / 'config.json').exists()
   assert (tmp_path / 'git_commit.txt').read_text().strip()
