@@ -54,7 +54,6 @@ the frontier's comparison.md, comparison.json and accuracy_vs_cost.png
 from the records on any machine). GPUs: bfloat16 (the configs' float32
 stays on CPUs).
 """
-import copy
 import math
 import os
 import shutil
@@ -148,28 +147,6 @@ PEERS = ('freeze', 'autofreeze')
 
 class _OutOfTime(Exception):
   """The time limit passed: no more runs start; the finished ones stay."""
-
-
-def prepare(config, data_dir: str, small: bool):
-  """The config as this script runs it: the image folder, one evaluation
-  (after the last epoch), no progress bars; bf16 on GPUs; `small`: the
-  tiny CNN on 12 images per class for 2 epochs."""
-  config = copy.deepcopy(config)  # its references resolve at the end
-  config.data.name = 'image_folder'
-  config.data.dir = data_dir
-  config.log.progress = False
-  config.eval_every_epochs = 1000  # only after the last epoch
-  if small:
-    config.model.name = 'tiny'
-    config.num_epochs = 2
-    config.batch_size = 32
-    config.eval_batch_size = 64
-    config.data.train_per_class = 12
-    config.selection.k_max_flop_share = 0.0
-    config.optim.warmup_epochs = min(config.optim.warmup_epochs, 1)
-  elif jax.default_backend() == 'gpu':
-    config.dtype = 'bfloat16'
-  return config.copy_and_resolve_references()
 
 
 def sgd_run(config, seed: int, epochs: float):
@@ -449,7 +426,8 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.ERROR)  # Orbax's notes on every fork
   small = _SMALL.value
-  config = prepare(_CONFIG.value, _data_dir(_CONFIG.value), small)
+  config = suite_common.prepare_config(_CONFIG.value,
+                                       _data_dir(_CONFIG.value), small)
   if not config.data.dir:
     raise app.UsageError('no image folder: pass --data_dir')
   out_dir = os.path.abspath(_OUT.value)

@@ -1,9 +1,11 @@
-"""What the GPU scripts share: the data folder, the log tee, the JSON record.
+"""What the benchmark scripts share: the data folder, the config as they
+run it, the log tee, the JSON record.
 
-Used by gpu_suite.py and frontier.py (run as
+Used by gpu_suite.py, frontier.py and jpeg_cost.py (run as
 `python benchmarks/<script>.py`, which puts this folder on sys.path).
 """
 import contextlib
+import copy
 import datetime
 import io
 import json
@@ -28,6 +30,28 @@ def default_data_dir(name: str) -> str:
     if os.path.isdir(path):
       return os.path.normpath(path)
   return ''
+
+
+def prepare_config(config, data_dir: str, small: bool):
+  """The config as the benchmarks run it: the image folder, one evaluation
+  (after the last epoch), no progress bars; bf16 on GPUs; `small`: the
+  tiny CNN on 12 images per class for 2 epochs."""
+  config = copy.deepcopy(config)  # its references resolve at the end
+  config.data.name = 'image_folder'
+  config.data.dir = data_dir
+  config.log.progress = False
+  config.eval_every_epochs = 1000  # only after the last epoch
+  if small:
+    config.model.name = 'tiny'
+    config.num_epochs = 2
+    config.batch_size = 32
+    config.eval_batch_size = 64
+    config.data.train_per_class = 12
+    config.selection.k_max_flop_share = 0.0
+    config.optim.warmup_epochs = min(config.optim.warmup_epochs, 1)
+  elif jax.default_backend() == 'gpu':
+    config.dtype = 'bfloat16'
+  return config.copy_and_resolve_references()
 
 
 class _Tee(io.TextIOBase):

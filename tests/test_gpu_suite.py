@@ -261,3 +261,114 @@ def test_run_budget_starts_no_run_expected_to_outlast_the_limit():
   free = suite_common.RunBudget(0)
   free.finished('sgd', 1e6)
   assert free.may_start('sgd', 1e9) and not free.closing(1e9)
+
+
+def _cifar_pickles(folder, sizes):
+  """folder/<name>: CIFAR-10 python-pickle batches of random images, every
+  class in each; returns their (N, 32, 32, 3) images and labels."""
+  import pickle  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  folder.mkdir(parents=True)
+  arrays = {}
+  for name, n in sizes.items():
+    labels = [i % 10 for i in range(n)]
+    # Blocks of 4x4 pixels: smooth enough for JPEG to keep each image
+    # nearer to itself than to the others (random pixels it does not keep).
+    blocks = rng.integers(0, 256, (n, 3, 8, 8), dtype=np.uint8)
+    pixels = np.kron(blocks, np.ones((1, 1, 4, 4), np.uint8)).reshape(n, -1)
+    with open(folder / name, 'wb') as f:
+      pickle.dump({b'data': pixels, b'labels': labels}, f)
+    arrays[name] = (pixels.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1),
+                    labels)
+  return arrays
+
+
+def test_jpeg_cost_trains_both_kinds_paired_and_resumes(tmp_path):
+  """benchmarks/jpeg_cost.py --small: the same images as PNG (bit-exact)
+  and as JPEG (the recorded error is the files'), both trained with the
+  same seeds, the difference paired by seed; again: no run is retrained;
+  bad input: one line."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  arrays = _cifar_pickles(tmp_path / 'cifar-10-batches-py',
+                          {'data_batch_1': 130, 'test_batch': 20})
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''}
+  out = tmp_path / 'out'
+
+  def jpeg_cost(*flags):
+    return subprocess.run(
+        ['python', os.path.join(ROOT, 'benchmarks', 'jpeg_cost.py'),
+         f'--out={out}', '--small', *flags], capture_output=True, text=True,
+        env=env, timeout=600, cwd=ROOT)
+
+  proc = jpeg_cost(f'--data_dir={tmp_path}')
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  assert proc.stdout.count('=== ') == 4
+  with open(out / 'jpeg_cost.json') as f:
+    record = json.load(f)
+  images, labels = arrays['test_batch']
+  classes = sorted(os.listdir(out / 'images' / 'lossless' / 'val'))
+  assert len(classes) == 10
+  error = []
+  for i, (image, label) in enumerate(zip(images, labels)):
+    stem = f'{classes[label]}/{i:05d}'
+    png = np.asarray(Image.open(out / 'images/lossless/val' / f'{stem}.png'))
+    np.testing.assert_array_equal(png, image)
+    jpg = np.asarray(Image.open(out / 'images/jpeg/val' / f'{stem}.jpg'))
+    error.append(np.abs(jpg.astype(np.float32) - image).mean())
+  assert record['mean_abs_error_255']['val'] == pytest.approx(
+      np.mean(error), rel=1e-5)
+  assert np.mean(error) > 0.5
+  parts = record['parts']
+  diff = parts['jpeg_minus_lossless']
+  assert diff['seeds'] == [0, 1]
+  assert diff['diffs'] == pytest.approx(
+      [parts[f'jpeg/seed_{s}']['eval_accuracy']
+       - parts[f'lossless/seed_{s}']['eval_accuracy'] for s in (0, 1)])
+  fit = parts['train_loss_jpeg_minus_lossless']
+  assert fit['diffs'] == pytest.approx(
+      [parts[f'jpeg/seed_{s}']['train_loss']
+       - parts[f'lossless/seed_{s}']['train_loss'] for s in (0, 1)])
+  configs = {}
+  for kind in ('lossless', 'jpeg'):
+    for seed in (0, 1):
+      with open(out / 'runs' / kind / f'seed_{seed}' / 'config.json') as f:
+        config = json.load(f)
+      assert config['seed'] == seed
+      assert config['data']['dir'] == str(out / 'images' / kind)
+      config['data'].pop('dir')
+      configs[kind, seed] = config
+  # Paired: the two kinds of a seed differ in their images only.
+  assert configs['lossless', 0] == configs['jpeg', 0]
+  assert configs['lossless', 0] != configs['lossless', 1]
+
+  # Again, checking the encoding against a JPEG folder of the same images
+  # under other names (ours, renamed): each is found, and is ours exactly.
+  reference = tmp_path / 'reference'
+  for path in (out / 'images' / 'jpeg').glob('*/*/*.jpg'):
+    target = reference / path.parent.relative_to(out / 'images' / 'jpeg')
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy(path, target / f'x{path.name}')
+  again = jpeg_cost(f'--data_dir={tmp_path}', f'--reference_dir={reference}')
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert '=== ' not in again.stdout
+  result = lambda p: [l for l in p.stdout.splitlines() if 'minus' in l]
+  assert len(result(proc)) == 3 and result(again) == result(proc)
+  with open(out / 'jpeg_cost.json') as f:
+    check = json.load(f)['reference']
+  assert check['images'] == check['matched'] == 130
+  assert check['ours_vs_reference_255'] == 0
+  assert check['identical_fraction'] == 1
+  assert check['ours_vs_original_255'] == pytest.approx(
+      check['reference_vs_original_255'])
+
+  for flags, message in (
+      ([f'--data_dir={tmp_path / "missing"}'], 'does not exist'),
+      ([f'--data_dir={tmp_path}', '--seeds=1', '--nosmall'], '--seeds=1'),
+      ([f'--data_dir={tmp_path}', f'--reference_dir={out / "images"}'],
+       'holds none of these'),
+      ([f'--data_dir={tmp_path}', '--quality=50'], 'was written from')):
+    bad = jpeg_cost(*flags)
+    assert bad.returncode == 1
+    lines = bad.stderr.strip().splitlines()
+    assert lines[-1].startswith('error: ') and message in lines[-1], lines
+    assert 'Traceback' not in bad.stderr
