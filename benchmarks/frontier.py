@@ -15,9 +15,10 @@ compares). Four stages, in this order:
             best of those with the other parameter init (--recipe_inits:
             model.init, PyTorch's layer defaults or torchvision's He
             init), then the best so far with a weight moving average
-            (--recipe_ema); the best mean hold-out accuracy wins (a tie
-            keeps the config's values, and no average), and the later
-            stages train with it;
+            (--recipe_ema); a trial replaces the best so far (first the
+            config's values) only by more than --recipe_margin points of
+            mean hold-out accuracy, and the later stages train with the
+            best;
   grid      on the same hold-out, --grid_seeds seeds: SGD at every budget
             (its frontier: --budgets and the full one) and the static
             schedules (SGD for a --warmups fraction of the budget, then
@@ -122,6 +123,12 @@ _RECIPE_EMA = flags.DEFINE_list(
     'recipe_ema', ['0.99'], 'Recipe stage: weight moving-average decays '
     '(optim.ema_decay) tried on the best learning rate and cutout; empty: '
     'none.')
+_RECIPE_MARGIN = flags.DEFINE_float(
+    'recipe_margin', 0.5, 'Recipe stage: points of hold-out accuracy by '
+    'which a trial must beat the best so far (first the config\'s values) '
+    'to replace it. Two runs of one recipe differ by ~0.5 points (SD) at '
+    'one seed, so without a margin a trial that changes nothing wins half '
+    'the time.')
 _SEEDS = flags.DEFINE_integer('seeds', 10, 'Seeds of the frontier stage.')
 _GRID_SEEDS = flags.DEFINE_integer('grid_seeds', 1,
                                    'Seeds of the recipe and grid stages.')
@@ -235,11 +242,14 @@ class Runner:
 def recipe_stage(config, workdir: str, run, seeds: List[int],
                  lr_scales: List[float], ema_decays: List[float],
                  cutouts: Optional[List[int]] = None,
-                 inits: Sequence[str] = ()) -> Dict[str, Any]:
+                 inits: Sequence[str] = (), margin: float = 0.0
+                 ) -> Dict[str, Any]:
   """Peak learning rate x cutout (default: the config's and 0) on the
   hold-out, then the best of them with each other parameter init of
-  `inits`, then the best so far with each weight moving-average decay:
-  the best mean accuracy."""
+  `inits`, then the best so far with each weight moving-average decay.
+  The best so far starts as the config's values (the first scale and
+  cutout), and a trial replaces it only where its mean hold-out accuracy
+  is more than `margin` above it."""
   lr = float(config.optim.learning_rate)
   cutouts = list(dict.fromkeys(cutouts or [config.data.cutout, 0]))
   results = {}
@@ -257,25 +267,29 @@ def recipe_stage(config, workdir: str, run, seeds: List[int],
     results[name] = {'lr_scale': scale, 'cutout': cutout,
                      'ema_decay': ema_decay, 'init': init,
                      'holdout_accuracy': run_stats.mean(accs)}
+    return name
 
-  def best(given):
-    return max(results, key=lambda n: (results[n]['holdout_accuracy'],
-                                       n == given))
+  def best(given, trials):
+    """The best of `trials` where it beats `given` by the margin, else
+    `given`."""
+    top = max(trials, key=lambda n: results[n]['holdout_accuracy'],
+              default=given)
+    beaten = (results[top]['holdout_accuracy']
+              > results[given]['holdout_accuracy'] + margin)
+    return top if beaten else given
 
-  for scale in lr_scales:
-    for cutout in cutouts:
-      trial(f'recipe_lr{scale:g}x_cutout{cutout}', scale, cutout,
-            config.optim.ema_decay)
-  plain = best(f'recipe_lr{lr_scales[0]:g}x_cutout{cutouts[0]}')
-  for init in dict.fromkeys(inits):
-    if init != config.model.init:
+  grid = [trial(f'recipe_lr{scale:g}x_cutout{cutout}', scale, cutout,
+                config.optim.ema_decay)
+          for scale in lr_scales for cutout in cutouts]
+  plain = best(grid[0], grid)  # grid[0]: the config's values
+  plain = best(plain, [
       trial(f'{plain}_{init}', results[plain]['lr_scale'],
             results[plain]['cutout'], config.optim.ema_decay, init)
-  plain = best(plain)
-  for decay in ema_decays:
-    trial(f'{plain}_ema{decay:g}', results[plain]['lr_scale'],
-          results[plain]['cutout'], decay, results[plain]['init'])
-  chosen = best(plain)
+      for init in dict.fromkeys(inits) if init != config.model.init])
+  chosen = best(plain, [
+      trial(f'{plain}_ema{decay:g}', results[plain]['lr_scale'],
+            results[plain]['cutout'], decay, results[plain]['init'])
+      for decay in ema_decays])
   return {'runs': results, 'chosen': chosen, **results[chosen],
           'learning_rate': lr * results[chosen]['lr_scale']}
 
@@ -479,7 +493,7 @@ def main(argv):
             [1.0, 2.0] if small else [float(s) for s in _RECIPE_LR.value],
             [float(d) for d in _RECIPE_EMA.value],
             cutouts=[held_out.data.cutout] if small else None,
-            inits=_RECIPE_INITS.value))
+            inits=_RECIPE_INITS.value, margin=_RECIPE_MARGIN.value / 100))
       chosen = record.get('recipe')
       for c in (config, held_out) if chosen else ():
         c.optim.learning_rate = chosen['learning_rate']
