@@ -69,11 +69,10 @@ _SEEDS = flags.DEFINE_integer('seeds', 3, 'Paired seeds.')
 _QUALITY = flags.DEFINE_integer('quality', 75, 'JPEG quality (cifar10-jpg: '
                                 '75).')
 _REFERENCE = flags.DEFINE_string(
-    'reference_dir', '', 'An image folder of the same images as JPEG (e.g. '
-    '../shared/data/cifar10-jpg, whose <split>/<class>/NNNN.jpg is the '
-    "class's NNNN-th training image): each training image's JPEG is "
-    'compared with its file there, to check that the encoding is the '
-    "folder's.")
+    'reference_dir', '', 'An image folder holding the same images as JPEG '
+    '(<split>/<class>/*.jpg, e.g. ../shared/data/cifar10-jpg): each '
+    "training image's JPEG is compared with its class's nearest file there, "
+    "to check that the encoding is the folder's.")
 _SMALL = flags.DEFINE_bool(
     'small', False, 'A CPU check of the whole script: the tiny CNN on 12 '
     'images per class for 2 epochs, 2 seeds.')
@@ -240,11 +239,12 @@ def main(argv):
           with suite_common.redirect(log):
             train_lib.train_and_evaluate(cfg, path)
       summary = runs_lib.read_json(os.path.join(path, 'summary.json'))
-      runs[kind][seed] = {'summary': summary, **final_train(path)}
+      fit = final_train(path)
+      runs[kind][seed] = {'summary': summary, **fit}
       record(f'{kind}/seed_{seed}', {
           'eval_accuracy': summary['final_eval_accuracy'],
           'eval_accuracy_tta': summary.get('final_eval_accuracy_tta'),
-          **final_train(path), 'total_time_s': summary['total_time_s']})
+          **fit, 'total_time_s': summary['total_time_s']})
       print(f'{kind} seed {seed}: accuracy '
             f'{summary["final_eval_accuracy"]:.4f}', flush=True)
   diff = run_stats.paired_difference(runs['jpeg'], runs['lossless'])
@@ -262,11 +262,11 @@ def main(argv):
   for field in ('train_loss', 'train_accuracy'):
     diffs = [runs['jpeg'][s][field] - runs['lossless'][s][field]
              for s in diff['seeds']]
-    fit = {'diffs': diffs, 'mean': run_stats.mean(diffs),
-           'std': run_stats.std(diffs), 'ci95': run_stats.ci95(diffs)}
-    record(f'{field}_jpeg_minus_lossless', fit)
-    print(f'{field}, JPEG minus lossless: {fit["mean"]:+.4f} +/- '
-          f'{fit["std"]:.4f} (95% CI +/- {fit["ci95"]:.4f})')
+    paired = {'diffs': diffs, 'mean': run_stats.mean(diffs),
+              'std': run_stats.std(diffs), 'ci95': run_stats.ci95(diffs)}
+    record(f'{field}_jpeg_minus_lossless', paired)
+    print(f'{field}, JPEG minus lossless: {paired["mean"]:+.4f} +/- '
+          f'{paired["std"]:.4f} (95% CI +/- {paired["ci95"]:.4f})')
   print(f'{out}/jpeg_cost.json ({time.perf_counter() - t0:.0f}s)')
 
 
