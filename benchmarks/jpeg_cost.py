@@ -34,6 +34,7 @@ the same command goes on where it stopped.
 """
 import glob
 import io
+import operator
 import os
 import sys
 import time
@@ -260,10 +261,8 @@ def main(argv):
   # Is the JPEG training set harder to fit? The last epoch's training loss
   # and accuracy, paired the same way.
   for field in ('train_loss', 'train_accuracy'):
-    diffs = [runs['jpeg'][s][field] - runs['lossless'][s][field]
-             for s in diff['seeds']]
-    paired = {'diffs': diffs, 'mean': run_stats.mean(diffs),
-              'std': run_stats.std(diffs), 'ci95': run_stats.ci95(diffs)}
+    paired = run_stats.paired_difference(runs['jpeg'], runs['lossless'],
+                                         value=operator.itemgetter(field))
     record(f'{field}_jpeg_minus_lossless', paired)
     print(f'{field}, JPEG minus lossless: {paired["mean"]:+.4f} +/- '
           f'{paired["std"]:.4f} (95% CI +/- {paired["ci95"]:.4f})')

@@ -6,7 +6,7 @@ time of its kind, so that a shared machine's slow minutes do not count).
 Numbers only, no JAX.
 """
 import math
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -65,12 +65,16 @@ def ci95(values: Sequence[float]) -> Optional[float]:
 
 
 def paired_difference(by_seed: Dict[int, Dict[str, Any]],
-                      reference: Dict[int, Dict[str, Any]]) -> Dict[str, Any]:
-  """Final accuracy of `by_seed`'s runs minus `reference`'s, paired by seed
-  (the same seed: the same init and data order, so the per-seed difference
-  cancels most of the seed-to-seed spread): mean, std, 95% half-width."""
+                      reference: Dict[int, Dict[str, Any]],
+                      value: Optional[Callable[[Dict[str, Any]], float]] = None
+                      ) -> Dict[str, Any]:
+  """`value` (default: the final accuracy) of `by_seed`'s runs minus
+  `reference`'s, paired by seed (the same seed: the same init and data
+  order, so the per-seed difference cancels most of the seed-to-seed
+  spread): mean, std, 95% half-width."""
+  value = value or final_acc
   seeds = sorted(set(by_seed) & set(reference))
-  diffs = [final_acc(by_seed[s]) - final_acc(reference[s]) for s in seeds]
+  diffs = [value(by_seed[s]) - value(reference[s]) for s in seeds]
   return {'seeds': seeds, 'diffs': diffs, 'mean': mean(diffs),
           'std': std(diffs), 'ci95': ci95(diffs)}
 
