@@ -102,38 +102,41 @@ def write_folders(splits: Dict[str, tuple], root: str, quality: int,
                   source: str) -> Dict[str, float]:
   """root/<kind>/<split>/<class>/<i>.png|.jpg for both kinds; returns the
   JPEG's mean absolute pixel error (0-255 scale) per split. A folder that
-  is complete (its `.done` marker) is kept if it was written from the same
-  `source` files at the same `quality`, and refused otherwise."""
-  error = {}
+  is complete (its `.done` marker, which also keeps its error) is kept if it
+  was written from the same `source` files at the same `quality`, and
+  refused otherwise."""
   made_from = {'source': os.path.abspath(source), 'quality': quality,
                **{split: len(images) for split, (images, _) in splits.items()}}
+  errors = {}
   for kind in KINDS:
     folder = os.path.join(root, kind)
     done = os.path.join(folder, '.done')
-    if os.path.exists(done) and runs_lib.read_json(done) != made_from:
-      raise UserError(f'{folder} was written from {runs_lib.read_json(done)}'
-                      f', not {made_from}; pass the same --data_dir and '
-                      '--quality, or another --out.')
+    if os.path.exists(done):
+      written = runs_lib.read_json(done)
+      if written.get('made_from') != made_from:
+        raise UserError(f'{folder} was written from '
+                        f'{written.get("made_from")}, not {made_from}; pass '
+                        'the same --data_dir and --quality, or another --out.')
+      errors[kind] = written['error_255']
+      continue
+    errors[kind] = {}
     for split, (images, labels) in splits.items():
       total = 0.0
       for i, (image, label) in enumerate(zip(images, labels)):
         path = os.path.join(folder, split, CLASSES[label], f'{i:05d}')
-        if kind == 'jpeg':
-          data = encode_jpeg(image, quality)
-          total += float(np.abs(decode(data).astype(np.float32)
-                                - image).mean())
-        if os.path.exists(done):
-          continue
         os.makedirs(os.path.dirname(path), exist_ok=True)
         if kind == 'jpeg':
+          data = encode_jpeg(image, quality)
           with open(path + '.jpg', 'wb') as f:
             f.write(data)
+          total += float(np.abs(decode(data).astype(np.float32)
+                                - image).mean())
         else:
           Image.fromarray(image).save(path + '.png')
-      if kind == 'jpeg':
-        error[split] = total / len(images)
-    metrics_lib.write_json(done, made_from)
-  return error
+      errors[kind][split] = total / len(images)
+    metrics_lib.write_json(done, {'made_from': made_from,
+                                  'error_255': errors[kind]})
+  return errors['jpeg']
 
 
 def compare_encoding(images: np.ndarray, labels: np.ndarray,
